@@ -1,0 +1,1 @@
+//! Switchyard's load tool (placeholder until the load tool lands).

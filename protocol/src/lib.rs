@@ -1,0 +1,35 @@
+//! The contract between Switchyard's interface servers and its workers.
+//!
+//! Interfaces and workers never talk to each other directly: every client event
+//! travels as a message on a Redis stream, and every answer comes back on the
+//! interface's own reply stream. This crate holds everything both sides must
+//! agree on, so that it exists exactly once:
+//!
+//! - [`message`]: the message types and their msgpack encoding ([`codec`]),
+//! - [`keys`]: how Redis keys and channel names are spelled,
+//! - [`address`]: reply addresses (`<interface>!<connection>`),
+//! - [`redis_conn`]: how to open Redis connections with sane timeouts,
+//! - [`stream`]: the channel layer — appending, reading and trimming streams.
+//!
+//! `docs/protocol.md` describes the same contract for workers in other languages.
+
+pub mod address;
+pub mod codec;
+pub mod keys;
+pub mod message;
+pub mod redis_conn;
+pub mod stream;
+
+pub use address::ReplyAddress;
+pub use codec::{decode, encode, DecodeError, Versioned};
+pub use keys::Keys;
+pub use message::*;
+
+/// Version of the wire format; carried as `v` in every message.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Consumer group that every worker of a channel joins.
+pub const WORKER_GROUP: &str = "workers";
+
+/// Name of the stream entry field that carries the msgpack payload.
+pub const PAYLOAD_FIELD: &str = "m";

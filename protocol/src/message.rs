@@ -1,0 +1,221 @@
+//! The messages that travel between interfaces and workers.
+//!
+//! Three kinds of payload exist, each a msgpack map with a version field `v`:
+//!
+//! - [`ChannelMessage`]: a client event, appended by an interface to a channel
+//!   stream (`websocket.connect`, `websocket.receive`, `websocket.disconnect`,
+//!   `websocket.drain`). Each carries the connection's reply address and a
+//!   per-connection sequence number.
+//! - [`Reply`]: a worker's answer on the interface's reply stream: the actions
+//!   to apply to one connection, plus the `done` marker for the sequence number
+//!   it completes.
+//! - [`GroupMessage`]: a broadcast published once on a group's pub/sub channel
+//!   and fanned out by every interface to its local members.
+//!
+//! Field names follow ASGI where ASGI has one.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::codec::Versioned;
+use crate::PROTOCOL_VERSION;
+
+/// A WebSocket message body: text or binary, as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<ByteBuf>,
+}
+
+impl Payload {
+    pub fn text(text: impl Into<String>) -> Self {
+        Payload {
+            text: Some(text.into()),
+            bytes: None,
+        }
+    }
+
+    pub fn bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Payload {
+            text: None,
+            bytes: Some(ByteBuf::from(bytes.into())),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.text.as_ref().map_or(0, String::len) + self.bytes.as_ref().map_or(0, |b| b.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A client event on a channel stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelMessage {
+    pub v: u16,
+    /// Reply address, `<interface>!<connection>`.
+    pub reply: String,
+    /// Per-connection sequence number, starting at 1 with the connect.
+    pub seq: u64,
+    /// Request path of the connection (every message carries it, so any worker
+    /// can rebuild the connection's scope without a lookup).
+    pub path: String,
+    /// Raw query string, without `?`.
+    #[serde(default)]
+    pub query: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Versioned for ChannelMessage {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+impl ChannelMessage {
+    pub fn new(reply: String, seq: u64, path: String, query: String, event: Event) -> Self {
+        ChannelMessage {
+            v: PROTOCOL_VERSION,
+            reply,
+            seq,
+            path,
+            query,
+            event,
+        }
+    }
+}
+
+/// What happened on the connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    /// The client asks to open a WebSocket; the handshake waits for the answer.
+    #[serde(rename = "websocket.connect")]
+    Connect(ConnectScope),
+    /// A complete (reassembled) client message.
+    #[serde(rename = "websocket.receive")]
+    Receive(Payload),
+    /// The socket is gone; `code` is the close code (1006 when it just dropped).
+    #[serde(rename = "websocket.disconnect")]
+    Disconnect { code: u16 },
+    /// The interface is shutting down: a last chance to say goodbye.
+    #[serde(rename = "websocket.drain")]
+    Drain,
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Connect(_) => "websocket.connect",
+            Event::Receive(_) => "websocket.receive",
+            Event::Disconnect { .. } => "websocket.disconnect",
+            Event::Drain => "websocket.drain",
+        }
+    }
+}
+
+/// What the worker learns about a new connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectScope {
+    /// Request headers, names lower-cased, values as sent (lossy UTF-8).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Client address `ip:port`.
+    #[serde(default)]
+    pub client: String,
+    /// Subprotocols the client offered.
+    #[serde(default)]
+    pub subprotocols: Vec<String>,
+}
+
+/// A worker's answer for one connection, on the interface's reply stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u16,
+    /// Connection id inside the interface.
+    pub conn: u64,
+    /// The sequence number this reply completes; `None` for unsolicited sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    #[serde(default)]
+    pub actions: Vec<Action>,
+}
+
+impl Versioned for Reply {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+impl Reply {
+    pub fn new(conn: u64, done: Option<u64>, actions: Vec<Action>) -> Self {
+        Reply {
+            v: PROTOCOL_VERSION,
+            conn,
+            done,
+            actions,
+        }
+    }
+}
+
+/// One thing for the interface to do to a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Action {
+    /// Complete the handshake (only meaningful in answer to a connect).
+    #[serde(rename = "websocket.accept")]
+    Accept {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subprotocol: Option<String>,
+    },
+    /// Send a message to the client.
+    #[serde(rename = "websocket.send")]
+    Send(Payload),
+    /// Close the socket (before accept: refuse the handshake with 403).
+    #[serde(rename = "websocket.close")]
+    Close {
+        code: u16,
+        #[serde(default)]
+        reason: String,
+    },
+    /// Make the connection a member of a group.
+    #[serde(rename = "group.add")]
+    GroupAdd { group: String },
+    /// Remove the connection from a group.
+    #[serde(rename = "group.discard")]
+    GroupDiscard { group: String },
+}
+
+/// A broadcast to every member of a group, published once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMessage {
+    pub v: u16,
+    pub group: String,
+    /// Per-group sequence number (a gap tells a client it missed something).
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(flatten)]
+    pub payload: Payload,
+}
+
+impl Versioned for GroupMessage {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+impl GroupMessage {
+    pub fn new(group: String, seq: u64, payload: Payload) -> Self {
+        GroupMessage {
+            v: PROTOCOL_VERSION,
+            group,
+            seq,
+            payload,
+        }
+    }
+}

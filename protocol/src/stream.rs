@@ -1,0 +1,268 @@
+//! The channel layer on Redis streams: entries, reads, claims and trimming.
+//!
+//! redis-rs returns stream replies as nested [`redis::Value`]s; this module
+//! turns them into [`StreamEntry`]s once, for both sides. Trimming lives here
+//! too because its one rule matters to everybody: only entries that every
+//! reader has acknowledged may go.
+
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Value};
+
+use crate::PAYLOAD_FIELD;
+
+/// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    pub fn parse(text: &str) -> Option<EntryId> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// The smallest id greater than this one.
+    pub fn next(self) -> EntryId {
+        match self.seq.checked_add(1) {
+            Some(seq) => EntryId { ms: self.ms, seq },
+            None => EntryId {
+                ms: self.ms + 1,
+                seq: 0,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// One stream entry: its id and its raw fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    /// The msgpack payload (field `m`), if the entry has one.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(name, _)| name == PAYLOAD_FIELD.as_bytes())
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// Entries read from one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamBatch {
+    pub stream: String,
+    pub entries: Vec<StreamEntry>,
+}
+
+fn bytes_of(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        Value::SimpleString(text) => Some(text.as_bytes().to_vec()),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    bytes_of(value).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+fn items(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+/// Parses `[id, [field, value, …]]`; `None` for a deleted entry (nil).
+fn parse_entry(value: &Value) -> Option<StreamEntry> {
+    let [id, fields] = items(value) else {
+        return None;
+    };
+    let flat = items(fields);
+    let fields = flat
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [name, value] => Some((bytes_of(name)?, bytes_of(value)?)),
+            _ => None,
+        })
+        .collect();
+    Some(StreamEntry {
+        id: text_of(id)?,
+        fields,
+    })
+}
+
+/// Parses a list of entries (as in XRANGE, XCLAIM); nil entries are skipped.
+pub fn parse_entries(value: &Value) -> Vec<StreamEntry> {
+    items(value).iter().filter_map(parse_entry).collect()
+}
+
+/// Parses an XREAD / XREADGROUP reply (nil on timeout → empty).
+pub fn parse_read_reply(value: &Value) -> Vec<StreamBatch> {
+    let mut batches = Vec::new();
+    match value {
+        Value::Map(pairs) => {
+            for (stream, entries) in pairs {
+                if let Some(stream) = text_of(stream) {
+                    batches.push(StreamBatch {
+                        stream,
+                        entries: parse_entries(entries),
+                    });
+                }
+            }
+        }
+        _ => {
+            for pair in items(value) {
+                if let [stream, entries] = items(pair) {
+                    if let Some(stream) = text_of(stream) {
+                        batches.push(StreamBatch {
+                            stream,
+                            entries: parse_entries(entries),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    batches
+}
+
+/// Parses an XAUTOCLAIM reply: `[next-cursor, [entries…], [deleted ids…]]`.
+pub fn parse_autoclaim_reply(value: &Value) -> (String, Vec<StreamEntry>) {
+    let parts = items(value);
+    let cursor = parts.first().and_then(text_of).unwrap_or_else(|| "0-0".into());
+    let entries = parts.get(1).map(parse_entries).unwrap_or_default();
+    (cursor, entries)
+}
+
+/// Creates the worker group on a channel stream (and the stream), if missing.
+pub async fn ensure_group<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<()> {
+    let result: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(con)
+        .await;
+    match result {
+        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Trims entries that the group has both delivered and acknowledged.
+///
+/// The cut is the oldest pending entry, or — with nothing pending — the entry
+/// after the group's last delivered one. Entries at or after the cut are never
+/// touched, so unacknowledged work survives. Returns the number removed.
+pub async fn trim_acked<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<u64> {
+    let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
+    let Some(last_delivered) = group_field(&groups, group, "last-delivered-id").and_then(|id| EntryId::parse(&id))
+    else {
+        return Ok(0);
+    };
+    let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(con).await?;
+    let oldest_pending = items(&summary).get(1).and_then(text_of).and_then(|id| EntryId::parse(&id));
+    let cut = oldest_pending.unwrap_or(last_delivered.next()).min(last_delivered.next());
+    if cut == EntryId::ZERO {
+        return Ok(0);
+    }
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg("~")
+        .arg(cut.to_string())
+        .query_async(con)
+        .await
+}
+
+/// Reads one field of one group out of an `XINFO GROUPS` reply.
+fn group_field(groups: &Value, group: &str, field: &str) -> Option<String> {
+    for info in items(groups) {
+        let pairs: Vec<(String, &Value)> = match info {
+            Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text_of(k)?, v))).collect(),
+            _ => items(info)
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [k, v] => Some((text_of(k)?, v)),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let is_group = pairs
+            .iter()
+            .any(|(k, v)| k == "name" && text_of(v).as_deref() == Some(group));
+        if is_group {
+            return pairs.iter().find(|(k, _)| k == field).and_then(|(_, v)| text_of(v));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entry_ids_order_and_step() {
+        let a = EntryId::parse("5-1").unwrap();
+        let b = EntryId::parse("5-2").unwrap();
+        let c = EntryId::parse("6-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(a.next(), b);
+        assert_eq!(EntryId::parse("nope"), None);
+    }
+
+    #[test]
+    fn parses_read_replies() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("sy:chan:{chat}"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("m"), bulk("payload")])]),
+                Value::Nil,
+                Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("x"), bulk("y")])]),
+            ]),
+        ])]);
+        let batches = parse_read_reply(&reply);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].stream, "sy:chan:{chat}");
+        assert_eq!(batches[0].entries.len(), 2);
+        assert_eq!(batches[0].entries[0].payload(), Some(&b"payload"[..]));
+        assert_eq!(batches[0].entries[1].payload(), None);
+        assert!(parse_read_reply(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn reads_group_fields() {
+        let groups = Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk("workers"),
+            bulk("last-delivered-id"),
+            bulk("7-3"),
+        ])]);
+        assert_eq!(group_field(&groups, "workers", "last-delivered-id").as_deref(), Some("7-3"));
+        assert_eq!(group_field(&groups, "other", "last-delivered-id"), None);
+    }
+}

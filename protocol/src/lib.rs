@@ -16,6 +16,7 @@
 pub mod address;
 pub mod codec;
 pub mod keys;
+pub mod logging;
 pub mod message;
 pub mod redis_conn;
 pub mod stream;

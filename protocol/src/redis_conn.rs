@@ -17,14 +17,15 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The shared, self-reconnecting connection.
-pub async fn shared(client: &Client) -> RedisResult<ConnectionManager> {
+/// The shared, self-reconnecting connection. It connects lazily, so a process
+/// can start while Redis is away and catch up when it returns.
+pub fn shared(client: &Client) -> RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(COMMAND_TIMEOUT))
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_with_config(client.clone(), config).await
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// A dedicated connection for blocking reads of up to `block`.

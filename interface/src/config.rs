@@ -1,0 +1,139 @@
+//! Command-line flags (each also an environment variable) and their checks.
+//!
+//! A wrong start command must fail loudly and early: every value is checked
+//! before the server binds, and an error names the flag that is wrong.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use switchyard_protocol::logging::LogFormat;
+
+use crate::router::{Route, Routes};
+
+/// Switchyard interface server: terminates HTTP and WebSocket connections and
+/// hands every client event to workers over Redis streams.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchyard-interface", version)]
+pub struct Config {
+    /// Address to listen on (use 0.0.0.0:$PORT on platforms that assign a port).
+    #[arg(long, env = "SWITCHYARD_BIND", default_value = "0.0.0.0:8000")]
+    pub bind: SocketAddr,
+
+    /// Redis URL (redis://[user:password@]host:port/db).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
+    pub prefix: String,
+
+    /// WebSocket route `PATH_PREFIX=CHANNEL`, repeatable; the longest matching
+    /// prefix wins. Default: /ws/echo/=echo and /ws/chat/=chat.
+    #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]
+    pub routes: Vec<Route>,
+
+    /// TOML file with a `[routes]` table (`"/ws/chat/" = "chat"`), added to --route.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Seconds a WebSocket handshake waits for a worker's answer before 503.
+    #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT", default_value_t = 5.0, value_parser = parse_seconds)]
+    pub connect_timeout: f64,
+
+    /// Largest WebSocket message (and frame) in bytes; larger ones close with 1009.
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    pub max_message_size: usize,
+
+    /// Seconds a graceful shutdown may take before every socket is closed anyway.
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT", default_value_t = 8.0, value_parser = parse_seconds)]
+    pub shutdown_timeout: f64,
+
+    /// Seconds client messages are held while Redis is unreachable before the
+    /// connection is closed with 1013 (try again later).
+    #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub redis_hold: f64,
+
+    /// Interface id (names its reply stream); random by default.
+    #[arg(long, env = "SWITCHYARD_INTERFACE_ID")]
+    pub id: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+fn parse_route(text: &str) -> Result<Route, String> {
+    Route::parse(text)
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(value > 0.0 && value <= 3600.0) {
+        return Err(format!("{value} is out of range (0, 3600] seconds"));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// The route table from flags, environment and --config, with defaults.
+    pub fn route_table(&self) -> anyhow::Result<Routes> {
+        let mut routes = self.routes.clone();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+            let file: ConfigFile = toml::from_str(&text).with_context(|| format!("--config: {} is not valid", path.display()))?;
+            for (prefix, channel) in file.routes {
+                routes.push(Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?);
+            }
+        }
+        if routes.is_empty() {
+            routes = vec![Route::new("/ws/echo/", "echo").expect("valid"), Route::new("/ws/chat/", "chat").expect("valid")];
+        }
+        Ok(Routes::new(routes))
+    }
+
+    /// Checks what clap cannot; the error names the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://") || self.redis_url.starts_with("unix://")) {
+            bail!("--redis-url: `{}` must start with redis://, rediss:// or unix://", self.redis_url);
+        }
+        redis::Client::open(self.redis_url.as_str()).with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            bail!("--prefix: must be non-empty without spaces");
+        }
+        if self.max_message_size < 125 {
+            bail!("--max-message-size: {} is too small (at least 125 bytes)", self.max_message_size);
+        }
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.contains(['!', '{', '}', ' ']) {
+                bail!("--id: `{id}` may not be empty or contain '!', '{{', '}}' or spaces");
+            }
+        }
+        self.route_table()?;
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    pub fn redis_hold(&self) -> Duration {
+        Duration::from_secs_f64(self.redis_hold)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    routes: std::collections::BTreeMap<String, String>,
+}

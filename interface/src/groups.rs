@@ -1,0 +1,147 @@
+//! Group membership and broadcast fan-out at the interface.
+//!
+//! A group send is one Redis PUBLISH whatever the group's size. Each interface
+//! keeps its members in memory, subscribes to a group's pub/sub channel while
+//! it has at least one local member, and fans every broadcast out to them.
+//! After a Redis reconnect it subscribes again to every group it still has.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use redis::Client;
+use switchyard_protocol::redis_conn::Backoff;
+use switchyard_protocol::{decode, GroupMessage, Keys};
+use tokio::sync::mpsc;
+
+use crate::registry::Registry;
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// Local members of every group this interface has.
+pub struct Groups {
+    members: Mutex<HashMap<String, HashSet<u64>>>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Groups {
+    /// Creates the membership table and its subscriber task.
+    pub fn start(client: Client, keys: Keys, registry: Arc<Registry>) -> Arc<Groups> {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let groups = Arc::new(Groups {
+            members: Mutex::new(HashMap::new()),
+            commands,
+        });
+        tokio::spawn(subscriber(client, keys, registry, Arc::downgrade(&groups), rx));
+        groups
+    }
+
+    pub fn add(&self, group: &str, conn: u64) {
+        let mut members = self.lock();
+        let set = members.entry(group.to_owned()).or_default();
+        if set.is_empty() {
+            let _ = self.commands.send(Command::Subscribe(group.to_owned()));
+        }
+        set.insert(conn);
+    }
+
+    pub fn discard(&self, group: &str, conn: u64) {
+        let mut members = self.lock();
+        if let Some(set) = members.get_mut(group) {
+            set.remove(&conn);
+            if set.is_empty() {
+                members.remove(group);
+                let _ = self.commands.send(Command::Unsubscribe(group.to_owned()));
+            }
+        }
+    }
+
+    /// Local member ids of a group.
+    pub fn members(&self, group: &str) -> Vec<u64> {
+        self.lock().get(group).map(|set| set.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Group names with their local member counts.
+    pub fn sizes(&self) -> Vec<(String, usize)> {
+        self.lock().iter().map(|(g, s)| (g.clone(), s.len())).collect()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<u64>>> {
+        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+async fn subscriber(
+    client: Client,
+    keys: Keys,
+    registry: Arc<Registry>,
+    groups: std::sync::Weak<Groups>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                tracing::warn!(%error, "group subscriber cannot reach Redis; retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let Some(current) = groups.upgrade().map(|g| g.names()) else { return };
+        let mut resubscribed = true;
+        for group in current {
+            resubscribed &= sink.subscribe(keys.group_channel(&group)).await.is_ok();
+        }
+        if !resubscribed {
+            backoff.wait().await;
+            continue;
+        }
+        backoff.reset();
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        tracing::warn!("group subscription connection lost; resubscribing");
+                        break;
+                    };
+                    fan_out(&registry, &groups, message.get_payload_bytes());
+                }
+                command = commands.recv() => {
+                    let result = match command {
+                        Some(Command::Subscribe(group)) => sink.subscribe(keys.group_channel(&group)).await,
+                        Some(Command::Unsubscribe(group)) => sink.unsubscribe(keys.group_channel(&group)).await,
+                        None => return,
+                    };
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "group (un)subscribe failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+fn fan_out(registry: &Registry, groups: &std::sync::Weak<Groups>, payload: &[u8]) {
+    let message = match decode::<GroupMessage>(payload) {
+        Ok(message) => Arc::new(message),
+        Err(error) => {
+            tracing::error!(%error, "undecodable group broadcast; dropped");
+            return;
+        }
+    };
+    let Some(groups) = groups.upgrade() else { return };
+    let members = groups.members(&message.group);
+    let delivered = registry.deliver_all(&members, &message);
+    tracing::trace!(group = %message.group, delivered, "group broadcast fanned out");
+}

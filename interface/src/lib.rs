@@ -1,0 +1,81 @@
+//! Switchyard's interface server.
+//!
+//! It terminates HTTP and WebSocket connections and holds the sockets; the
+//! application runs in workers. Reading order for a newcomer:
+//!
+//! 1. [`config`] and [`router`]: what the server is told to do,
+//! 2. [`server`] and [`http`]: accepting connections and routing requests,
+//! 3. [`websocket`]: the handshake, the frame reader, the connection task,
+//! 4. [`outbound`] and [`replies`]: the two directions through Redis,
+//! 5. [`groups`]: broadcast fan-out, [`presence`]: liveness and readiness,
+//! 6. [`shutdown`]: graceful draining.
+
+pub mod config;
+pub mod groups;
+pub mod http;
+pub mod metrics;
+pub mod outbound;
+pub mod presence;
+pub mod registry;
+pub mod replies;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod websocket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use switchyard_protocol::{redis_conn, Keys};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::groups::Groups;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::registry::Registry;
+use crate::state::Shared;
+
+/// Runs the interface until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let routes = config.route_table()?;
+    let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
+    let redis = redis_conn::shared(&client).context("--redis-url")?;
+    let id = config.id.clone().unwrap_or_else(|| format!("if-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let keys = Keys::new(config.prefix.clone());
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::default());
+    let groups = Groups::start(client.clone(), keys, registry.clone());
+    let (outbound, _batcher) = Outbound::start(redis.clone(), config.redis_hold(), metrics.clone());
+    let (trigger, shutdown) = shutdown::channel();
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
+    let shutdown_timeout = config.shutdown_timeout();
+    let shared = Arc::new(Shared::new(config, id, routes, redis, registry, groups, outbound, metrics, shutdown));
+
+    tokio::spawn(replies::run(client, shared.clone()));
+    tokio::spawn(presence::run(shared.clone()));
+    let server = tokio::spawn(server::run(listener, shared.clone()));
+    let routes: Vec<String> = shared.routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect();
+    tracing::info!(interface = %shared.id, bind = %shared.config.bind, routes = ?routes, "interface listening");
+
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let signal = signals.next().await;
+    tracing::info!(?signal, connections = shared.registry.len(), "shutting down: draining connections");
+    trigger.start(shutdown_timeout);
+    let _ = server.await;
+
+    let deadline = tokio::time::Instant::now() + shutdown_timeout + Duration::from_millis(500);
+    while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.outbound.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), presence::leave(&shared)).await;
+    tracing::info!(left_open = shared.registry.len(), "interface stopped");
+    Ok(())
+}

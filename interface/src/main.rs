@@ -1,0 +1,35 @@
+//! `switchyard-interface`: parses flags, checks them, and runs the server.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchyard_interface::config::Config;
+use switchyard_protocol::logging;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(error) = config.validate() {
+        eprintln!("switchyard-interface: {error:#}");
+        return ExitCode::from(2);
+    }
+    if config.check {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchyard-interface: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(switchyard_interface::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("switchyard-interface: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics of the interface.
+//!
+//! One registry, built at start-up; tasks hold an `Arc<Metrics>` and bump the
+//! counters they own. `/metrics` renders the registry in the text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `in` (client → worker) or `out` (worker → client).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_active: Gauge,
+    pub messages: Family<DirectionLabel, Counter>,
+    pub errors: Family<KindLabel, Counter>,
+    /// Enqueue → done, per client message.
+    pub message_duration: Histogram,
+    pub redis_errors: Counter,
+    pub redis_batches: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let connections_active = Gauge::default();
+        let messages = Family::<DirectionLabel, Counter>::default();
+        let errors = Family::<KindLabel, Counter>::default();
+        let message_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let redis_errors = Counter::default();
+        let redis_batches = Counter::default();
+        registry.register("websocket_connections_active", "Open WebSocket connections", connections_active.clone());
+        registry.register("websocket_messages", "WebSocket messages by direction", messages.clone());
+        registry.register("websocket_errors", "WebSocket errors by kind", errors.clone());
+        registry.register(
+            "websocket_message_duration_seconds",
+            "Time from enqueueing a client message to its done marker",
+            message_duration.clone(),
+        );
+        registry.register("redis_errors", "Failed Redis commands", redis_errors.clone());
+        registry.register("redis_batches", "Pipelined batches of appends sent to Redis", redis_batches.clone());
+        Metrics {
+            registry,
+            connections_active,
+            messages,
+            errors,
+            message_duration,
+            redis_errors,
+            redis_batches,
+        }
+    }
+
+    pub fn message(&self, direction: &'static str) {
+        self.messages.get_or_create(&DirectionLabel { direction }).inc();
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

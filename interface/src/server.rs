@@ -1,0 +1,84 @@
+//! The listener: accepts TCP connections and serves HTTP/1.1 on each.
+//!
+//! When draining starts it stops accepting; idle keep-alive connections are
+//! told to close, and upgraded WebSockets are left to their own tasks, which
+//! close them with 1001.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
+use crate::state::Shared;
+
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::error!(%error, "accept failed");
+                        shared.metrics.error("accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let drained = shared.shutdown.clone();
+                let shared = shared.clone();
+                let service = service_fn(move |request| crate::http::handle(shared.clone(), request, remote));
+                let connection = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
+                tokio::spawn(serve_until_drained(connection, drained));
+            }
+            _ = shutdown.draining() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("listener closed; draining connections");
+}
+
+/// Serves one HTTP connection; when draining starts, an idle keep-alive
+/// connection is closed and a busy one finishes its request first.
+async fn serve_until_drained<F>(connection: F, mut shutdown: Shutdown)
+where
+    F: Future<Output = hyper::Result<()>> + GracefulClose,
+{
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.draining() => {
+            connection.as_mut().close_gracefully();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// hyper's graceful shutdown, named for the one connection type we serve.
+trait GracefulClose {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulClose for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}

@@ -1,0 +1,326 @@
+//! The connection task: one per WebSocket, owner of its write half.
+//!
+//! It keeps the per-connection order guarantee: at most one client message is
+//! in flight; the next one is released only when a reply carries the `done`
+//! marker for the current sequence number. A repeated reply for a sequence
+//! number already done is ignored, so redelivery can never apply twice here.
+//!
+//! It also runs the connection's endings: a client close, a worker's close
+//! action, a broken socket, or the interface's drain (drain notice → worker's
+//! goodbye → close 1001). Messages the client sent before closing still reach
+//! the workers, in order; only then is the disconnect sent.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastwebsockets::{CloseCode, Frame, Payload as FramePayload, WebSocketWrite};
+use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+
+use super::reader::{Inbound, POLICY_VIOLATION};
+use super::WriteHalf;
+use crate::registry::ConnEvent;
+use crate::state::Shared;
+
+/// Client messages read ahead of the one in flight; when full, the reader
+/// stops reading the socket and TCP pushes back on the client.
+const MAX_PENDING: usize = 16;
+/// How long a closed connection keeps handing its queued messages to workers.
+const LINGER: Duration = Duration::from_secs(10);
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+const GOING_AWAY: u16 = 1001;
+const ABNORMAL: u16 = 1006;
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Everything the handshake learned, handed to the connection task.
+pub struct Opened {
+    pub id: u64,
+    pub reply: String,
+    pub stream: Arc<str>,
+    pub path: String,
+    pub query: String,
+    /// Actions that came with the accept (sends, group adds), applied first.
+    pub actions: Vec<Action>,
+}
+
+pub struct Connection {
+    shared: Arc<Shared>,
+    opened: Opened,
+    writer: WebSocketWrite<WriteHalf>,
+    /// Sequence number of the next message (1 was the connect).
+    next_seq: u64,
+    /// The message in flight: its sequence number, when it left, and whether
+    /// Redis has it yet.
+    in_flight: Option<(u64, Instant)>,
+    appended: Option<oneshot::Receiver<bool>>,
+    last_done: u64,
+    pending: VecDeque<Event>,
+    groups: HashSet<String>,
+    /// Set once the socket is closed (by either side): the close code, and
+    /// until when queued messages are still handed to workers.
+    closed: Option<(u16, Instant)>,
+    /// We sent the first close frame and owe the client a moment to answer.
+    awaiting_close_reply: bool,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>, opened: Opened, writer: WebSocketWrite<WriteHalf>) -> Connection {
+        Connection {
+            shared,
+            opened,
+            writer,
+            next_seq: 2,
+            in_flight: None,
+            appended: None,
+            last_done: 1,
+            pending: VecDeque::new(),
+            groups: HashSet::new(),
+            closed: None,
+            awaiting_close_reply: false,
+        }
+    }
+
+    /// Runs the connection to its end, then tells the workers it is gone.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
+        self.shared.metrics.connections_active.inc();
+        let actions = std::mem::take(&mut self.opened.actions);
+        self.apply_actions(actions).await;
+        let code = self.serve(&mut inbound, &mut events).await;
+        if self.awaiting_close_reply {
+            let _ = tokio::time::timeout(CLOSE_WAIT, async { while inbound.recv().await.is_some() {} }).await;
+        }
+        self.finish(code);
+    }
+
+    async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> u16 {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut drain_deadline: Option<Instant> = None;
+        let mut drain_seq: Option<u64> = None;
+        loop {
+            if self.in_flight.is_none() {
+                if let Some(event) = self.pending.pop_front() {
+                    self.release(event);
+                } else if let Some((code, _)) = self.closed {
+                    return code;
+                } else if drain_deadline.is_some() && drain_seq.is_none() {
+                    drain_seq = Some(self.release(Event::Drain));
+                } else if drain_seq.is_some_and(|seq| self.last_done >= seq) {
+                    self.close(GOING_AWAY, "server shutting down").await;
+                    continue;
+                }
+            }
+            let reading = self.closed.is_none() && drain_deadline.is_none() && self.pending.len() < MAX_PENDING;
+            let linger_until = self.closed.map(|(_, until)| until);
+            tokio::select! {
+                biased;
+                _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() && self.closed.is_none() => {
+                    self.close(GOING_AWAY, "server shutting down").await;
+                    self.pending.clear();
+                    return GOING_AWAY;
+                }
+                _ = sleep_until(linger_until.unwrap_or_else(far_future)), if linger_until.is_some() => {
+                    tracing::warn!(conn = self.opened.id, "closed connection still had unanswered messages; sending disconnect anyway");
+                    return self.closed.map_or(ABNORMAL, |(code, _)| code);
+                }
+                ok = wait_appended(&mut self.appended), if self.appended.is_some() => {
+                    self.appended = None;
+                    if !ok {
+                        self.shared.metrics.error("redis_unavailable");
+                        self.close(TRY_AGAIN_LATER, "message could not be queued").await;
+                        self.pending.clear();
+                        self.in_flight = None;
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.apply_event(event).await,
+                    None => return ABNORMAL,
+                },
+                deadline = shutdown.draining(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(deadline);
+                }
+                item = inbound.recv(), if reading => match item {
+                    Some(item) => self.on_inbound(item).await,
+                    None => {
+                        self.mark_closed(ABNORMAL);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Sends a message to the channel; returns its sequence number.
+    fn release(&mut self, event: Event) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if matches!(event, Event::Receive(_)) {
+            self.shared.metrics.message("in");
+        }
+        let message = ChannelMessage::new(self.opened.reply.clone(), seq, self.opened.path.clone(), self.opened.query.clone(), event);
+        self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), encode(&message)));
+        self.in_flight = Some((seq, Instant::now()));
+        seq
+    }
+
+    async fn on_inbound(&mut self, item: Inbound) {
+        match item {
+            Inbound::Message(payload) => self.pending.push_back(Event::Receive(payload)),
+            Inbound::Ping(data) => {
+                let _ = self.write(Frame::pong(FramePayload::Owned(data))).await;
+            }
+            Inbound::Close { code, .. } => {
+                // Answer with the same code (none when the client gave none).
+                let echo = if code == 1005 { Frame::close_raw(FramePayload::Owned(Vec::new())) } else { Frame::close(code, b"") };
+                let _ = self.write(echo).await;
+                self.mark_closed(code);
+            }
+            Inbound::Fail { code, reason } => {
+                self.shared.metrics.error(match code {
+                    1007 => "invalid_utf8",
+                    1009 => "message_too_big",
+                    POLICY_VIOLATION => "policy_violation",
+                    _ => "protocol_error",
+                });
+                tracing::info!(conn = self.opened.id, code, reason, "closing connection after a client error");
+                self.close(code, reason).await;
+            }
+        }
+    }
+
+    async fn apply_event(&mut self, event: ConnEvent) {
+        match event {
+            ConnEvent::Reply(reply) => {
+                if let Some(done) = reply.done {
+                    if done <= self.last_done {
+                        tracing::debug!(conn = self.opened.id, done, "repeated reply ignored");
+                        return;
+                    }
+                }
+                self.apply_actions(reply.actions).await;
+                if let Some(done) = reply.done {
+                    self.last_done = done;
+                    if let Some((seq, since)) = self.in_flight {
+                        if seq <= done {
+                            self.shared.metrics.message_duration.observe(since.elapsed().as_secs_f64());
+                            self.in_flight = None;
+                        }
+                    }
+                }
+            }
+            ConnEvent::Group(message) => {
+                self.send_payload(&message.payload).await;
+            }
+        }
+    }
+
+    async fn apply_actions(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Accept { .. } => {}
+                Action::Send(payload) => self.send_payload(&payload).await,
+                Action::Close { code, reason } => {
+                    let code = if CloseCode::from(code).is_allowed() && code != 1005 { code } else { 1000 };
+                    self.close(code, &reason).await;
+                }
+                Action::GroupAdd { group } => {
+                    self.shared.groups.add(&group, self.opened.id);
+                    self.groups.insert(group);
+                }
+                Action::GroupDiscard { group } => {
+                    self.shared.groups.discard(&group, self.opened.id);
+                    self.groups.remove(&group);
+                }
+            }
+        }
+    }
+
+    async fn send_payload(&mut self, payload: &Payload) {
+        if self.closed.is_some() {
+            return;
+        }
+        let frame = match (&payload.text, &payload.bytes) {
+            (Some(text), _) => Frame::text(FramePayload::Owned(text.as_bytes().to_vec())),
+            (None, Some(bytes)) => Frame::binary(FramePayload::Owned(bytes.to_vec())),
+            (None, None) => return,
+        };
+        if self.write(frame).await {
+            self.shared.metrics.message("out");
+        }
+    }
+
+    /// Sends our close frame (once) and stops reading.
+    async fn close(&mut self, code: u16, reason: &str) {
+        if self.closed.is_some() {
+            return;
+        }
+        let reason = truncate_utf8(reason, 123);
+        if self.write(Frame::close(code, reason.as_bytes())).await {
+            self.awaiting_close_reply = true;
+        }
+        self.mark_closed(code);
+    }
+
+    fn mark_closed(&mut self, code: u16) {
+        if self.closed.is_none() {
+            self.closed = Some((code, Instant::now() + LINGER));
+        }
+    }
+
+    /// Writes a frame; a failed write means the socket is gone.
+    async fn write(&mut self, frame: Frame<'_>) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        match self.writer.write_frame(frame).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(conn = self.opened.id, %error, "socket write failed");
+                self.mark_closed(ABNORMAL);
+                false
+            }
+        }
+    }
+
+    /// Leaves every group and tells the workers the connection is gone.
+    fn finish(self, code: u16) {
+        let shared = &self.shared;
+        shared.registry.close(self.opened.id);
+        for group in &self.groups {
+            shared.groups.discard(group, self.opened.id);
+        }
+        let message = ChannelMessage::new(
+            self.opened.reply.clone(),
+            self.next_seq,
+            self.opened.path.clone(),
+            self.opened.query.clone(),
+            Event::Disconnect { code },
+        );
+        shared.outbound.send_detached(self.opened.stream.clone(), encode(&message));
+        shared.metrics.connections_active.dec();
+        tracing::debug!(conn = self.opened.id, code, "connection closed");
+    }
+}
+
+async fn wait_appended(appended: &mut Option<oneshot::Receiver<bool>>) -> bool {
+    match appended {
+        Some(rx) => rx.await.unwrap_or(false),
+        None => std::future::pending().await,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

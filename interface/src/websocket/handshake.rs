@@ -1,0 +1,161 @@
+//! The WebSocket handshake, decided by a worker.
+//!
+//! As in ASGI, the application decides whether a connection is accepted: the
+//! interface appends `websocket.connect` to the route's channel and holds the
+//! HTTP upgrade until a worker answers. Accept → 101 and the connection task
+//! starts; close before accept → 403; no answer within `--connect-timeout` →
+//! 503 (and a disconnect, so a late worker can clean up).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fastwebsockets::{Role, WebSocket};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use switchyard_protocol::{encode, Action, ChannelMessage, ConnectScope, Event, ReplyAddress};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::connection::{Connection, Opened};
+use super::reader;
+use crate::http::{text_response, Body};
+use crate::registry::ConnEvent;
+use crate::router::Target;
+use crate::state::Shared;
+
+/// Answers an upgrade request on a routed path.
+pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target: Target, remote: SocketAddr) -> Response<Body> {
+    if shared.shutdown.is_draining() {
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        Ok(pair) => pair,
+        Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
+    };
+    let (id, mut events) = shared.registry.open();
+    let reply = ReplyAddress::new(shared.id.clone(), id).to_string();
+    let stream: Arc<str> = shared.keys.channel_stream(&target.channel).into();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let scope = ConnectScope {
+        headers: request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect(),
+        client: remote.to_string(),
+        subprotocols: offered_subprotocols(&request),
+    };
+    let connect = ChannelMessage::new(reply.clone(), 1, path.clone(), query.clone(), Event::Connect(scope));
+    let appended = shared.outbound.send(stream.clone(), encode(&connect));
+    let deadline = Instant::now() + shared.config.connect_timeout();
+
+    let verdict = tokio::time::timeout_at(deadline, async {
+        if !appended.await.unwrap_or(false) {
+            return Verdict::Unavailable;
+        }
+        wait_for_verdict(&mut events).await
+    })
+    .await
+    .unwrap_or(Verdict::Unavailable);
+
+    match verdict {
+        Verdict::Accept { subprotocol, actions } => {
+            let mut response = response.map(|_| Body::default());
+            if let Some(value) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+                response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+            let opened = Opened {
+                id,
+                reply,
+                stream,
+                path,
+                query,
+                actions,
+            };
+            tokio::spawn(run_connection(shared, opened, upgrade, events));
+            response
+        }
+        Verdict::Refuse => {
+            shared.registry.close(id);
+            shared.metrics.error("handshake_refused");
+            text_response(StatusCode::FORBIDDEN, "connection refused by the application\n")
+        }
+        Verdict::Unavailable => {
+            shared.registry.close(id);
+            shared.metrics.error("handshake_timeout");
+            let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: 1006 });
+            shared.outbound.send_detached(stream, encode(&gone));
+            tracing::warn!(channel = %target.channel, "no worker answered the handshake in time");
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "no worker answered in time; try again later\n")
+        }
+    }
+}
+
+enum Verdict {
+    Accept { subprotocol: Option<String>, actions: Vec<Action> },
+    Refuse,
+    Unavailable,
+}
+
+/// Waits for the reply that completes the connect (sequence number 1).
+async fn wait_for_verdict(events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Verdict {
+    let mut early = Vec::new();
+    while let Some(event) = events.recv().await {
+        let ConnEvent::Reply(reply) = event else { continue };
+        if reply.done != Some(1) {
+            early.extend(reply.actions);
+            continue;
+        }
+        early.extend(reply.actions);
+        let mut actions = early.into_iter();
+        for action in actions.by_ref() {
+            match action {
+                Action::Accept { subprotocol } => {
+                    return Verdict::Accept {
+                        subprotocol,
+                        actions: actions.collect(),
+                    }
+                }
+                Action::Close { .. } => return Verdict::Refuse,
+                _ => {}
+            }
+        }
+        return Verdict::Refuse;
+    }
+    Verdict::Unavailable
+}
+
+fn offered_subprotocols<B>(request: &Request<B>) -> Vec<String> {
+    request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+async fn run_connection(
+    shared: Arc<Shared>,
+    opened: Opened,
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    events: mpsc::UnboundedReceiver<ConnEvent>,
+) {
+    let socket = match upgrade.await {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            shared.registry.close(opened.id);
+            return;
+        }
+    };
+    // The upgraded stream already is our TokioIo; rewrap to split it.
+    let socket = WebSocket::after_handshake(socket.into_inner(), Role::Server);
+    let (read, write) = socket.split(tokio::io::split);
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(reader::run(read, tx, shared.config.max_message_size));
+    Connection::new(shared, opened, write).run(rx, events).await;
+}

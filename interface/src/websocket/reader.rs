@@ -1,0 +1,212 @@
+//! The frame reader: socket frames in, complete client messages out.
+//!
+//! fastwebsockets parses single frames; this task reassembles fragmented
+//! messages, enforces the message size limit (1009), checks UTF-8 as the
+//! fragments arrive (1007), validates close frames (1002), and forwards pings
+//! so the connection task can answer them. It stops at the first close or
+//! error: nothing is read after that.
+
+use std::convert::Infallible;
+
+use fastwebsockets::{CloseCode, Frame, OpCode, WebSocketError, WebSocketRead};
+use switchyard_protocol::Payload;
+use tokio::sync::mpsc;
+
+use super::ReadHalf;
+
+/// What the reader hands to the connection task.
+#[derive(Debug)]
+pub enum Inbound {
+    Message(Payload),
+    Ping(Vec<u8>),
+    /// The client closed with this code (1005 when it gave none).
+    Close { code: u16, reason: String },
+    /// The client broke the protocol; close with this code.
+    Fail { code: u16, reason: &'static str },
+}
+
+pub const POLICY_VIOLATION: u16 = 1008;
+const PROTOCOL_ERROR: u16 = 1002;
+const INVALID_DATA: u16 = 1007;
+const TOO_BIG: u16 = 1009;
+const NO_STATUS: u16 = 1005;
+
+/// Reads until close, error or end of stream. A `None` from the channel tells
+/// the connection task the socket is gone without a close frame.
+pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>, max_message_size: usize) {
+    socket.set_auto_close(false);
+    socket.set_auto_pong(false);
+    // fastwebsockets refuses frames of `>= limit` bytes.
+    socket.set_max_message_size(max_message_size.saturating_add(1));
+    let mut assembler = Assembler::new(max_message_size);
+    let mut no_obligated_sends = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+    loop {
+        let item = match socket.read_frame(&mut no_obligated_sends).await {
+            Ok(frame) => match frame.opcode {
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
+                    Ok(Some(payload)) => Inbound::Message(payload),
+                    Ok(None) => continue,
+                    Err(fail) => fail,
+                },
+                OpCode::Ping => Inbound::Ping(frame.payload.to_vec()),
+                OpCode::Pong => continue,
+                OpCode::Close => close_frame(&frame.payload),
+            },
+            Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
+            Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
+            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => return,
+            Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
+        };
+        let last = matches!(item, Inbound::Close { .. } | Inbound::Fail { .. });
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn fail(code: u16, reason: &'static str) -> Inbound {
+    Inbound::Fail { code, reason }
+}
+
+/// Validates a close frame's payload (RFC 6455 §5.5.1, §7.4).
+fn close_frame(payload: &[u8]) -> Inbound {
+    match payload {
+        [] => Inbound::Close {
+            code: NO_STATUS,
+            reason: String::new(),
+        },
+        [_] => fail(PROTOCOL_ERROR, "close frame with a one-byte payload"),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            if !CloseCode::from(code).is_allowed() {
+                return fail(PROTOCOL_ERROR, "invalid close code");
+            }
+            match std::str::from_utf8(reason) {
+                Ok(reason) => Inbound::Close {
+                    code,
+                    reason: reason.to_owned(),
+                },
+                Err(_) => fail(INVALID_DATA, "invalid UTF-8 in close reason"),
+            }
+        }
+    }
+}
+
+/// Reassembles fragmented messages.
+struct Assembler {
+    max: usize,
+    /// Opcode and bytes of the message being assembled.
+    partial: Option<(OpCode, Vec<u8>)>,
+    /// Bytes of a text message already known to be valid UTF-8.
+    checked: usize,
+}
+
+impl Assembler {
+    fn new(max: usize) -> Assembler {
+        Assembler {
+            max,
+            partial: None,
+            checked: 0,
+        }
+    }
+
+    fn push(&mut self, frame: Frame<'_>) -> Result<Option<Payload>, Inbound> {
+        match (frame.opcode, self.partial.is_some()) {
+            (OpCode::Continuation, false) => return Err(fail(PROTOCOL_ERROR, "continuation without a message")),
+            (OpCode::Text | OpCode::Binary, true) => return Err(fail(PROTOCOL_ERROR, "new message inside a fragmented one")),
+            (OpCode::Text | OpCode::Binary, false) if frame.fin => {
+                return finish(frame.opcode, frame.payload.to_vec()).map(Some);
+            }
+            (OpCode::Text | OpCode::Binary, false) => {
+                self.partial = Some((frame.opcode, Vec::with_capacity(frame.payload.len())));
+                self.checked = 0;
+            }
+            _ => {}
+        }
+        let Some((opcode, buffer)) = self.partial.as_mut() else {
+            return Err(fail(PROTOCOL_ERROR, "unexpected frame"));
+        };
+        if buffer.len() + frame.payload.len() > self.max {
+            return Err(fail(TOO_BIG, "message too big"));
+        }
+        buffer.extend_from_slice(&frame.payload);
+        if *opcode == OpCode::Text {
+            match std::str::from_utf8(&buffer[self.checked..]) {
+                Ok(_) => self.checked = buffer.len(),
+                // An incomplete character at the end may be finished by the next fragment.
+                Err(error) if error.error_len().is_none() && !frame.fin => self.checked += error.valid_up_to(),
+                Err(_) => return Err(fail(INVALID_DATA, "invalid UTF-8 in text message")),
+            }
+        }
+        if !frame.fin {
+            return Ok(None);
+        }
+        let (opcode, buffer) = self.partial.take().unwrap_or((OpCode::Binary, Vec::new()));
+        finish(opcode, buffer).map(Some)
+    }
+}
+
+fn finish(opcode: OpCode, bytes: Vec<u8>) -> Result<Payload, Inbound> {
+    if opcode == OpCode::Text {
+        String::from_utf8(bytes).map(Payload::text).map_err(|_| fail(INVALID_DATA, "invalid UTF-8 in text message"))
+    } else {
+        Ok(Payload::bytes(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastwebsockets::Payload as FramePayload;
+
+    fn frame(fin: bool, opcode: OpCode, data: &[u8]) -> Frame<'static> {
+        Frame::new(fin, opcode, None, FramePayload::Owned(data.to_vec()))
+    }
+
+    #[test]
+    fn reassembles_fragments() {
+        let mut a = Assembler::new(100);
+        assert!(a.push(frame(false, OpCode::Text, b"he")).unwrap().is_none());
+        assert!(a.push(frame(false, OpCode::Continuation, b"ll")).unwrap().is_none());
+        assert_eq!(a.push(frame(true, OpCode::Continuation, b"o")).unwrap(), Some(Payload::text("hello")));
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_fine() {
+        let euro = "€".as_bytes();
+        let mut a = Assembler::new(100);
+        assert!(a.push(frame(false, OpCode::Text, &euro[..1])).unwrap().is_none());
+        assert_eq!(a.push(frame(true, OpCode::Continuation, &euro[1..])).unwrap(), Some(Payload::text("€")));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast() {
+        let mut a = Assembler::new(100);
+        let result = a.push(frame(false, OpCode::Text, &[0xff, b'a']));
+        assert!(matches!(result, Err(Inbound::Fail { code: 1007, .. })));
+    }
+
+    #[test]
+    fn oversize_fragmented_message_is_1009() {
+        let mut a = Assembler::new(4);
+        assert!(a.push(frame(false, OpCode::Binary, b"abc")).unwrap().is_none());
+        assert!(matches!(a.push(frame(true, OpCode::Continuation, b"de")), Err(Inbound::Fail { code: 1009, .. })));
+    }
+
+    #[test]
+    fn stray_continuation_is_a_protocol_error() {
+        let mut a = Assembler::new(10);
+        assert!(matches!(a.push(frame(true, OpCode::Continuation, b"x")), Err(Inbound::Fail { code: 1002, .. })));
+    }
+
+    #[test]
+    fn close_frames_are_validated() {
+        assert!(matches!(close_frame(&[]), Inbound::Close { code: 1005, .. }));
+        assert!(matches!(close_frame(&[3]), Inbound::Fail { code: 1002, .. }));
+        assert!(matches!(close_frame(&1000u16.to_be_bytes()), Inbound::Close { code: 1000, .. }));
+        assert!(matches!(close_frame(&999u16.to_be_bytes()), Inbound::Fail { code: 1002, .. }));
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.push(0xff);
+        assert!(matches!(close_frame(&bad_reason), Inbound::Fail { code: 1007, .. }));
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod address;
 pub mod codec;
+pub mod groups;
 pub mod keys;
 pub mod logging;
 pub mod message;

@@ -1,0 +1,72 @@
+//! `switchyard`: operations commands for a running deployment.
+//!
+//! - `status`: per channel backlog, pending, live workers; per interface its
+//!   connections — exits non-zero when a channel has no live worker;
+//! - `send-group`: sends a text frame to every member of a group.
+
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard_protocol::{groups, redis_conn, Keys, Payload};
+
+/// Switchyard operations: inspect a deployment and send to groups.
+#[derive(Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    /// Redis URL of the deployment.
+    #[arg(long, global = true, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis_url: String,
+
+    /// Key prefix of the deployment.
+    #[arg(long, global = true, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
+    prefix: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Channels (backlog, pending, live workers) and interfaces (connections).
+    Status {
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends a text frame to every member of GROUP (one publish).
+    SendGroup { group: String, message: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchyard: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("switchyard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = redis::Client::open(cli.redis_url.as_str()).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+    let mut con = redis_conn::shared(&client)?;
+    let keys = Keys::new(cli.prefix);
+    match cli.command {
+        Command::Status { json } => status::run(&mut con, &keys, json).await,
+        Command::SendGroup { group, message } => {
+            let seq = groups::group_send(&mut con, &keys, &group, &Payload::text(message)).await?;
+            println!("sent to group {group} (broadcast #{seq})");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The built-in apps of the `switchyard-worker` binary.
+//!
+//! They are ordinary users of the consumer API, and double as its examples.
+
+pub mod chat;
+pub mod echo;
+
+use crate::app::Apps;
+
+/// Every built-in app.
+pub fn builtin() -> Apps {
+    Apps::new().with(echo::app()).with(chat::app())
+}

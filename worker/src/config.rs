@@ -1,0 +1,146 @@
+//! Worker flags (each also an environment variable) and their checks.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use switchyard_protocol::logging::LogFormat;
+
+/// Switchyard worker: runs the consumers of the channels it serves, reading
+/// them from Redis streams. Stop it with SIGTERM: it finishes what it holds
+/// and exits 0, and no client socket notices.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchyard-worker", version)]
+pub struct WorkerConfig {
+    /// Redis URL (redis://[user:password@]host:port/db).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key (must match the interfaces').
+    #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
+    pub prefix: String,
+
+    /// Serve only channels matching this glob (repeatable, e.g. `chat`, `http.*`).
+    #[arg(long = "only-channels", env = "SWITCHYARD_ONLY_CHANNELS", value_delimiter = ',')]
+    pub only_channels: Vec<String>,
+
+    /// Do not serve channels matching this glob (repeatable).
+    #[arg(long = "exclude-channels", env = "SWITCHYARD_EXCLUDE_CHANNELS", value_delimiter = ',')]
+    pub exclude_channels: Vec<String>,
+
+    /// Messages handled at once by this process (across all connections).
+    #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Seconds a message may stay unacknowledged with a live owner before any
+    /// worker takes it over (backstop; dead workers are taken over at once).
+    #[arg(long, env = "SWITCHYARD_CLAIM_IDLE", default_value_t = 60)]
+    pub claim_idle: u64,
+
+    /// Seconds a session lives after its last use.
+    #[arg(long, env = "SWITCHYARD_SESSION_TTL", default_value_t = 86_400)]
+    pub session_ttl: u64,
+
+    /// Seconds an interface's reply stream outlives the interface.
+    #[arg(long, env = "SWITCHYARD_REPLY_TTL", default_value_t = 60)]
+    pub reply_ttl: u64,
+
+    /// Seconds a graceful stop waits for in-flight messages.
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
+
+    /// Consumer name in the Redis group (default: host-pid-random).
+    #[arg(long, env = "SWITCHYARD_WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// Print the effective configuration and the channels served, then exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl WorkerConfig {
+    /// Checks what clap cannot; the error names the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        redis::Client::open(self.redis_url.as_str()).with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            bail!("--prefix: must be non-empty without spaces");
+        }
+        if self.concurrency == 0 || self.concurrency > 100_000 {
+            bail!("--concurrency: {} is out of range 1..=100000", self.concurrency);
+        }
+        if self.claim_idle == 0 {
+            bail!("--claim-idle: must be at least 1 second");
+        }
+        if self.reply_ttl < 5 {
+            bail!("--reply-ttl: must be at least 5 seconds");
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                bail!("--name: `{name}` may not be empty or contain spaces");
+            }
+        }
+        globs("--only-channels", &self.only_channels)?;
+        globs("--exclude-channels", &self.exclude_channels)?;
+        Ok(())
+    }
+
+    /// Whether this process serves `channel`.
+    pub fn serves(&self, channel: &str) -> anyhow::Result<bool> {
+        let only = globs("--only-channels", &self.only_channels)?;
+        let exclude = globs("--exclude-channels", &self.exclude_channels)?;
+        Ok((self.only_channels.is_empty() || only.is_match(channel)) && !exclude.is_match(channel))
+    }
+
+    pub fn consumer_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}-{}", std::process::id(), &random[..6])
+        })
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout)
+    }
+}
+
+fn globs(flag: &str, patterns: &[String]) -> anyhow::Result<GlobSet> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(Glob::new(pattern).with_context(|| format!("{flag}: `{pattern}` is not a valid glob"))?);
+    }
+    builder.build().with_context(|| format!("{flag}: invalid globs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> WorkerConfig {
+        let mut argv = vec!["switchyard-worker"];
+        argv.extend_from_slice(args);
+        WorkerConfig::parse_from(argv)
+    }
+
+    #[test]
+    fn channel_globs() {
+        let c = config(&["--only-channels", "chat*", "--exclude-channels", "chat.slow"]);
+        assert!(c.serves("chat").unwrap());
+        assert!(!c.serves("chat.slow").unwrap());
+        assert!(!c.serves("echo").unwrap());
+        assert!(config(&[]).serves("anything").unwrap());
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_flag() {
+        let error = config(&["--concurrency", "0"]).validate().unwrap_err().to_string();
+        assert!(error.contains("--concurrency"), "{error}");
+        let error = config(&["--only-channels", "a[b"]).validate().unwrap_err().to_string();
+        assert!(error.contains("--only-channels"), "{error}");
+    }
+}

@@ -1,0 +1,127 @@
+//! The context a consumer works through while handling one event.
+//!
+//! Nothing a consumer does reaches the client or Redis right away: accepts,
+//! sends, closes, group changes, group sends and session writes are collected
+//! here and committed together once the handler returns. A worker that dies
+//! mid-message therefore leaves no trace, and the message is simply handled
+//! again by another worker.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use switchyard_protocol::{Action, Keys, Payload, ReplyAddress};
+
+use crate::session::{self, Session};
+
+/// What the consumer knows about the connection.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub channel: String,
+    pub reply: ReplyAddress,
+    pub path: String,
+    pub query: String,
+    /// Only present while handling `connect`.
+    pub headers: Vec<(String, String)>,
+    pub client: String,
+    pub subprotocols: Vec<String>,
+}
+
+pub struct Context {
+    scope: Scope,
+    session_id: String,
+    session: Option<Session>,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) group_sends: Vec<(String, Payload)>,
+    redis: ConnectionManager,
+    keys: Keys,
+}
+
+impl Context {
+    pub(crate) fn new(scope: Scope, redis: ConnectionManager, keys: Keys) -> Context {
+        let session_id = session::session_id(&scope.query, &scope.reply.to_string());
+        Context {
+            scope,
+            session_id,
+            session: None,
+            actions: Vec::new(),
+            group_sends: Vec::new(),
+            redis,
+            keys,
+        }
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// First value of a query-string parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        session::query_param(&self.scope.query, name)
+    }
+
+    /// Accepts the connection (answer to `connect`).
+    pub fn accept(&mut self) {
+        self.actions.push(Action::Accept { subprotocol: None });
+    }
+
+    /// Accepts the connection choosing one of the offered subprotocols.
+    pub fn accept_subprotocol(&mut self, subprotocol: impl Into<String>) {
+        self.actions.push(Action::Accept {
+            subprotocol: Some(subprotocol.into()),
+        });
+    }
+
+    pub fn send_text(&mut self, text: impl Into<String>) {
+        self.actions.push(Action::Send(Payload::text(text)));
+    }
+
+    pub fn send_bytes(&mut self, bytes: impl Into<Vec<u8>>) {
+        self.actions.push(Action::Send(Payload::bytes(bytes)));
+    }
+
+    /// Closes the socket with `code` (before accept: refuses the handshake).
+    pub fn close(&mut self, code: u16) {
+        self.actions.push(Action::Close {
+            code,
+            reason: String::new(),
+        });
+    }
+
+    pub fn group_add(&mut self, group: impl Into<String>) {
+        self.actions.push(Action::GroupAdd { group: group.into() });
+    }
+
+    pub fn group_discard(&mut self, group: impl Into<String>) {
+        self.actions.push(Action::GroupDiscard { group: group.into() });
+    }
+
+    /// Sends a text frame to every member of a group (one publish, on commit).
+    pub fn group_send_text(&mut self, group: impl Into<String>, text: impl Into<String>) {
+        self.group_sends.push((group.into(), Payload::text(text)));
+    }
+
+    /// Sends a binary frame to every member of a group (one publish, on commit).
+    pub fn group_send_bytes(&mut self, group: impl Into<String>, bytes: impl Into<Vec<u8>>) {
+        self.group_sends.push((group.into(), Payload::bytes(bytes)));
+    }
+
+    /// The connection's session, loaded from Redis on first use.
+    pub async fn session(&mut self) -> redis::RedisResult<&mut Session> {
+        if self.session.is_none() {
+            let values: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(self.keys.session(&self.session_id))
+                .query_async(&mut self.redis)
+                .await?;
+            self.session = Some(Session::loaded(values));
+        }
+        Ok(self.session.get_or_insert_with(Session::default))
+    }
+
+    pub(crate) fn session_key(&self) -> String {
+        self.keys.session(&self.session_id)
+    }
+
+    pub(crate) fn session_changes(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+}

@@ -1,0 +1,127 @@
+//! Handling one stream entry: decode, run the consumer, commit.
+//!
+//! Garbage (undecodable entries, unknown versions, bad reply addresses) goes to
+//! the dead-letter stream with a log line; the worker carries on. A Redis
+//! error while handling or committing is retried with backoff — the consumer
+//! runs again from scratch, which is safe because nothing was committed. An
+//! application error closes the connection with 1011.
+
+use switchyard_protocol::redis_conn::Backoff;
+use switchyard_protocol::stream::StreamEntry;
+use switchyard_protocol::{decode, encode, ChannelMessage, Event, Reply, ReplyAddress};
+
+use crate::commit::{self, Commit, Outcome};
+use crate::consumer::{Message, WebSocketConsumer};
+use crate::context::{Context, Scope};
+use crate::runtime::Worker;
+
+const INTERNAL_ERROR: u16 = 1011;
+
+pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
+    let Some((channel, consumer)) = worker.channels.get(stream) else {
+        tracing::error!(stream, "entry from a stream this worker does not serve");
+        return;
+    };
+    let message = match entry.payload().map(decode::<ChannelMessage>) {
+        Some(Ok(message)) => message,
+        Some(Err(error)) => return reject(worker, stream, &entry, &error.to_string()).await,
+        None => return reject(worker, stream, &entry, "entry has no `m` payload field").await,
+    };
+    let Some(reply) = ReplyAddress::parse(&message.reply) else {
+        return reject(worker, stream, &entry, "malformed reply address").await;
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match attempt(worker, stream, &entry, channel, consumer.as_ref(), &message, &reply).await {
+            Ok(Outcome::Committed) => return,
+            Ok(Outcome::Repeated) => {
+                tracing::info!(reply = %message.reply, seq = message.seq, "repeated message acknowledged without applying it again");
+                return;
+            }
+            Ok(Outcome::NotOwned) => {
+                tracing::info!(entry = %entry.id, "message was taken over by another worker; result dropped");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, entry = %entry.id, "Redis error while handling; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn attempt(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    channel: &str,
+    consumer: &dyn WebSocketConsumer,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+) -> redis::RedisResult<Outcome> {
+    let (headers, client, subprotocols) = match &message.event {
+        Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
+        _ => Default::default(),
+    };
+    let scope = Scope {
+        channel: channel.to_owned(),
+        reply: reply.clone(),
+        path: message.path.clone(),
+        query: message.query.clone(),
+        headers,
+        client,
+        subprotocols,
+    };
+    let mut ctx = Context::new(scope, worker.redis.clone(), worker.keys.clone());
+    let result = match &message.event {
+        Event::Connect(_) => consumer.connect(&mut ctx).await,
+        Event::Receive(payload) => {
+            let message = match (&payload.text, &payload.bytes) {
+                (Some(text), _) => Message::Text(text.clone()),
+                (None, Some(bytes)) => Message::Binary(bytes.to_vec()),
+                (None, None) => Message::Text(String::new()),
+            };
+            consumer.receive(&mut ctx, message).await
+        }
+        Event::Disconnect { code } => consumer.disconnect(&mut ctx, *code).await,
+        Event::Drain => consumer.drain(&mut ctx).await,
+    };
+    if let Err(error) = result {
+        if let Some(redis_error) = error.downcast_ref::<redis::RedisError>() {
+            return Err(redis_error.clone());
+        }
+        tracing::error!(error = %format!("{error:#}"), channel, event = message.event.type_name(), reply = %message.reply, "consumer failed; closing the connection with 1011");
+        ctx = Context::new(ctx.scope().clone(), worker.redis.clone(), worker.keys.clone());
+        ctx.close(INTERNAL_ERROR);
+    }
+    let disconnect = matches!(message.event, Event::Disconnect { .. });
+    let encoded_reply = (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), std::mem::take(&mut ctx.actions))));
+    let session = ctx.session_changes().map(|session| {
+        let (sets, deletes) = session.changes();
+        (ctx.session_key(), sets, deletes)
+    });
+    let commit = Commit {
+        stream,
+        entry_id: &entry.id,
+        interface: &reply.interface,
+        conn: reply.conn,
+        seq: message.seq,
+        reply: encoded_reply,
+        disconnect,
+        session,
+        group_sends: &ctx.group_sends,
+    };
+    let mut con = worker.redis.clone();
+    worker.committer.commit(&mut con, &commit).await
+}
+
+/// Dead-letters an entry, retrying until Redis takes it.
+async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str) {
+    tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
+    let mut backoff = Backoff::default();
+    let mut con = worker.redis.clone();
+    while let Err(redis_error) = commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.consumer, error).await {
+        tracing::warn!(%redis_error, "dead-lettering failed; retrying");
+        backoff.wait().await;
+    }
+}

@@ -1,0 +1,32 @@
+//! Switchyard workers: the consumer API and the worker runtime.
+//!
+//! Write a consumer ([`WebSocketConsumer`]), register it for a channel in
+//! [`Apps`], and run it with [`run`] — that is a worker binary. Reading order:
+//!
+//! 1. [`consumer`], [`context`], [`session`]: the API an application sees,
+//! 2. [`app`] and [`periodic`]: registering consumers and pool-wide tasks,
+//! 3. [`runtime`], [`reader`], [`handler`], [`commit`]: how a message is
+//!    read, handled and committed exactly once,
+//! 4. [`maintenance`]: liveness, taking over a dead worker's messages, trimming,
+//! 5. [`apps`]: the built-in apps (echo, chat).
+
+pub mod app;
+pub mod apps;
+pub mod commit;
+pub mod config;
+pub mod consumer;
+pub mod context;
+mod handler;
+mod maintenance;
+pub mod periodic;
+mod reader;
+pub mod runtime;
+pub mod session;
+
+pub use app::Apps;
+pub use config::WorkerConfig;
+pub use consumer::{ConsumerResult, Message, WebSocketConsumer};
+pub use context::{Context, Scope};
+pub use periodic::PeriodicContext;
+pub use runtime::run;
+pub use session::Session;

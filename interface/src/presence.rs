@@ -2,7 +2,7 @@
 //!
 //! Every second the interface writes a liveness key with its figures
 //! (connections, routes, groups) for `switchyard status`, refreshes its entry in
-//! the interfaces index, and records whether the round trip worked — that is
+//! the interfaces index and the expiry of its reply stream, and records whether the round trip worked — that is
 //! what `/readyz` reports as "Redis reachable".
 
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use crate::state::Shared;
 
 const EVERY: Duration = Duration::from_secs(1);
 const TTL: Duration = Duration::from_secs(10);
+/// Matches the workers' default `--reply-ttl`.
+const REPLY_TTL: Duration = Duration::from_secs(60);
 
 pub async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(EVERY);
@@ -55,6 +57,15 @@ async fn beat(shared: &Shared) -> bool {
         .arg(shared.keys.interfaces_index())
         .arg(now_ms)
         .arg(&shared.id)
+        .ignore()
+        // Our reply stream and sequence table live as long as we do.
+        .cmd("PEXPIRE")
+        .arg(shared.keys.reply_stream(&shared.id))
+        .arg(REPLY_TTL.as_millis() as u64)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(shared.keys.connection_seqs(&shared.id))
+        .arg(REPLY_TTL.as_millis() as u64)
         .ignore()
         .query_async(&mut con)
         .await;

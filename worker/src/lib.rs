@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod session;
 
 pub use app::Apps;
+pub use async_trait::async_trait;
 pub use config::WorkerConfig;
 pub use consumer::{ConsumerResult, Message, WebSocketConsumer};
 pub use context::{Context, Scope};

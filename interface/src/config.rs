@@ -56,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value_t = 10.0, value_parser = parse_seconds)]
     pub redis_hold: f64,
 
+    /// Seconds a group membership survives in Redis without being refreshed
+    /// (presence counts; members of an interface that died expire after this).
+    #[arg(long, env = "SWITCHYARD_GROUP_EXPIRY", default_value_t = 86_400.0, value_parser = parse_seconds_long)]
+    pub group_expiry: f64,
+
     /// Interface id (names its reply stream); random by default.
     #[arg(long, env = "SWITCHYARD_INTERFACE_ID")]
     pub id: Option<String>,
@@ -74,9 +79,21 @@ fn parse_route(text: &str) -> Result<Route, String> {
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
-    let value: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(value > 0.0 && value <= 3600.0) {
         return Err(format!("{value} is out of range (0, 3600] seconds"));
+    }
+    Ok(value)
+}
+
+fn parse_seconds_long(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(1.0..=30.0 * 86_400.0).contains(&value) {
+        return Err(format!("{value} is out of range [1, 2592000] seconds"));
     }
     Ok(value)
 }
@@ -86,29 +103,44 @@ impl Config {
     pub fn route_table(&self) -> anyhow::Result<Routes> {
         let mut routes = self.routes.clone();
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
-            let file: ConfigFile = toml::from_str(&text).with_context(|| format!("--config: {} is not valid", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+            let file: ConfigFile =
+                toml::from_str(&text).with_context(|| format!("--config: {} is not valid", path.display()))?;
             for (prefix, channel) in file.routes {
                 routes.push(Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?);
             }
         }
         if routes.is_empty() {
-            routes = vec![Route::new("/ws/echo/", "echo").expect("valid"), Route::new("/ws/chat/", "chat").expect("valid")];
+            routes = vec![
+                Route::new("/ws/echo/", "echo").expect("valid"),
+                Route::new("/ws/chat/", "chat").expect("valid"),
+            ];
         }
         Ok(Routes::new(routes))
     }
 
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://") || self.redis_url.starts_with("unix://")) {
-            bail!("--redis-url: `{}` must start with redis://, rediss:// or unix://", self.redis_url);
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            bail!(
+                "--redis-url: `{}` must start with redis://, rediss:// or unix://",
+                self.redis_url
+            );
         }
-        redis::Client::open(self.redis_url.as_str()).with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        redis::Client::open(self.redis_url.as_str())
+            .with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
         if self.max_message_size < 125 {
-            bail!("--max-message-size: {} is too small (at least 125 bytes)", self.max_message_size);
+            bail!(
+                "--max-message-size: {} is too small (at least 125 bytes)",
+                self.max_message_size
+            );
         }
         if let Some(id) = &self.id {
             if id.is_empty() || id.contains(['!', '{', '}', ' ']) {
@@ -125,6 +157,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    pub fn group_expiry(&self) -> Duration {
+        Duration::from_secs_f64(self.group_expiry)
     }
 
     pub fn redis_hold(&self) -> Duration {

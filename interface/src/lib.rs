@@ -7,12 +7,14 @@
 //! 2. [`server`] and [`http`]: accepting connections and routing requests,
 //! 3. [`websocket`]: the handshake, the frame reader, the connection task,
 //! 4. [`outbound`] and [`replies`]: the two directions through Redis,
-//! 5. [`groups`]: broadcast fan-out, [`presence`]: liveness and readiness,
+//! 5. [`groups`]: broadcast fan-out ([`membership`]: its records in Redis),
+//!    [`presence`]: liveness and readiness,
 //! 6. [`shutdown`]: graceful draining.
 
 pub mod config;
 pub mod groups;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod outbound;
 pub mod presence;
@@ -45,28 +47,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let routes = config.route_table()?;
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
-    let id = config.id.clone().unwrap_or_else(|| format!("if-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let id = config
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("if-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
     let keys = Keys::new(config.prefix.clone());
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
-    let groups = Groups::start(client.clone(), keys, registry.clone());
+    let groups = Groups::start(
+        client.clone(),
+        redis.clone(),
+        keys,
+        id.clone(),
+        config.group_expiry(),
+        registry.clone(),
+    );
     let (outbound, _batcher) = Outbound::start(redis.clone(), config.redis_hold(), metrics.clone());
     let (trigger, shutdown) = shutdown::channel();
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
     let shutdown_timeout = config.shutdown_timeout();
-    let shared = Arc::new(Shared::new(config, id, routes, redis, registry, groups, outbound, metrics, shutdown));
+    let shared = Arc::new(Shared::new(
+        config, id, routes, redis, registry, groups, outbound, metrics, shutdown,
+    ));
 
     tokio::spawn(replies::run(client, shared.clone()));
     tokio::spawn(presence::run(shared.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone()));
-    let routes: Vec<String> = shared.routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect();
+    let routes: Vec<String> = shared
+        .routes
+        .iter()
+        .map(|t| format!("{}={}", t.prefix, t.channel))
+        .collect();
     tracing::info!(interface = %shared.id, bind = %shared.config.bind, routes = ?routes, "interface listening");
 
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;
-    tracing::info!(?signal, connections = shared.registry.len(), "shutting down: draining connections");
+    tracing::info!(
+        ?signal,
+        connections = shared.registry.len(),
+        "shutting down: draining connections"
+    );
     trigger.start(shutdown_timeout);
     let _ = server.await;
 

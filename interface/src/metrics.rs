@@ -41,8 +41,16 @@ impl Metrics {
         let message_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let redis_errors = Counter::default();
         let redis_batches = Counter::default();
-        registry.register("websocket_connections_active", "Open WebSocket connections", connections_active.clone());
-        registry.register("websocket_messages", "WebSocket messages by direction", messages.clone());
+        registry.register(
+            "websocket_connections_active",
+            "Open WebSocket connections",
+            connections_active.clone(),
+        );
+        registry.register(
+            "websocket_messages",
+            "WebSocket messages by direction",
+            messages.clone(),
+        );
         registry.register("websocket_errors", "WebSocket errors by kind", errors.clone());
         registry.register(
             "websocket_message_duration_seconds",
@@ -50,7 +58,11 @@ impl Metrics {
             message_duration.clone(),
         );
         registry.register("redis_errors", "Failed Redis commands", redis_errors.clone());
-        registry.register("redis_batches", "Pipelined batches of appends sent to Redis", redis_batches.clone());
+        registry.register(
+            "redis_batches",
+            "Pipelined batches of appends sent to Redis",
+            redis_batches.clone(),
+        );
         Metrics {
             registry,
             connections_active,

@@ -18,7 +18,9 @@ impl Route {
             return Err(format!("route prefix `{prefix}` must start with '/'"));
         }
         let valid_channel = !channel.is_empty()
-            && channel.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            && channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid_channel {
             return Err(format!("channel `{channel}` must be letters, digits, '.', '-' or '_'"));
         }
@@ -52,7 +54,7 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(mut routes: Vec<Route>) -> Routes {
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         routes.dedup_by(|a, b| a.prefix == b.prefix);
         Routes {
             routes: routes
@@ -88,7 +90,10 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let routes = Routes::new(vec![Route::parse("/ws/=any").unwrap(), Route::parse("/ws/chat/=chat").unwrap()]);
+        let routes = Routes::new(vec![
+            Route::parse("/ws/=any").unwrap(),
+            Route::parse("/ws/chat/=chat").unwrap(),
+        ]);
         assert_eq!(&*routes.lookup("/ws/chat/room").unwrap().channel, "chat");
         assert_eq!(&*routes.lookup("/ws/echo/").unwrap().channel, "any");
         assert!(routes.lookup("/other").is_none());

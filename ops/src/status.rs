@@ -25,7 +25,12 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
         }
     }
     for info in workers.values() {
-        for channel in info["channels"].as_array().into_iter().flatten().filter_map(Json::as_str) {
+        for channel in info["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str)
+        {
             routed.push(channel.to_owned());
         }
     }
@@ -37,7 +42,11 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
         let (backlog, pending) = group_figures(con, &stream).await.unwrap_or((0, 0));
         let live: Vec<&String> = workers
             .iter()
-            .filter(|(_, info)| info["channels"].as_array().is_some_and(|c| c.iter().any(|x| x == channel.as_str())))
+            .filter(|(_, info)| {
+                info["channels"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|x| x == channel.as_str()))
+            })
             .map(|(name, _)| name)
             .collect();
         healthy &= !live.is_empty();
@@ -46,17 +55,33 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
             json!({"backlog": backlog, "pending": pending, "workers_alive": live.len(), "workers": live}),
         );
     }
-    let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "healthy": healthy});
+    let groups = group_sizes(con, keys).await?;
+    let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "groups": groups, "healthy": healthy});
     if as_json {
         println!("{report:#}");
     } else {
         println!("{:<20} {:>8} {:>8} {:>8}", "CHANNEL", "BACKLOG", "PENDING", "WORKERS");
         for (name, c) in &channels {
-            println!("{:<20} {:>8} {:>8} {:>8}", name, c["backlog"].to_string(), c["pending"].to_string(), c["workers_alive"].to_string());
+            println!(
+                "{:<20} {:>8} {:>8} {:>8}",
+                name,
+                c["backlog"].to_string(),
+                c["pending"].to_string(),
+                c["workers_alive"].to_string()
+            );
         }
         println!("\n{:<20} {:>12} {:>10}", "INTERFACE", "CONNECTIONS", "DRAINING");
         for (id, info) in &interfaces {
-            println!("{:<20} {:>12} {:>10}", id, info["connections"].to_string(), info["draining"].to_string());
+            println!(
+                "{:<20} {:>12} {:>10}",
+                id,
+                info["connections"].to_string(),
+                info["draining"].to_string()
+            );
+        }
+        println!("\n{:<20} {:>8}", "GROUP", "MEMBERS");
+        for (group, members) in &groups {
+            println!("{group:<20} {members:>8}");
         }
         if !healthy {
             println!("\nWARNING: a channel has no live worker");
@@ -65,8 +90,50 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Live (unexpired) members per group, from the member sets.
+async fn group_sizes(con: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<BTreeMap<String, u64>> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let pattern = format!("{}*", keys.group_members(""));
+    let mut cursor: u64 = 0;
+    let mut sizes = BTreeMap::new();
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(con)
+            .await?;
+        for key in found {
+            let live: u64 = redis::cmd("ZCOUNT")
+                .arg(&key)
+                .arg(now_ms)
+                .arg("+inf")
+                .query_async(con)
+                .await?;
+            if let Some(group) = keys.group_of_members_key(&key) {
+                if live > 0 {
+                    sizes.insert(group.to_owned(), live);
+                }
+            }
+        }
+        if next == 0 {
+            return Ok(sizes);
+        }
+        cursor = next;
+    }
+}
+
 /// Members of an index whose liveness key still exists, with its JSON.
-async fn live_entries(con: &mut ConnectionManager, index: &str, key: impl Fn(&str) -> String) -> anyhow::Result<BTreeMap<String, Json>> {
+async fn live_entries(
+    con: &mut ConnectionManager,
+    index: &str,
+    key: impl Fn(&str) -> String,
+) -> anyhow::Result<BTreeMap<String, Json>> {
     let names: Vec<String> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(con).await?;
     let mut live = BTreeMap::new();
     for name in names {
@@ -81,18 +148,30 @@ async fn live_entries(con: &mut ConnectionManager, index: &str, key: impl Fn(&st
 /// (undelivered, delivered-but-unacknowledged) entries of a channel's group.
 async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Result<(i64, i64)> {
     let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
-    let Value::Array(groups) = groups else { return Ok((0, 0)) };
+    let Value::Array(groups) = groups else {
+        return Ok((0, 0));
+    };
     for group in groups {
         let fields: Vec<(String, Value)> = match group {
             Value::Array(flat) => flat
                 .chunks(2)
                 .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
                 .collect(),
-            Value::Map(pairs) => pairs.into_iter().filter_map(|(k, v)| Some((redis::from_redis_value(k).ok()?, v))).collect(),
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((redis::from_redis_value(k).ok()?, v)))
+                .collect(),
             _ => continue,
         };
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| redis::from_redis_value::<i64>(v.clone()).ok());
-        let is_workers = fields.iter().any(|(k, v)| k == "name" && redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(WORKER_GROUP));
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<i64>(v.clone()).ok())
+        };
+        let is_workers = fields.iter().any(|(k, v)| {
+            k == "name" && redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(WORKER_GROUP)
+        });
         if is_workers {
             return Ok((get("lag").unwrap_or(0), get("pending").unwrap_or(0)));
         }

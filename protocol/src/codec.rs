@@ -84,7 +84,10 @@ mod tests {
                 Action::Send(Payload::bytes(vec![1, 2, 3])),
                 Action::GroupAdd { group: "chat".into() },
                 Action::GroupDiscard { group: "chat".into() },
-                Action::Close { code: 4400, reason: String::new() },
+                Action::Close {
+                    code: 4400,
+                    reason: String::new(),
+                },
             ],
         );
         let decoded: Reply = decode(&encode(&reply)).unwrap();
@@ -100,7 +103,13 @@ mod tests {
 
     #[test]
     fn encodes_as_a_self_describing_map() {
-        let message = ChannelMessage::new("i!1".into(), 2, "/p".into(), String::new(), Event::Receive(Payload::text("x")));
+        let message = ChannelMessage::new(
+            "i!1".into(),
+            2,
+            "/p".into(),
+            String::new(),
+            Event::Receive(Payload::text("x")),
+        );
         let value: rmpv_like::Map = rmp_serde::from_slice(&encode(&message)).unwrap();
         assert_eq!(value.get("type").map(String::as_str), Some("websocket.receive"));
         assert_eq!(value.get("text").map(String::as_str), Some("x"));
@@ -108,7 +117,10 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_other_versions() {
-        assert!(matches!(decode::<ChannelMessage>(b"garbage"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<ChannelMessage>(b"garbage"),
+            Err(DecodeError::Malformed(_))
+        ));
         let truncated = &encode(&Reply::new(1, Some(1), vec![]))[..5];
         assert!(matches!(decode::<Reply>(truncated), Err(DecodeError::Malformed(_))));
         let mut future = Reply::new(1, Some(1), vec![]);

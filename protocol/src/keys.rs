@@ -13,9 +13,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Keys {
-            prefix: prefix.into(),
-        }
+        Keys { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -53,6 +51,17 @@ impl Keys {
     /// The pub/sub channel a group's broadcasts are published on.
     pub fn group_channel(&self, group: &str) -> String {
         format!("{}:group:{}", self.prefix, group)
+    }
+
+    /// Sorted set of a group's members (reply addresses) scored by expiry ms:
+    /// presence counts, and cleanup after an interface that died.
+    pub fn group_members(&self, group: &str) -> String {
+        format!("{}:groupmembers:{}", self.prefix, group)
+    }
+
+    /// The group name back from a member-set key.
+    pub fn group_of_members_key<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix(":groupmembers:")
     }
 
     /// Per-group broadcast sequence counter.

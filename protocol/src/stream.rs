@@ -180,8 +180,13 @@ pub async fn trim_acked<C: ConnectionLike>(con: &mut C, stream: &str, group: &st
         return Ok(0);
     };
     let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(con).await?;
-    let oldest_pending = items(&summary).get(1).and_then(text_of).and_then(|id| EntryId::parse(&id));
-    let cut = oldest_pending.unwrap_or(last_delivered.next()).min(last_delivered.next());
+    let oldest_pending = items(&summary)
+        .get(1)
+        .and_then(text_of)
+        .and_then(|id| EntryId::parse(&id));
+    let cut = oldest_pending
+        .unwrap_or(last_delivered.next())
+        .min(last_delivered.next());
     if cut == EntryId::ZERO {
         return Ok(0);
     }
@@ -262,7 +267,10 @@ mod tests {
             bulk("last-delivered-id"),
             bulk("7-3"),
         ])]);
-        assert_eq!(group_field(&groups, "workers", "last-delivered-id").as_deref(), Some("7-3"));
+        assert_eq!(
+            group_field(&groups, "workers", "last-delivered-id").as_deref(),
+            Some("7-3")
+        );
         assert_eq!(group_field(&groups, "other", "last-delivered-id"), None);
     }
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::consumer::WebSocketConsumer;
 use crate::periodic::PeriodicContext;
 
-pub type PeriodicFn = Arc<dyn Fn(PeriodicContext) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+pub type PeriodicFn =
+    Arc<dyn Fn(PeriodicContext) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
 /// A task that runs once per tick across the whole worker pool.
 #[derive(Clone)]

@@ -16,9 +16,9 @@
 
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
-use switchyard_protocol::groups::{group_send_args, GROUP_SEND_LUA};
+use switchyard_protocol::groups::{group_send_args, GroupFrame, GROUP_SEND_LUA};
 use switchyard_protocol::stream::StreamEntry;
-use switchyard_protocol::{Keys, Payload, WORKER_GROUP};
+use switchyard_protocol::{Keys, WORKER_GROUP};
 
 const COMMIT_LUA: &str = r#"
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
@@ -73,6 +73,9 @@ pub enum Outcome {
     Repeated,
 }
 
+/// A session's key with the fields to set and the fields to delete.
+pub type SessionWrite<'a> = (String, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
 /// One handled message, ready to commit.
 pub struct Commit<'a> {
     pub stream: &'a str,
@@ -84,8 +87,8 @@ pub struct Commit<'a> {
     pub reply: Option<Vec<u8>>,
     pub disconnect: bool,
     /// Session key and its changes, when the session was used.
-    pub session: Option<(String, Vec<(&'a str, &'a str)>, Vec<&'a str>)>,
-    pub group_sends: &'a [(String, Payload)],
+    pub session: Option<SessionWrite<'a>>,
+    pub group_sends: &'a [(String, GroupFrame)],
 }
 
 /// The loaded script (its SHA is computed once).
@@ -124,7 +127,11 @@ impl Committer {
             .arg(commit.seq)
             .arg(commit.reply.as_deref().unwrap_or(b""))
             .arg(self.reply_ttl_ms)
-            .arg(if commit.session.is_some() { self.session_ttl_ms } else { 0 })
+            .arg(if commit.session.is_some() {
+                self.session_ttl_ms
+            } else {
+                0
+            })
             .arg(if commit.disconnect { "1" } else { "0" })
             .arg(self.keys.prefix());
         let (sets, deletes) = match &commit.session {
@@ -140,8 +147,8 @@ impl Committer {
             invocation.arg(*field);
         }
         invocation.arg(commit.group_sends.len());
-        for (group, payload) in commit.group_sends {
-            for arg in group_send_args(group, payload) {
+        for (group, frame) in commit.group_sends {
+            for arg in group_send_args(group, frame) {
                 invocation.arg(arg);
             }
         }
@@ -156,7 +163,14 @@ impl Committer {
 
 /// Moves an entry that cannot be handled to the dead-letter stream and
 /// acknowledges it, in one MULTI/EXEC. The dead-letter stream is capped.
-pub async fn dead_letter(con: &mut ConnectionManager, keys: &Keys, stream: &str, entry: &StreamEntry, consumer: &str, error: &str) -> RedisResult<()> {
+pub async fn dead_letter(
+    con: &mut ConnectionManager,
+    keys: &Keys,
+    stream: &str,
+    entry: &StreamEntry,
+    consumer: &str,
+    error: &str,
+) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     let add = pipe

@@ -26,7 +26,11 @@ pub struct WorkerConfig {
     pub only_channels: Vec<String>,
 
     /// Do not serve channels matching this glob (repeatable).
-    #[arg(long = "exclude-channels", env = "SWITCHYARD_EXCLUDE_CHANNELS", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-channels",
+        env = "SWITCHYARD_EXCLUDE_CHANNELS",
+        value_delimiter = ','
+    )]
     pub exclude_channels: Vec<String>,
 
     /// Messages handled at once by this process (across all connections).
@@ -66,7 +70,8 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        redis::Client::open(self.redis_url.as_str()).with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        redis::Client::open(self.redis_url.as_str())
+            .with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
@@ -98,7 +103,9 @@ impl WorkerConfig {
 
     pub fn consumer_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".into());
             let random = uuid::Uuid::new_v4().simple().to_string();
             format!("{host}-{}-{}", std::process::id(), &random[..6])
         })

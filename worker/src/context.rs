@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use redis::aio::ConnectionManager;
+use switchyard_protocol::groups::GroupFrame;
 use switchyard_protocol::{Action, Keys, Payload, ReplyAddress};
 
 use crate::session::{self, Session};
@@ -31,7 +32,7 @@ pub struct Context {
     session_id: String,
     session: Option<Session>,
     pub(crate) actions: Vec<Action>,
-    pub(crate) group_sends: Vec<(String, Payload)>,
+    pub(crate) group_sends: Vec<(String, GroupFrame)>,
     redis: ConnectionManager,
     keys: Keys,
 }
@@ -97,12 +98,19 @@ impl Context {
 
     /// Sends a text frame to every member of a group (one publish, on commit).
     pub fn group_send_text(&mut self, group: impl Into<String>, text: impl Into<String>) {
-        self.group_sends.push((group.into(), Payload::text(text)));
+        self.group_sends.push((group.into(), GroupFrame::Text(text.into())));
     }
 
     /// Sends a binary frame to every member of a group (one publish, on commit).
     pub fn group_send_bytes(&mut self, group: impl Into<String>, bytes: impl Into<Vec<u8>>) {
-        self.group_sends.push((group.into(), Payload::bytes(bytes)));
+        self.group_sends.push((group.into(), GroupFrame::Bytes(bytes.into())));
+    }
+
+    /// Sends a JSON object to every member of a group, with the group's
+    /// broadcast sequence number added as `"seq"` (one publish, on commit).
+    pub fn group_send_json(&mut self, group: impl Into<String>, object: &serde_json::Value) {
+        self.group_sends
+            .push((group.into(), GroupFrame::JsonWithSeq(object.to_string())));
     }
 
     /// The connection's session, loaded from Redis on first use.

@@ -95,7 +95,13 @@ async fn attempt(
         ctx.close(INTERNAL_ERROR);
     }
     let disconnect = matches!(message.event, Event::Disconnect { .. });
-    let encoded_reply = (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), std::mem::take(&mut ctx.actions))));
+    let encoded_reply = (!disconnect).then(|| {
+        encode(&Reply::new(
+            reply.conn,
+            Some(message.seq),
+            std::mem::take(&mut ctx.actions),
+        ))
+    });
     let session = ctx.session_changes().map(|session| {
         let (sets, deletes) = session.changes();
         (ctx.session_key(), sets, deletes)
@@ -120,7 +126,9 @@ async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str)
     tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
     let mut backoff = Backoff::default();
     let mut con = worker.redis.clone();
-    while let Err(redis_error) = commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.consumer, error).await {
+    while let Err(redis_error) =
+        commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.consumer, error).await
+    {
         tracing::warn!(%redis_error, "dead-lettering failed; retrying");
         backoff.wait().await;
     }

@@ -36,11 +36,22 @@ pub struct Worker {
     /// Permits for messages in hand; a graceful stop waits for all of them.
     pub(crate) permits: Arc<Semaphore>,
     stopping: AtomicBool,
+    /// Set once the first read succeeded: the worker is live, not just started.
+    reading: AtomicBool,
 }
 
 impl Worker {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn reading(&self) -> bool {
+        self.reading.load(Ordering::Relaxed)
+    }
+
+    /// Marks the worker as reading; true the first time.
+    pub(crate) fn mark_reading(&self) -> bool {
+        !self.reading.swap(true, Ordering::Relaxed)
     }
 
     pub(crate) fn streams(&self) -> Vec<String> {
@@ -59,8 +70,11 @@ impl Worker {
     }
 }
 
+/// A channel with the consumer that serves it.
+pub type ServedChannel = (String, Arc<dyn WebSocketConsumer>);
+
 /// Which channels and periodic tasks this process serves, after the globs.
-pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<(String, Arc<dyn WebSocketConsumer>)>, Vec<Periodic>)> {
+pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<ServedChannel>, Vec<Periodic>)> {
     let mut channels = Vec::new();
     for (channel, consumer) in &apps.websocket {
         if config.serves(channel)? {
@@ -68,7 +82,12 @@ pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<(String
         }
     }
     let served: Vec<&String> = channels.iter().map(|(c, _)| c).collect();
-    let periodic = apps.periodic.iter().filter(|p| served.contains(&&p.channel)).cloned().collect();
+    let periodic = apps
+        .periodic
+        .iter()
+        .filter(|p| served.contains(&&p.channel))
+        .cloned()
+        .collect();
     Ok((channels, periodic))
 }
 
@@ -85,10 +104,18 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let consumer = config.consumer_name();
-    let committer = Committer::new(keys.clone(), consumer.clone(), config.reply_ttl * 1000, config.session_ttl * 1000);
+    let committer = Committer::new(
+        keys.clone(),
+        consumer.clone(),
+        config.reply_ttl * 1000,
+        config.session_ttl * 1000,
+    );
     let worker = Arc::new(Worker {
         permits: Arc::new(Semaphore::new(config.concurrency)),
-        channels: channels.into_iter().map(|(channel, c)| (keys.channel_stream(&channel), (channel, c))).collect(),
+        channels: channels
+            .into_iter()
+            .map(|(channel, c)| (keys.channel_stream(&channel), (channel, c)))
+            .collect(),
         config,
         consumer,
         keys,
@@ -97,6 +124,7 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         periodic,
         committer,
         stopping: AtomicBool::new(false),
+        reading: AtomicBool::new(false),
     });
 
     let served: Vec<&str> = worker.channels.values().map(|(c, _)| c.as_str()).collect();

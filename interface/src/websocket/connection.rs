@@ -95,7 +95,11 @@ impl Connection {
         self.finish(code);
     }
 
-    async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> u16 {
+    async fn serve(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
+    ) -> u16 {
         let mut shutdown = self.shared.shutdown.clone();
         let mut drain_deadline: Option<Instant> = None;
         let mut drain_seq: Option<u64> = None;
@@ -158,7 +162,13 @@ impl Connection {
         if matches!(event, Event::Receive(_)) {
             self.shared.metrics.message("in");
         }
-        let message = ChannelMessage::new(self.opened.reply.clone(), seq, self.opened.path.clone(), self.opened.query.clone(), event);
+        let message = ChannelMessage::new(
+            self.opened.reply.clone(),
+            seq,
+            self.opened.path.clone(),
+            self.opened.query.clone(),
+            event,
+        );
         self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), encode(&message)));
         self.in_flight = Some((seq, Instant::now()));
         seq
@@ -172,7 +182,11 @@ impl Connection {
             }
             Inbound::Close { code, .. } => {
                 // Answer with the same code (none when the client gave none).
-                let echo = if code == 1005 { Frame::close_raw(FramePayload::Owned(Vec::new())) } else { Frame::close(code, b"") };
+                let echo = if code == 1005 {
+                    Frame::close_raw(FramePayload::Owned(Vec::new()))
+                } else {
+                    Frame::close(code, b"")
+                };
                 let _ = self.write(echo).await;
                 self.mark_closed(code);
             }
@@ -183,7 +197,12 @@ impl Connection {
                     POLICY_VIOLATION => "policy_violation",
                     _ => "protocol_error",
                 });
-                tracing::info!(conn = self.opened.id, code, reason, "closing connection after a client error");
+                tracing::info!(
+                    conn = self.opened.id,
+                    code,
+                    reason,
+                    "closing connection after a client error"
+                );
                 self.close(code, reason).await;
             }
         }
@@ -203,7 +222,10 @@ impl Connection {
                     self.last_done = done;
                     if let Some((seq, since)) = self.in_flight {
                         if seq <= done {
-                            self.shared.metrics.message_duration.observe(since.elapsed().as_secs_f64());
+                            self.shared
+                                .metrics
+                                .message_duration
+                                .observe(since.elapsed().as_secs_f64());
                             self.in_flight = None;
                         }
                     }
@@ -221,7 +243,11 @@ impl Connection {
                 Action::Accept { .. } => {}
                 Action::Send(payload) => self.send_payload(&payload).await,
                 Action::Close { code, reason } => {
-                    let code = if CloseCode::from(code).is_allowed() && code != 1005 { code } else { 1000 };
+                    let code = if CloseCode::from(code).is_allowed() && code != 1005 {
+                        code
+                    } else {
+                        1000
+                    };
                     self.close(code, &reason).await;
                 }
                 Action::GroupAdd { group } => {
@@ -297,7 +323,9 @@ impl Connection {
             self.opened.query.clone(),
             Event::Disconnect { code },
         );
-        shared.outbound.send_detached(self.opened.stream.clone(), encode(&message));
+        shared
+            .outbound
+            .send_detached(self.opened.stream.clone(), encode(&message));
         shared.metrics.connections_active.dec();
         tracing::debug!(conn = self.opened.id, code, "connection closed");
     }

@@ -24,7 +24,12 @@ use crate::router::Target;
 use crate::state::Shared;
 
 /// Answers an upgrade request on a routed path.
-pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target: Target, remote: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut request: Request<Incoming>,
+    target: Target,
+    remote: SocketAddr,
+) -> Response<Body> {
     if shared.shutdown.is_draining() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
     }
@@ -41,7 +46,12 @@ pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target:
         headers: request
             .headers()
             .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         client: remote.to_string(),
         subprotocols: offered_subprotocols(&request),
@@ -87,13 +97,19 @@ pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target:
             let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: 1006 });
             shared.outbound.send_detached(stream, encode(&gone));
             tracing::warn!(channel = %target.channel, "no worker answered the handshake in time");
-            text_response(StatusCode::SERVICE_UNAVAILABLE, "no worker answered in time; try again later\n")
+            text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no worker answered in time; try again later\n",
+            )
         }
     }
 }
 
 enum Verdict {
-    Accept { subprotocol: Option<String>, actions: Vec<Action> },
+    Accept {
+        subprotocol: Option<String>,
+        actions: Vec<Action>,
+    },
     Refuse,
     Unavailable,
 }

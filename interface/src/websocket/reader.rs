@@ -20,9 +20,15 @@ pub enum Inbound {
     Message(Payload),
     Ping(Vec<u8>),
     /// The client closed with this code (1005 when it gave none).
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
     /// The client broke the protocol; close with this code.
-    Fail { code: u16, reason: &'static str },
+    Fail {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 pub const POLICY_VIOLATION: u16 = 1008;
@@ -54,7 +60,9 @@ pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>,
             },
             Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
             Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => return,
+            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
+                return
+            }
             Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
         };
         let last = matches!(item, Inbound::Close { .. } | Inbound::Fail { .. });
@@ -113,7 +121,9 @@ impl Assembler {
     fn push(&mut self, frame: Frame<'_>) -> Result<Option<Payload>, Inbound> {
         match (frame.opcode, self.partial.is_some()) {
             (OpCode::Continuation, false) => return Err(fail(PROTOCOL_ERROR, "continuation without a message")),
-            (OpCode::Text | OpCode::Binary, true) => return Err(fail(PROTOCOL_ERROR, "new message inside a fragmented one")),
+            (OpCode::Text | OpCode::Binary, true) => {
+                return Err(fail(PROTOCOL_ERROR, "new message inside a fragmented one"))
+            }
             (OpCode::Text | OpCode::Binary, false) if frame.fin => {
                 return finish(frame.opcode, frame.payload.to_vec()).map(Some);
             }
@@ -148,7 +158,9 @@ impl Assembler {
 
 fn finish(opcode: OpCode, bytes: Vec<u8>) -> Result<Payload, Inbound> {
     if opcode == OpCode::Text {
-        String::from_utf8(bytes).map(Payload::text).map_err(|_| fail(INVALID_DATA, "invalid UTF-8 in text message"))
+        String::from_utf8(bytes)
+            .map(Payload::text)
+            .map_err(|_| fail(INVALID_DATA, "invalid UTF-8 in text message"))
     } else {
         Ok(Payload::bytes(bytes))
     }
@@ -168,7 +180,10 @@ mod tests {
         let mut a = Assembler::new(100);
         assert!(a.push(frame(false, OpCode::Text, b"he")).unwrap().is_none());
         assert!(a.push(frame(false, OpCode::Continuation, b"ll")).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"o")).unwrap(), Some(Payload::text("hello")));
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b"o")).unwrap(),
+            Some(Payload::text("hello"))
+        );
     }
 
     #[test]
@@ -176,7 +191,10 @@ mod tests {
         let euro = "€".as_bytes();
         let mut a = Assembler::new(100);
         assert!(a.push(frame(false, OpCode::Text, &euro[..1])).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Continuation, &euro[1..])).unwrap(), Some(Payload::text("€")));
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, &euro[1..])).unwrap(),
+            Some(Payload::text("€"))
+        );
     }
 
     #[test]
@@ -190,21 +208,33 @@ mod tests {
     fn oversize_fragmented_message_is_1009() {
         let mut a = Assembler::new(4);
         assert!(a.push(frame(false, OpCode::Binary, b"abc")).unwrap().is_none());
-        assert!(matches!(a.push(frame(true, OpCode::Continuation, b"de")), Err(Inbound::Fail { code: 1009, .. })));
+        assert!(matches!(
+            a.push(frame(true, OpCode::Continuation, b"de")),
+            Err(Inbound::Fail { code: 1009, .. })
+        ));
     }
 
     #[test]
     fn stray_continuation_is_a_protocol_error() {
         let mut a = Assembler::new(10);
-        assert!(matches!(a.push(frame(true, OpCode::Continuation, b"x")), Err(Inbound::Fail { code: 1002, .. })));
+        assert!(matches!(
+            a.push(frame(true, OpCode::Continuation, b"x")),
+            Err(Inbound::Fail { code: 1002, .. })
+        ));
     }
 
     #[test]
     fn close_frames_are_validated() {
         assert!(matches!(close_frame(&[]), Inbound::Close { code: 1005, .. }));
         assert!(matches!(close_frame(&[3]), Inbound::Fail { code: 1002, .. }));
-        assert!(matches!(close_frame(&1000u16.to_be_bytes()), Inbound::Close { code: 1000, .. }));
-        assert!(matches!(close_frame(&999u16.to_be_bytes()), Inbound::Fail { code: 1002, .. }));
+        assert!(matches!(
+            close_frame(&1000u16.to_be_bytes()),
+            Inbound::Close { code: 1000, .. }
+        ));
+        assert!(matches!(
+            close_frame(&999u16.to_be_bytes()),
+            Inbound::Fail { code: 1002, .. }
+        ));
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.push(0xff);
         assert!(matches!(close_frame(&bad_reason), Inbound::Fail { code: 1007, .. }));

@@ -62,12 +62,15 @@ pub fn heartbeat_every() -> anyhow::Result<Duration> {
 
 async fn heartbeat(mut ctx: PeriodicContext) -> anyhow::Result<()> {
     let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
-    ctx.group_send_text(GROUP, serde_json::json!({ "ts": ts }).to_string()).await?;
+    ctx.group_send_text(GROUP, serde_json::json!({ "ts": ts }).to_string())
+        .await?;
     Ok(())
 }
 
 pub fn app() -> Apps {
     // An invalid value is reported by `main` before this runs.
     let every = heartbeat_every().unwrap_or(Duration::from_secs(30));
-    Apps::new().websocket("chat", Chat).periodic("chat.heartbeat", "chat", every, heartbeat)
+    Apps::new()
+        .websocket("chat", Chat)
+        .periodic("chat.heartbeat", "chat", every, heartbeat)
 }

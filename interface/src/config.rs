@@ -31,7 +31,7 @@ pub struct Config {
     pub prefix: String,
 
     /// WebSocket route `PATH_PREFIX=CHANNEL`, repeatable; the longest matching
-    /// prefix wins. Default: /ws/echo/=echo and /ws/chat/=chat.
+    /// prefix wins. Default: /ws/echo/=echo, /ws/chat/=chat, /ws/rooms/=rooms.
     #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<Route>,
 

@@ -22,6 +22,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_BIND", default_value = "0.0.0.0:8000")]
     pub bind: SocketAddr,
 
+    /// Share the port with other interface processes (SO_REUSEPORT): the kernel
+    /// spreads new connections over them.
+    #[arg(long, env = "SWITCHYARD_REUSE_PORT")]
+    pub reuse_port: bool,
+
     /// Redis URL (redis://[user:password@]host:port/db).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,

@@ -33,7 +33,6 @@ use anyhow::Context;
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use switchyard_protocol::{redis_conn, Keys};
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::groups::Groups;
@@ -64,8 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (outbound, _batcher) = Outbound::start(redis.clone(), config.redis_hold(), metrics.clone());
     let (trigger, shutdown) = shutdown::channel();
-    let listener = TcpListener::bind(config.bind)
-        .await
+    let listener = server::bind(config.bind, config.reuse_port)
         .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
     let shutdown_timeout = config.shutdown_timeout();
     let shared = Arc::new(Shared::new(

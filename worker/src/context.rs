@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use switchyard_protocol::groups::GroupFrame;
 use switchyard_protocol::{Action, Keys, Payload, ReplyAddress};
 
+use crate::commit::SessionWrite;
 use crate::session::{self, Session};
 
 /// What the consumer knows about the connection.
@@ -125,11 +126,14 @@ impl Context {
         Ok(self.session.get_or_insert_with(Session::default))
     }
 
-    pub(crate) fn session_key(&self) -> String {
-        self.keys.session(&self.session_id)
-    }
-
-    pub(crate) fn session_changes(&self) -> Option<&Session> {
-        self.session.as_ref()
+    /// The session's key and changes, when the session was used.
+    pub(crate) fn session_write(&self) -> Option<SessionWrite> {
+        let session = self.session.as_ref()?;
+        let (sets, deletes) = session.changes();
+        Some(SessionWrite {
+            key: self.keys.session(&self.session_id),
+            sets: sets.into_iter().map(|(f, v)| (f.to_owned(), v.to_owned())).collect(),
+            deletes: deletes.into_iter().map(str::to_owned).collect(),
+        })
     }
 }

@@ -104,7 +104,8 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let consumer = config.consumer_name();
-    let committer = Committer::new(
+    let committer = Committer::start(
+        redis.clone(),
         keys.clone(),
         consumer.clone(),
         config.reply_ttl * 1000,

@@ -79,6 +79,9 @@ pub struct Config {
     pub check: bool,
 }
 
+/// Routes used when none are given: the built-in apps of `switchyard-worker`.
+const DEFAULT_ROUTES: [&str; 3] = ["/ws/echo/=echo", "/ws/chat/=chat", "/ws/rooms/=rooms"];
+
 fn parse_route(text: &str) -> Result<Route, String> {
     Route::parse(text)
 }
@@ -117,10 +120,10 @@ impl Config {
             }
         }
         if routes.is_empty() {
-            routes = vec![
-                Route::new("/ws/echo/", "echo").expect("valid"),
-                Route::new("/ws/chat/", "chat").expect("valid"),
-            ];
+            routes = DEFAULT_ROUTES
+                .iter()
+                .map(|r| Route::parse(r).expect("default routes are valid"))
+                .collect();
         }
         Ok(Routes::new(routes))
     }

@@ -14,6 +14,12 @@ fn main() -> ExitCode {
     }
     if config.check {
         println!("{config:#?}");
+        if let Ok(routes) = config.route_table() {
+            println!("effective routes:");
+            for target in routes.iter() {
+                println!("  {} -> channel {}", target.prefix, target.channel);
+            }
+        }
         return ExitCode::SUCCESS;
     }
     logging::init(config.log_format);

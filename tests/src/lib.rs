@@ -14,6 +14,7 @@ pub mod ports;
 pub mod process;
 pub mod redis_server;
 pub mod stack;
+pub mod supervisor;
 pub mod testdir;
 pub mod ws;
 

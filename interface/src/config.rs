@@ -61,7 +61,12 @@ pub struct Config {
     pub id: Option<String>,
 
     /// Log format.
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
     pub log_format: LogFormat,
 
     /// Print the effective configuration and exit.
@@ -74,7 +79,9 @@ fn parse_route(text: &str) -> Result<Route, String> {
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
-    let value: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(value > 0.0 && value <= 3600.0) {
         return Err(format!("{value} is out of range (0, 3600] seconds"));
     }
@@ -86,29 +93,47 @@ impl Config {
     pub fn route_table(&self) -> anyhow::Result<Routes> {
         let mut routes = self.routes.clone();
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
-            let file: ConfigFile = toml::from_str(&text).with_context(|| format!("--config: {} is not valid", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--config: cannot read {}", path.display()))?;
+            let file: ConfigFile = toml::from_str(&text)
+                .with_context(|| format!("--config: {} is not valid", path.display()))?;
             for (prefix, channel) in file.routes {
-                routes.push(Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?);
+                routes.push(
+                    Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?,
+                );
             }
         }
         if routes.is_empty() {
-            routes = vec![Route::new("/ws/echo/", "echo").expect("valid"), Route::new("/ws/chat/", "chat").expect("valid")];
+            routes = vec![
+                Route::new("/ws/echo/", "echo").expect("valid"),
+                Route::new("/ws/chat/", "chat").expect("valid"),
+            ];
         }
         Ok(Routes::new(routes))
     }
 
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://") || self.redis_url.starts_with("unix://")) {
-            bail!("--redis-url: `{}` must start with redis://, rediss:// or unix://", self.redis_url);
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            bail!(
+                "--redis-url: `{}` must start with redis://, rediss:// or unix://",
+                self.redis_url
+            );
         }
-        redis::Client::open(self.redis_url.as_str()).with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        redis::Client::open(self.redis_url.as_str()).with_context(|| {
+            format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url)
+        })?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
         if self.max_message_size < 125 {
-            bail!("--max-message-size: {} is too small (at least 125 bytes)", self.max_message_size);
+            bail!(
+                "--max-message-size: {} is too small (at least 125 bytes)",
+                self.max_message_size
+            );
         }
         if let Some(id) = &self.id {
             if id.is_empty() || id.contains(['!', '{', '}', ' ']) {

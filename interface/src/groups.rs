@@ -35,7 +35,13 @@ impl Groups {
             members: Mutex::new(HashMap::new()),
             commands,
         });
-        tokio::spawn(subscriber(client, keys, registry, Arc::downgrade(&groups), rx));
+        tokio::spawn(subscriber(
+            client,
+            keys,
+            registry,
+            Arc::downgrade(&groups),
+            rx,
+        ));
         groups
     }
 
@@ -61,12 +67,18 @@ impl Groups {
 
     /// Local member ids of a group.
     pub fn members(&self, group: &str) -> Vec<u64> {
-        self.lock().get(group).map(|set| set.iter().copied().collect()).unwrap_or_default()
+        self.lock()
+            .get(group)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Group names with their local member counts.
     pub fn sizes(&self) -> Vec<(String, usize)> {
-        self.lock().iter().map(|(g, s)| (g.clone(), s.len())).collect()
+        self.lock()
+            .iter()
+            .map(|(g, s)| (g.clone(), s.len()))
+            .collect()
     }
 
     fn names(&self) -> Vec<String> {
@@ -74,7 +86,9 @@ impl Groups {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<u64>>> {
-        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -96,7 +110,9 @@ async fn subscriber(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let Some(current) = groups.upgrade().map(|g| g.names()) else { return };
+        let Some(current) = groups.upgrade().map(|g| g.names()) else {
+            return;
+        };
         let mut resubscribed = true;
         for group in current {
             resubscribed &= sink.subscribe(keys.group_channel(&group)).await.is_ok();
@@ -140,7 +156,9 @@ fn fan_out(registry: &Registry, groups: &std::sync::Weak<Groups>, payload: &[u8]
             return;
         }
     };
-    let Some(groups) = groups.upgrade() else { return };
+    let Some(groups) = groups.upgrade() else {
+        return;
+    };
     let members = groups.members(&message.group);
     let delivered = registry.deliver_all(&members, &message);
     tracing::trace!(group = %message.group, delivered, "group broadcast fanned out");

@@ -45,7 +45,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let routes = config.route_table()?;
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
-    let id = config.id.clone().unwrap_or_else(|| format!("if-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let id = config
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("if-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
     let keys = Keys::new(config.prefix.clone());
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
@@ -56,17 +59,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
     let shutdown_timeout = config.shutdown_timeout();
-    let shared = Arc::new(Shared::new(config, id, routes, redis, registry, groups, outbound, metrics, shutdown));
+    let shared = Arc::new(Shared::new(
+        config, id, routes, redis, registry, groups, outbound, metrics, shutdown,
+    ));
 
     tokio::spawn(replies::run(client, shared.clone()));
     tokio::spawn(presence::run(shared.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone()));
-    let routes: Vec<String> = shared.routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect();
+    let routes: Vec<String> = shared
+        .routes
+        .iter()
+        .map(|t| format!("{}={}", t.prefix, t.channel))
+        .collect();
     tracing::info!(interface = %shared.id, bind = %shared.config.bind, routes = ?routes, "interface listening");
 
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;
-    tracing::info!(?signal, connections = shared.registry.len(), "shutting down: draining connections");
+    tracing::info!(
+        ?signal,
+        connections = shared.registry.len(),
+        "shutting down: draining connections"
+    );
     trigger.start(shutdown_timeout);
     let _ = server.await;
 

@@ -41,16 +41,36 @@ impl Metrics {
         let message_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let redis_errors = Counter::default();
         let redis_batches = Counter::default();
-        registry.register("websocket_connections_active", "Open WebSocket connections", connections_active.clone());
-        registry.register("websocket_messages", "WebSocket messages by direction", messages.clone());
-        registry.register("websocket_errors", "WebSocket errors by kind", errors.clone());
+        registry.register(
+            "websocket_connections_active",
+            "Open WebSocket connections",
+            connections_active.clone(),
+        );
+        registry.register(
+            "websocket_messages",
+            "WebSocket messages by direction",
+            messages.clone(),
+        );
+        registry.register(
+            "websocket_errors",
+            "WebSocket errors by kind",
+            errors.clone(),
+        );
         registry.register(
             "websocket_message_duration_seconds",
             "Time from enqueueing a client message to its done marker",
             message_duration.clone(),
         );
-        registry.register("redis_errors", "Failed Redis commands", redis_errors.clone());
-        registry.register("redis_batches", "Pipelined batches of appends sent to Redis", redis_batches.clone());
+        registry.register(
+            "redis_errors",
+            "Failed Redis commands",
+            redis_errors.clone(),
+        );
+        registry.register(
+            "redis_batches",
+            "Pipelined batches of appends sent to Redis",
+            redis_batches.clone(),
+        );
         Metrics {
             registry,
             connections_active,
@@ -63,7 +83,9 @@ impl Metrics {
     }
 
     pub fn message(&self, direction: &'static str) {
-        self.messages.get_or_create(&DirectionLabel { direction }).inc();
+        self.messages
+            .get_or_create(&DirectionLabel { direction })
+            .inc();
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -38,7 +38,11 @@ pub struct Outbound {
 impl Outbound {
     /// Starts the batcher task; it ends when every handle is dropped and the
     /// queue is flushed.
-    pub fn start(con: ConnectionManager, hold: Duration, metrics: Arc<Metrics>) -> (Outbound, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        con: ConnectionManager,
+        hold: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Outbound, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(con, rx, hold, metrics));
         (Outbound { tx }, task)
@@ -79,13 +83,23 @@ impl Outbound {
     }
 }
 
-async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, hold: Duration, metrics: Arc<Metrics>) {
+async fn run(
+    mut con: ConnectionManager,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    hold: Duration,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         for item in &batch {
             if let Some(stream) = &item.stream {
-                pipe.cmd("XADD").arg(&**stream).arg("*").arg(PAYLOAD_FIELD).arg(&item.payload).ignore();
+                pipe.cmd("XADD")
+                    .arg(&**stream)
+                    .arg("*")
+                    .arg(PAYLOAD_FIELD)
+                    .arg(&item.payload)
+                    .ignore();
             }
         }
         let ok = pipe.is_empty() || send_with_retry(&mut con, &pipe, hold, &metrics).await;
@@ -98,7 +112,12 @@ async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, 
     }
 }
 
-async fn send_with_retry(con: &mut ConnectionManager, pipe: &redis::Pipeline, hold: Duration, metrics: &Metrics) -> bool {
+async fn send_with_retry(
+    con: &mut ConnectionManager,
+    pipe: &redis::Pipeline,
+    hold: Duration,
+    metrics: &Metrics,
+) -> bool {
     let give_up = Instant::now() + hold;
     let mut backoff = Backoff::default();
     loop {

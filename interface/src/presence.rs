@@ -33,7 +33,10 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 async fn beat(shared: &Shared) -> bool {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let info = serde_json::json!({
         "id": shared.id,
         "version": env!("CARGO_PKG_VERSION"),

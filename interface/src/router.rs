@@ -18,9 +18,13 @@ impl Route {
             return Err(format!("route prefix `{prefix}` must start with '/'"));
         }
         let valid_channel = !channel.is_empty()
-            && channel.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            && channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid_channel {
-            return Err(format!("channel `{channel}` must be letters, digits, '.', '-' or '_'"));
+            return Err(format!(
+                "channel `{channel}` must be letters, digits, '.', '-' or '_'"
+            ));
         }
         Ok(Route {
             prefix: prefix.to_owned(),
@@ -88,7 +92,10 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let routes = Routes::new(vec![Route::parse("/ws/=any").unwrap(), Route::parse("/ws/chat/=chat").unwrap()]);
+        let routes = Routes::new(vec![
+            Route::parse("/ws/=any").unwrap(),
+            Route::parse("/ws/chat/=chat").unwrap(),
+        ]);
         assert_eq!(&*routes.lookup("/ws/chat/room").unwrap().channel, "chat");
         assert_eq!(&*routes.lookup("/ws/echo/").unwrap().channel, "any");
         assert!(routes.lookup("/other").is_none());

@@ -11,8 +11,13 @@ use redis::Value;
 use serde_json::{json, Value as Json};
 use switchyard_protocol::{Keys, WORKER_GROUP};
 
-pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> anyhow::Result<ExitCode> {
-    let interfaces = live_entries(con, &keys.interfaces_index(), |id| keys.interface_alive(id)).await?;
+pub async fn run(
+    con: &mut ConnectionManager,
+    keys: &Keys,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let interfaces =
+        live_entries(con, &keys.interfaces_index(), |id| keys.interface_alive(id)).await?;
     let workers = live_entries(con, &keys.workers_index(), |c| keys.worker_alive(c)).await?;
 
     let mut channels: BTreeMap<String, Json> = BTreeMap::new();
@@ -25,7 +30,12 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
         }
     }
     for info in workers.values() {
-        for channel in info["channels"].as_array().into_iter().flatten().filter_map(Json::as_str) {
+        for channel in info["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str)
+        {
             routed.push(channel.to_owned());
         }
     }
@@ -37,7 +47,11 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
         let (backlog, pending) = group_figures(con, &stream).await.unwrap_or((0, 0));
         let live: Vec<&String> = workers
             .iter()
-            .filter(|(_, info)| info["channels"].as_array().is_some_and(|c| c.iter().any(|x| x == channel.as_str())))
+            .filter(|(_, info)| {
+                info["channels"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|x| x == channel.as_str()))
+            })
             .map(|(name, _)| name)
             .collect();
         healthy &= !live.is_empty();
@@ -50,24 +64,54 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
     if as_json {
         println!("{report:#}");
     } else {
-        println!("{:<20} {:>8} {:>8} {:>8}", "CHANNEL", "BACKLOG", "PENDING", "WORKERS");
+        println!(
+            "{:<20} {:>8} {:>8} {:>8}",
+            "CHANNEL", "BACKLOG", "PENDING", "WORKERS"
+        );
         for (name, c) in &channels {
-            println!("{:<20} {:>8} {:>8} {:>8}", name, c["backlog"].to_string(), c["pending"].to_string(), c["workers_alive"].to_string());
+            println!(
+                "{:<20} {:>8} {:>8} {:>8}",
+                name,
+                c["backlog"].to_string(),
+                c["pending"].to_string(),
+                c["workers_alive"].to_string()
+            );
         }
-        println!("\n{:<20} {:>12} {:>10}", "INTERFACE", "CONNECTIONS", "DRAINING");
+        println!(
+            "\n{:<20} {:>12} {:>10}",
+            "INTERFACE", "CONNECTIONS", "DRAINING"
+        );
         for (id, info) in &interfaces {
-            println!("{:<20} {:>12} {:>10}", id, info["connections"].to_string(), info["draining"].to_string());
+            println!(
+                "{:<20} {:>12} {:>10}",
+                id,
+                info["connections"].to_string(),
+                info["draining"].to_string()
+            );
         }
         if !healthy {
             println!("\nWARNING: a channel has no live worker");
         }
     }
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Members of an index whose liveness key still exists, with its JSON.
-async fn live_entries(con: &mut ConnectionManager, index: &str, key: impl Fn(&str) -> String) -> anyhow::Result<BTreeMap<String, Json>> {
-    let names: Vec<String> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(con).await?;
+async fn live_entries(
+    con: &mut ConnectionManager,
+    index: &str,
+    key: impl Fn(&str) -> String,
+) -> anyhow::Result<BTreeMap<String, Json>> {
+    let names: Vec<String> = redis::cmd("ZRANGE")
+        .arg(index)
+        .arg(0)
+        .arg(-1)
+        .query_async(con)
+        .await?;
     let mut live = BTreeMap::new();
     for name in names {
         let info: Option<String> = redis::cmd("GET").arg(key(&name)).query_async(con).await?;
@@ -80,19 +124,42 @@ async fn live_entries(con: &mut ConnectionManager, index: &str, key: impl Fn(&st
 
 /// (undelivered, delivered-but-unacknowledged) entries of a channel's group.
 async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Result<(i64, i64)> {
-    let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
-    let Value::Array(groups) = groups else { return Ok((0, 0)) };
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(con)
+        .await?;
+    let Value::Array(groups) = groups else {
+        return Ok((0, 0));
+    };
     for group in groups {
         let fields: Vec<(String, Value)> = match group {
             Value::Array(flat) => flat
                 .chunks(2)
-                .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
+                .filter_map(|kv| {
+                    Some((
+                        redis::from_redis_value(kv.first()?.clone()).ok()?,
+                        kv.get(1)?.clone(),
+                    ))
+                })
                 .collect(),
-            Value::Map(pairs) => pairs.into_iter().filter_map(|(k, v)| Some((redis::from_redis_value(k).ok()?, v))).collect(),
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((redis::from_redis_value(k).ok()?, v)))
+                .collect(),
             _ => continue,
         };
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| redis::from_redis_value::<i64>(v.clone()).ok());
-        let is_workers = fields.iter().any(|(k, v)| k == "name" && redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(WORKER_GROUP));
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<i64>(v.clone()).ok())
+        };
+        let is_workers = fields.iter().any(|(k, v)| {
+            k == "name"
+                && redis::from_redis_value::<String>(v.clone()).ok().as_deref()
+                    == Some(WORKER_GROUP)
+        });
         if is_workers {
             return Ok((get("lag").unwrap_or(0), get("pending").unwrap_or(0)));
         }

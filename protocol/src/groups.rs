@@ -34,10 +34,21 @@ pub fn group_send_args(group: &str, payload: &Payload) -> [Vec<u8>; 3] {
 }
 
 /// Sends a frame to every member of a group; returns the broadcast's sequence number.
-pub async fn group_send<C: ConnectionLike>(con: &mut C, keys: &Keys, group: &str, payload: &Payload) -> RedisResult<u64> {
+pub async fn group_send<C: ConnectionLike>(
+    con: &mut C,
+    keys: &Keys,
+    group: &str,
+    payload: &Payload,
+) -> RedisResult<u64> {
     let script = redis::Script::new(&format!(
         "{GROUP_SEND_LUA}\nreturn group_send(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
     ));
     let [group, kind, data] = group_send_args(group, payload);
-    script.arg(keys.prefix()).arg(group).arg(kind).arg(data).invoke_async(con).await
+    script
+        .arg(keys.prefix())
+        .arg(group)
+        .arg(kind)
+        .arg(data)
+        .invoke_async(con)
+        .await
 }

@@ -12,7 +12,11 @@ use std::time::Duration;
 use crate::consumer::WebSocketConsumer;
 use crate::periodic::PeriodicContext;
 
-pub type PeriodicFn = Arc<dyn Fn(PeriodicContext) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+pub type PeriodicFn = Arc<
+    dyn Fn(PeriodicContext) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A task that runs once per tick across the whole worker pool.
 #[derive(Clone)]
@@ -38,7 +42,11 @@ impl Apps {
     }
 
     /// Serves WebSocket connections routed to `channel` with `consumer`.
-    pub fn websocket(mut self, channel: impl Into<String>, consumer: impl WebSocketConsumer) -> Apps {
+    pub fn websocket(
+        mut self,
+        channel: impl Into<String>,
+        consumer: impl WebSocketConsumer,
+    ) -> Apps {
         self.websocket.push((channel.into(), Arc::new(consumer)));
         self
     }

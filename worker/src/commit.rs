@@ -108,7 +108,11 @@ impl Committer {
         }
     }
 
-    pub async fn commit(&self, con: &mut ConnectionManager, commit: &Commit<'_>) -> RedisResult<Outcome> {
+    pub async fn commit(
+        &self,
+        con: &mut ConnectionManager,
+        commit: &Commit<'_>,
+    ) -> RedisResult<Outcome> {
         let session_key = commit.session.as_ref().map(|(key, _, _)| key.clone());
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -124,7 +128,11 @@ impl Committer {
             .arg(commit.seq)
             .arg(commit.reply.as_deref().unwrap_or(b""))
             .arg(self.reply_ttl_ms)
-            .arg(if commit.session.is_some() { self.session_ttl_ms } else { 0 })
+            .arg(if commit.session.is_some() {
+                self.session_ttl_ms
+            } else {
+                0
+            })
             .arg(if commit.disconnect { "1" } else { "0" })
             .arg(self.keys.prefix());
         let (sets, deletes) = match &commit.session {
@@ -156,7 +164,14 @@ impl Committer {
 
 /// Moves an entry that cannot be handled to the dead-letter stream and
 /// acknowledges it, in one MULTI/EXEC. The dead-letter stream is capped.
-pub async fn dead_letter(con: &mut ConnectionManager, keys: &Keys, stream: &str, entry: &StreamEntry, consumer: &str, error: &str) -> RedisResult<()> {
+pub async fn dead_letter(
+    con: &mut ConnectionManager,
+    keys: &Keys,
+    stream: &str,
+    entry: &StreamEntry,
+    consumer: &str,
+    error: &str,
+) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     let add = pipe
@@ -180,6 +195,10 @@ pub async fn dead_letter(con: &mut ConnectionManager, keys: &Keys, stream: &str,
         add.arg(field).arg(value);
     }
     pipe.ignore();
-    pipe.cmd("XACK").arg(stream).arg(WORKER_GROUP).arg(&entry.id).ignore();
+    pipe.cmd("XACK")
+        .arg(stream)
+        .arg(WORKER_GROUP)
+        .arg(&entry.id)
+        .ignore();
     pipe.query_async(con).await
 }

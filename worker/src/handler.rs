@@ -32,7 +32,17 @@ pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
     };
     let mut backoff = Backoff::default();
     loop {
-        match attempt(worker, stream, &entry, channel, consumer.as_ref(), &message, &reply).await {
+        match attempt(
+            worker,
+            stream,
+            &entry,
+            channel,
+            consumer.as_ref(),
+            &message,
+            &reply,
+        )
+        .await
+        {
             Ok(Outcome::Committed) => return,
             Ok(Outcome::Repeated) => {
                 tracing::info!(reply = %message.reply, seq = message.seq, "repeated message acknowledged without applying it again");
@@ -60,7 +70,11 @@ async fn attempt(
     reply: &ReplyAddress,
 ) -> redis::RedisResult<Outcome> {
     let (headers, client, subprotocols) = match &message.event {
-        Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
+        Event::Connect(scope) => (
+            scope.headers.clone(),
+            scope.client.clone(),
+            scope.subprotocols.clone(),
+        ),
         _ => Default::default(),
     };
     let scope = Scope {
@@ -91,11 +105,21 @@ async fn attempt(
             return Err(redis_error.clone());
         }
         tracing::error!(error = %format!("{error:#}"), channel, event = message.event.type_name(), reply = %message.reply, "consumer failed; closing the connection with 1011");
-        ctx = Context::new(ctx.scope().clone(), worker.redis.clone(), worker.keys.clone());
+        ctx = Context::new(
+            ctx.scope().clone(),
+            worker.redis.clone(),
+            worker.keys.clone(),
+        );
         ctx.close(INTERNAL_ERROR);
     }
     let disconnect = matches!(message.event, Event::Disconnect { .. });
-    let encoded_reply = (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), std::mem::take(&mut ctx.actions))));
+    let encoded_reply = (!disconnect).then(|| {
+        encode(&Reply::new(
+            reply.conn,
+            Some(message.seq),
+            std::mem::take(&mut ctx.actions),
+        ))
+    });
     let session = ctx.session_changes().map(|session| {
         let (sets, deletes) = session.changes();
         (ctx.session_key(), sets, deletes)
@@ -120,7 +144,16 @@ async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str)
     tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
     let mut backoff = Backoff::default();
     let mut con = worker.redis.clone();
-    while let Err(redis_error) = commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.consumer, error).await {
+    while let Err(redis_error) = commit::dead_letter(
+        &mut con,
+        &worker.keys,
+        stream,
+        entry,
+        &worker.consumer,
+        error,
+    )
+    .await
+    {
         tracing::warn!(%redis_error, "dead-lettering failed; retrying");
         backoff.wait().await;
     }

@@ -8,19 +8,25 @@ use switchyard_worker::{apps, runtime, WorkerConfig};
 
 fn main() -> ExitCode {
     let config = WorkerConfig::parse();
-    let checked = config.validate().and_then(|()| apps::chat::heartbeat_every().map(|_| ()));
+    let checked = config
+        .validate()
+        .and_then(|()| apps::chat::heartbeat_every().map(|_| ()));
     if let Err(error) = checked {
         eprintln!("switchyard-worker: {error:#}");
         return ExitCode::from(2);
     }
     let apps = apps::builtin();
     if config.check {
-        let served = runtime::select(&config, &apps).map(|(channels, _)| channels.into_iter().map(|(c, _)| c).collect::<Vec<_>>());
+        let served = runtime::select(&config, &apps)
+            .map(|(channels, _)| channels.into_iter().map(|(c, _)| c).collect::<Vec<_>>());
         println!("{config:#?}\nchannels served: {served:?}");
         return ExitCode::SUCCESS;
     }
     logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchyard-worker: cannot start the runtime: {error}");

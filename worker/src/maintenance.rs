@@ -56,7 +56,10 @@ pub async fn run(worker: Arc<Worker>) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Publishes (or refreshes) this worker's liveness key.
@@ -129,7 +132,11 @@ pub async fn leave(worker: &Worker) {
 /// Consumers with pending entries on `stream`, with their counts.
 async fn pending_owners(worker: &Worker, stream: &str) -> redis::RedisResult<Vec<(String, u64)>> {
     let mut con = worker.redis.clone();
-    let summary: Value = redis::cmd("XPENDING").arg(stream).arg(WORKER_GROUP).query_async(&mut con).await?;
+    let summary: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(WORKER_GROUP)
+        .query_async(&mut con)
+        .await?;
     let mut owners = Vec::new();
     if let Value::Array(parts) = summary {
         if let Some(Value::Array(consumers)) = parts.get(3) {
@@ -184,14 +191,22 @@ async fn take_over_dead(worker: &Arc<Worker>, stream: &str) -> redis::RedisResul
             Value::Array(rows) => rows
                 .iter()
                 .filter_map(|row| match row {
-                    Value::Array(fields) => fields.first().and_then(|id| redis::from_redis_value(id.clone()).ok()),
+                    Value::Array(fields) => fields
+                        .first()
+                        .and_then(|id| redis::from_redis_value(id.clone()).ok()),
                     _ => None,
                 })
                 .collect(),
             _ => Vec::new(),
         };
         if ids.is_empty() {
-            let _: i64 = redis::cmd("XGROUP").arg("DELCONSUMER").arg(stream).arg(WORKER_GROUP).arg(dead).query_async(&mut con).await?;
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(stream)
+                .arg(WORKER_GROUP)
+                .arg(dead)
+                .query_async(&mut con)
+                .await?;
             tracing::info!(consumer = %dead, stream, "removed dead consumer from the group");
             continue;
         }
@@ -226,10 +241,19 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
         .await?;
     let (_, entries) = parse_autoclaim_reply(&reply);
     if !entries.is_empty() {
-        tracing::warn!(stream, claimed = entries.len(), "took over messages idle longer than --claim-idle");
+        tracing::warn!(
+            stream,
+            claimed = entries.len(),
+            "took over messages idle longer than --claim-idle"
+        );
         handle_claimed(worker, stream, entries).await;
     }
-    let consumers: Value = redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(WORKER_GROUP).query_async(&mut con).await?;
+    let consumers: Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(WORKER_GROUP)
+        .query_async(&mut con)
+        .await?;
     let idle_empty: Vec<String> = match consumers {
         Value::Array(list) => list
             .iter()
@@ -237,12 +261,27 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
                 let fields: Vec<(String, Value)> = match info {
                     Value::Array(flat) => flat
                         .chunks(2)
-                        .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
+                        .filter_map(|kv| {
+                            Some((
+                                redis::from_redis_value(kv.first()?.clone()).ok()?,
+                                kv.get(1)?.clone(),
+                            ))
+                        })
                         .collect(),
-                    Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((redis::from_redis_value(k.clone()).ok()?, v.clone()))).collect(),
+                    Value::Map(pairs) => pairs
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            Some((redis::from_redis_value(k.clone()).ok()?, v.clone()))
+                        })
+                        .collect(),
                     _ => return None,
                 };
-                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let get = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
                 let name: String = redis::from_redis_value(get("name")?).ok()?;
                 let pending: i64 = redis::from_redis_value(get("pending")?).ok()?;
                 let idle: i64 = redis::from_redis_value(get("idle")?).ok()?;
@@ -256,7 +295,13 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
     }
     let liveness = alive(worker, &idle_empty).await?;
     for (name, _) in idle_empty.iter().zip(liveness).filter(|(_, alive)| !alive) {
-        let _: i64 = redis::cmd("XGROUP").arg("DELCONSUMER").arg(stream).arg(WORKER_GROUP).arg(name).query_async(&mut con).await?;
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(stream)
+            .arg(WORKER_GROUP)
+            .arg(name)
+            .query_async(&mut con)
+            .await?;
     }
     Ok(())
 }
@@ -264,7 +309,9 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
 /// Handles claimed entries with the usual permits, without waiting for them.
 async fn handle_claimed(worker: &Arc<Worker>, stream: &str, entries: Vec<StreamEntry>) {
     for entry in entries {
-        let Ok(permit) = worker.permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = worker.permits.clone().acquire_owned().await else {
+            return;
+        };
         let worker = worker.clone();
         let stream = stream.to_owned();
         tokio::spawn(async move {

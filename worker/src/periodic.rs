@@ -24,7 +24,11 @@ pub struct PeriodicContext {
 
 impl PeriodicContext {
     /// Sends a text frame to every member of a group.
-    pub async fn group_send_text(&mut self, group: &str, text: impl Into<String>) -> redis::RedisResult<u64> {
+    pub async fn group_send_text(
+        &mut self,
+        group: &str,
+        text: impl Into<String>,
+    ) -> redis::RedisResult<u64> {
         groups::group_send(&mut self.redis, &self.keys, group, &Payload::text(text)).await
     }
 }
@@ -65,5 +69,8 @@ pub async fn run(worker: Arc<Worker>, task: Periodic) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

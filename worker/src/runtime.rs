@@ -60,7 +60,10 @@ impl Worker {
 }
 
 /// Which channels and periodic tasks this process serves, after the globs.
-pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<(String, Arc<dyn WebSocketConsumer>)>, Vec<Periodic>)> {
+pub fn select(
+    config: &WorkerConfig,
+    apps: &Apps,
+) -> anyhow::Result<(Vec<(String, Arc<dyn WebSocketConsumer>)>, Vec<Periodic>)> {
     let mut channels = Vec::new();
     for (channel, consumer) in &apps.websocket {
         if config.serves(channel)? {
@@ -68,7 +71,12 @@ pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<(String
         }
     }
     let served: Vec<&String> = channels.iter().map(|(c, _)| c).collect();
-    let periodic = apps.periodic.iter().filter(|p| served.contains(&&p.channel)).cloned().collect();
+    let periodic = apps
+        .periodic
+        .iter()
+        .filter(|p| served.contains(&&p.channel))
+        .cloned()
+        .collect();
     Ok((channels, periodic))
 }
 
@@ -85,10 +93,18 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let consumer = config.consumer_name();
-    let committer = Committer::new(keys.clone(), consumer.clone(), config.reply_ttl * 1000, config.session_ttl * 1000);
+    let committer = Committer::new(
+        keys.clone(),
+        consumer.clone(),
+        config.reply_ttl * 1000,
+        config.session_ttl * 1000,
+    );
     let worker = Arc::new(Worker {
         permits: Arc::new(Semaphore::new(config.concurrency)),
-        channels: channels.into_iter().map(|(channel, c)| (keys.channel_stream(&channel), (channel, c))).collect(),
+        channels: channels
+            .into_iter()
+            .map(|(channel, c)| (keys.channel_stream(&channel), (channel, c)))
+            .collect(),
         config,
         consumer,
         keys,
@@ -108,13 +124,18 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         tokio::spawn(crate::periodic::run(worker.clone(), task));
     }
 
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;
     tracing::info!(?signal, "stopping: finishing messages in hand");
     worker.stopping.store(true, Ordering::Relaxed);
     let _ = reader.await;
     let all = worker.config.concurrency as u32;
-    let finished = tokio::time::timeout(worker.config.drain_timeout(), worker.permits.acquire_many(all)).await;
+    let finished = tokio::time::timeout(
+        worker.config.drain_timeout(),
+        worker.permits.acquire_many(all),
+    )
+    .await;
     if finished.is_err() {
         tracing::warn!("drain timeout: leaving unfinished messages to other workers");
     }

@@ -62,7 +62,13 @@ impl Session {
 /// reply address.
 pub(crate) fn session_id(query: &str, reply: &str) -> String {
     query_param(query, "session_uuid")
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        })
         .unwrap_or_else(|| reply.to_owned())
 }
 

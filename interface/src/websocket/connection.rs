@@ -67,7 +67,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(shared: Arc<Shared>, opened: Opened, writer: WebSocketWrite<WriteHalf>) -> Connection {
+    pub fn new(
+        shared: Arc<Shared>,
+        opened: Opened,
+        writer: WebSocketWrite<WriteHalf>,
+    ) -> Connection {
         Connection {
             shared,
             opened,
@@ -84,18 +88,29 @@ impl Connection {
     }
 
     /// Runs the connection to its end, then tells the workers it is gone.
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut events: mpsc::UnboundedReceiver<ConnEvent>,
+    ) {
         self.shared.metrics.connections_active.inc();
         let actions = std::mem::take(&mut self.opened.actions);
         self.apply_actions(actions).await;
         let code = self.serve(&mut inbound, &mut events).await;
         if self.awaiting_close_reply {
-            let _ = tokio::time::timeout(CLOSE_WAIT, async { while inbound.recv().await.is_some() {} }).await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while inbound.recv().await.is_some() {}
+            })
+            .await;
         }
         self.finish(code);
     }
 
-    async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> u16 {
+    async fn serve(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
+    ) -> u16 {
         let mut shutdown = self.shared.shutdown.clone();
         let mut drain_deadline: Option<Instant> = None;
         let mut drain_seq: Option<u64> = None;
@@ -112,7 +127,9 @@ impl Connection {
                     continue;
                 }
             }
-            let reading = self.closed.is_none() && drain_deadline.is_none() && self.pending.len() < MAX_PENDING;
+            let reading = self.closed.is_none()
+                && drain_deadline.is_none()
+                && self.pending.len() < MAX_PENDING;
             let linger_until = self.closed.map(|(_, until)| until);
             tokio::select! {
                 biased;
@@ -158,8 +175,18 @@ impl Connection {
         if matches!(event, Event::Receive(_)) {
             self.shared.metrics.message("in");
         }
-        let message = ChannelMessage::new(self.opened.reply.clone(), seq, self.opened.path.clone(), self.opened.query.clone(), event);
-        self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), encode(&message)));
+        let message = ChannelMessage::new(
+            self.opened.reply.clone(),
+            seq,
+            self.opened.path.clone(),
+            self.opened.query.clone(),
+            event,
+        );
+        self.appended = Some(
+            self.shared
+                .outbound
+                .send(self.opened.stream.clone(), encode(&message)),
+        );
         self.in_flight = Some((seq, Instant::now()));
         seq
     }
@@ -172,7 +199,11 @@ impl Connection {
             }
             Inbound::Close { code, .. } => {
                 // Answer with the same code (none when the client gave none).
-                let echo = if code == 1005 { Frame::close_raw(FramePayload::Owned(Vec::new())) } else { Frame::close(code, b"") };
+                let echo = if code == 1005 {
+                    Frame::close_raw(FramePayload::Owned(Vec::new()))
+                } else {
+                    Frame::close(code, b"")
+                };
                 let _ = self.write(echo).await;
                 self.mark_closed(code);
             }
@@ -183,7 +214,12 @@ impl Connection {
                     POLICY_VIOLATION => "policy_violation",
                     _ => "protocol_error",
                 });
-                tracing::info!(conn = self.opened.id, code, reason, "closing connection after a client error");
+                tracing::info!(
+                    conn = self.opened.id,
+                    code,
+                    reason,
+                    "closing connection after a client error"
+                );
                 self.close(code, reason).await;
             }
         }
@@ -203,7 +239,10 @@ impl Connection {
                     self.last_done = done;
                     if let Some((seq, since)) = self.in_flight {
                         if seq <= done {
-                            self.shared.metrics.message_duration.observe(since.elapsed().as_secs_f64());
+                            self.shared
+                                .metrics
+                                .message_duration
+                                .observe(since.elapsed().as_secs_f64());
                             self.in_flight = None;
                         }
                     }
@@ -221,7 +260,11 @@ impl Connection {
                 Action::Accept { .. } => {}
                 Action::Send(payload) => self.send_payload(&payload).await,
                 Action::Close { code, reason } => {
-                    let code = if CloseCode::from(code).is_allowed() && code != 1005 { code } else { 1000 };
+                    let code = if CloseCode::from(code).is_allowed() && code != 1005 {
+                        code
+                    } else {
+                        1000
+                    };
                     self.close(code, &reason).await;
                 }
                 Action::GroupAdd { group } => {
@@ -297,7 +340,9 @@ impl Connection {
             self.opened.query.clone(),
             Event::Disconnect { code },
         );
-        shared.outbound.send_detached(self.opened.stream.clone(), encode(&message));
+        shared
+            .outbound
+            .send_detached(self.opened.stream.clone(), encode(&message));
         shared.metrics.connections_active.dec();
         tracing::debug!(conn = self.opened.id, code, "connection closed");
     }

@@ -24,13 +24,23 @@ use crate::router::Target;
 use crate::state::Shared;
 
 /// Answers an upgrade request on a routed path.
-pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target: Target, remote: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut request: Request<Incoming>,
+    target: Target,
+    remote: SocketAddr,
+) -> Response<Body> {
     if shared.shutdown.is_draining() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
     }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
-        Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
+        Err(error) => {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                &format!("bad WebSocket handshake: {error}\n"),
+            )
+        }
     };
     let (id, mut events) = shared.registry.open();
     let reply = ReplyAddress::new(shared.id.clone(), id).to_string();
@@ -41,12 +51,23 @@ pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target:
         headers: request
             .headers()
             .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         client: remote.to_string(),
         subprotocols: offered_subprotocols(&request),
     };
-    let connect = ChannelMessage::new(reply.clone(), 1, path.clone(), query.clone(), Event::Connect(scope));
+    let connect = ChannelMessage::new(
+        reply.clone(),
+        1,
+        path.clone(),
+        query.clone(),
+        Event::Connect(scope),
+    );
     let appended = shared.outbound.send(stream.clone(), encode(&connect));
     let deadline = Instant::now() + shared.config.connect_timeout();
 
@@ -60,10 +81,15 @@ pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target:
     .unwrap_or(Verdict::Unavailable);
 
     match verdict {
-        Verdict::Accept { subprotocol, actions } => {
+        Verdict::Accept {
+            subprotocol,
+            actions,
+        } => {
             let mut response = response.map(|_| Body::default());
             if let Some(value) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
-                response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
             }
             let opened = Opened {
                 id,
@@ -79,7 +105,10 @@ pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target:
         Verdict::Refuse => {
             shared.registry.close(id);
             shared.metrics.error("handshake_refused");
-            text_response(StatusCode::FORBIDDEN, "connection refused by the application\n")
+            text_response(
+                StatusCode::FORBIDDEN,
+                "connection refused by the application\n",
+            )
         }
         Verdict::Unavailable => {
             shared.registry.close(id);
@@ -87,13 +116,19 @@ pub async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>, target:
             let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: 1006 });
             shared.outbound.send_detached(stream, encode(&gone));
             tracing::warn!(channel = %target.channel, "no worker answered the handshake in time");
-            text_response(StatusCode::SERVICE_UNAVAILABLE, "no worker answered in time; try again later\n")
+            text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no worker answered in time; try again later\n",
+            )
         }
     }
 }
 
 enum Verdict {
-    Accept { subprotocol: Option<String>, actions: Vec<Action> },
+    Accept {
+        subprotocol: Option<String>,
+        actions: Vec<Action>,
+    },
     Refuse,
     Unavailable,
 }
@@ -102,7 +137,9 @@ enum Verdict {
 async fn wait_for_verdict(events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Verdict {
     let mut early = Vec::new();
     while let Some(event) = events.recv().await {
-        let ConnEvent::Reply(reply) = event else { continue };
+        let ConnEvent::Reply(reply) = event else {
+            continue;
+        };
         if reply.done != Some(1) {
             early.extend(reply.actions);
             continue;

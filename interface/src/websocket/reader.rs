@@ -20,9 +20,15 @@ pub enum Inbound {
     Message(Payload),
     Ping(Vec<u8>),
     /// The client closed with this code (1005 when it gave none).
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
     /// The client broke the protocol; close with this code.
-    Fail { code: u16, reason: &'static str },
+    Fail {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 pub const POLICY_VIOLATION: u16 = 1008;
@@ -33,7 +39,11 @@ const NO_STATUS: u16 = 1005;
 
 /// Reads until close, error or end of stream. A `None` from the channel tells
 /// the connection task the socket is gone without a close frame.
-pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>, max_message_size: usize) {
+pub async fn run(
+    mut socket: WebSocketRead<ReadHalf>,
+    tx: mpsc::Sender<Inbound>,
+    max_message_size: usize,
+) {
     socket.set_auto_close(false);
     socket.set_auto_pong(false);
     // fastwebsockets refuses frames of `>= limit` bytes.
@@ -43,7 +53,8 @@ pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>,
     loop {
         let item = match socket.read_frame(&mut no_obligated_sends).await {
             Ok(frame) => match frame.opcode {
-                OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame)
+                {
                     Ok(Some(payload)) => Inbound::Message(payload),
                     Ok(None) => continue,
                     Err(fail) => fail,
@@ -54,7 +65,11 @@ pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>,
             },
             Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
             Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => return,
+            Err(
+                WebSocketError::UnexpectedEOF
+                | WebSocketError::IoError(_)
+                | WebSocketError::ConnectionClosed,
+            ) => return,
             Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
         };
         let last = matches!(item, Inbound::Close { .. } | Inbound::Fail { .. });
@@ -112,8 +127,12 @@ impl Assembler {
 
     fn push(&mut self, frame: Frame<'_>) -> Result<Option<Payload>, Inbound> {
         match (frame.opcode, self.partial.is_some()) {
-            (OpCode::Continuation, false) => return Err(fail(PROTOCOL_ERROR, "continuation without a message")),
-            (OpCode::Text | OpCode::Binary, true) => return Err(fail(PROTOCOL_ERROR, "new message inside a fragmented one")),
+            (OpCode::Continuation, false) => {
+                return Err(fail(PROTOCOL_ERROR, "continuation without a message"))
+            }
+            (OpCode::Text | OpCode::Binary, true) => {
+                return Err(fail(PROTOCOL_ERROR, "new message inside a fragmented one"))
+            }
             (OpCode::Text | OpCode::Binary, false) if frame.fin => {
                 return finish(frame.opcode, frame.payload.to_vec()).map(Some);
             }
@@ -134,7 +153,9 @@ impl Assembler {
             match std::str::from_utf8(&buffer[self.checked..]) {
                 Ok(_) => self.checked = buffer.len(),
                 // An incomplete character at the end may be finished by the next fragment.
-                Err(error) if error.error_len().is_none() && !frame.fin => self.checked += error.valid_up_to(),
+                Err(error) if error.error_len().is_none() && !frame.fin => {
+                    self.checked += error.valid_up_to()
+                }
                 Err(_) => return Err(fail(INVALID_DATA, "invalid UTF-8 in text message")),
             }
         }
@@ -148,7 +169,9 @@ impl Assembler {
 
 fn finish(opcode: OpCode, bytes: Vec<u8>) -> Result<Payload, Inbound> {
     if opcode == OpCode::Text {
-        String::from_utf8(bytes).map(Payload::text).map_err(|_| fail(INVALID_DATA, "invalid UTF-8 in text message"))
+        String::from_utf8(bytes)
+            .map(Payload::text)
+            .map_err(|_| fail(INVALID_DATA, "invalid UTF-8 in text message"))
     } else {
         Ok(Payload::bytes(bytes))
     }
@@ -167,16 +190,29 @@ mod tests {
     fn reassembles_fragments() {
         let mut a = Assembler::new(100);
         assert!(a.push(frame(false, OpCode::Text, b"he")).unwrap().is_none());
-        assert!(a.push(frame(false, OpCode::Continuation, b"ll")).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"o")).unwrap(), Some(Payload::text("hello")));
+        assert!(a
+            .push(frame(false, OpCode::Continuation, b"ll"))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b"o")).unwrap(),
+            Some(Payload::text("hello"))
+        );
     }
 
     #[test]
     fn utf8_split_across_fragments_is_fine() {
         let euro = "€".as_bytes();
         let mut a = Assembler::new(100);
-        assert!(a.push(frame(false, OpCode::Text, &euro[..1])).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Continuation, &euro[1..])).unwrap(), Some(Payload::text("€")));
+        assert!(a
+            .push(frame(false, OpCode::Text, &euro[..1]))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, &euro[1..]))
+                .unwrap(),
+            Some(Payload::text("€"))
+        );
     }
 
     #[test]
@@ -189,24 +225,48 @@ mod tests {
     #[test]
     fn oversize_fragmented_message_is_1009() {
         let mut a = Assembler::new(4);
-        assert!(a.push(frame(false, OpCode::Binary, b"abc")).unwrap().is_none());
-        assert!(matches!(a.push(frame(true, OpCode::Continuation, b"de")), Err(Inbound::Fail { code: 1009, .. })));
+        assert!(a
+            .push(frame(false, OpCode::Binary, b"abc"))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            a.push(frame(true, OpCode::Continuation, b"de")),
+            Err(Inbound::Fail { code: 1009, .. })
+        ));
     }
 
     #[test]
     fn stray_continuation_is_a_protocol_error() {
         let mut a = Assembler::new(10);
-        assert!(matches!(a.push(frame(true, OpCode::Continuation, b"x")), Err(Inbound::Fail { code: 1002, .. })));
+        assert!(matches!(
+            a.push(frame(true, OpCode::Continuation, b"x")),
+            Err(Inbound::Fail { code: 1002, .. })
+        ));
     }
 
     #[test]
     fn close_frames_are_validated() {
-        assert!(matches!(close_frame(&[]), Inbound::Close { code: 1005, .. }));
-        assert!(matches!(close_frame(&[3]), Inbound::Fail { code: 1002, .. }));
-        assert!(matches!(close_frame(&1000u16.to_be_bytes()), Inbound::Close { code: 1000, .. }));
-        assert!(matches!(close_frame(&999u16.to_be_bytes()), Inbound::Fail { code: 1002, .. }));
+        assert!(matches!(
+            close_frame(&[]),
+            Inbound::Close { code: 1005, .. }
+        ));
+        assert!(matches!(
+            close_frame(&[3]),
+            Inbound::Fail { code: 1002, .. }
+        ));
+        assert!(matches!(
+            close_frame(&1000u16.to_be_bytes()),
+            Inbound::Close { code: 1000, .. }
+        ));
+        assert!(matches!(
+            close_frame(&999u16.to_be_bytes()),
+            Inbound::Fail { code: 1002, .. }
+        ));
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.push(0xff);
-        assert!(matches!(close_frame(&bad_reason), Inbound::Fail { code: 1007, .. }));
+        assert!(matches!(
+            close_frame(&bad_reason),
+            Inbound::Fail { code: 1007, .. }
+        ));
     }
 }

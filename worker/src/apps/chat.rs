@@ -54,20 +54,27 @@ pub fn heartbeat_every() -> anyhow::Result<Duration> {
     match std::env::var("CHAT_HEARTBEAT_SECONDS") {
         Err(_) => Ok(Duration::from_secs(30)),
         Ok(text) => match text.trim().parse::<f64>() {
-            Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => Ok(Duration::from_secs_f64(seconds)),
-            _ => anyhow::bail!("CHAT_HEARTBEAT_SECONDS: `{text}` must be a number of seconds in (0, 86400]"),
+            Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => {
+                Ok(Duration::from_secs_f64(seconds))
+            }
+            _ => anyhow::bail!(
+                "CHAT_HEARTBEAT_SECONDS: `{text}` must be a number of seconds in (0, 86400]"
+            ),
         },
     }
 }
 
 async fn heartbeat(mut ctx: PeriodicContext) -> anyhow::Result<()> {
     let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
-    ctx.group_send_text(GROUP, serde_json::json!({ "ts": ts }).to_string()).await?;
+    ctx.group_send_text(GROUP, serde_json::json!({ "ts": ts }).to_string())
+        .await?;
     Ok(())
 }
 
 pub fn app() -> Apps {
     // An invalid value is reported by `main` before this runs.
     let every = heartbeat_every().unwrap_or(Duration::from_secs(30));
-    Apps::new().websocket("chat", Chat).periodic("chat.heartbeat", "chat", every, heartbeat)
+    Apps::new()
+        .websocket("chat", Chat)
+        .periodic("chat.heartbeat", "chat", every, heartbeat)
 }

@@ -15,12 +15,13 @@ use hyper::body::Incoming;
 use switchyard_protocol::{encode, Action, ChannelMessage, ConnectScope, Event, ReplyAddress};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::reader;
 use crate::http::{text_response, Body};
 use crate::registry::ConnEvent;
-use crate::router::Target;
+use crate::router::{Entered, Target};
 use crate::state::Shared;
 
 /// Answers an upgrade request on a routed path.
@@ -99,7 +100,10 @@ pub async fn handle(
                 query,
                 actions,
             };
-            tokio::spawn(run_connection(shared, opened, upgrade, events));
+            let span =
+                tracing::info_span!(parent: None, "ws", conn = id, channel = %target.channel);
+            let connection = run_connection(shared, opened, upgrade, events, target.enter());
+            tokio::spawn(connection.instrument(span));
             response
         }
         Verdict::Refuse => {
@@ -180,6 +184,8 @@ async fn run_connection(
     opened: Opened,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     events: mpsc::UnboundedReceiver<ConnEvent>,
+    // Counts the connection on its route for as long as it lives.
+    _entered: Entered,
 ) {
     let socket = match upgrade.await {
         Ok(socket) => socket,

@@ -42,7 +42,7 @@ pub async fn run(worker: Arc<Worker>) {
             if let Err(error) = take_over_dead(&worker, &stream).await {
                 tracing::debug!(%error, stream, "claim pass failed");
             }
-            if tick % BACKSTOP_EVERY == 0 {
+            if tick.is_multiple_of(BACKSTOP_EVERY) {
                 if let Err(error) = backstop(&worker, &stream).await {
                     tracing::debug!(%error, stream, "backstop claim failed");
                 }
@@ -219,6 +219,7 @@ async fn take_over_dead(worker: &Arc<Worker>, stream: &str) -> redis::RedisResul
             .query_async(&mut con)
             .await?;
         let entries = parse_entries(&claimed);
+        worker.metrics.claimed.inc_by(entries.len() as u64);
         tracing::warn!(consumer = %dead, stream, claimed = entries.len(), "took over the messages of a dead worker");
         handle_claimed(worker, stream, entries).await;
     }
@@ -240,6 +241,7 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
         .query_async(&mut con)
         .await?;
     let (_, entries) = parse_autoclaim_reply(&reply);
+    worker.metrics.claimed.inc_by(entries.len() as u64);
     if !entries.is_empty() {
         tracing::warn!(
             stream,

@@ -4,10 +4,14 @@
 
 pub mod chat;
 pub mod echo;
+pub mod example;
 
 use crate::app::Apps;
 
 /// Every built-in app.
 pub fn builtin() -> Apps {
-    Apps::new().with(echo::app()).with(chat::app())
+    Apps::new()
+        .with(echo::app())
+        .with(chat::app())
+        .with(example::app())
 }

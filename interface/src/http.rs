@@ -179,6 +179,18 @@ fn status(shared: &Shared) -> Response<Body> {
     )
 }
 
+/// Request headers as the protocol carries them: names lower-case (as
+/// hyper keeps them), values as lossy UTF-8.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
 pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
     let mut response = Response::new(full(text.to_owned()));
     *response.status_mut() = status;

@@ -30,7 +30,7 @@ use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, Re
 use tokio::sync::mpsc;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::http::{full, stream_body, text_response, Body};
+use crate::http::{full, header_pairs, stream_body, text_response, Body};
 use crate::registry::ConnEvent;
 use crate::router::{Entered, Target};
 use crate::state::Shared;
@@ -71,16 +71,7 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let head = HttpRequest {
         method: parts.method.as_str().to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&parts.headers),
         client: remote.to_string(),
         body: ByteBuf::new(),
         more_body: false,
@@ -108,7 +99,6 @@ pub async fn handle(
             return text_response(StatusCode::BAD_REQUEST, "request body ended early\n")
         }
         Ok(Err(Refusal::Unavailable)) => {
-            exchange.shared.metrics.error("redis_unavailable");
             return text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request could not be queued; try again later\n",
@@ -390,7 +380,6 @@ impl Exchange {
     }
 
     fn timed_out(self) -> Response<Body> {
-        self.shared.metrics.error("http_timeout");
         tracing::warn!(stream = %self.stream, "no worker answered the HTTP request in time");
         text_response(StatusCode::SERVICE_UNAVAILABLE, TIMED_OUT)
     }

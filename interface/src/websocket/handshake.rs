@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::reader;
-use crate::http::{text_response, Body};
+use crate::http::{header_pairs, text_response, Body};
 use crate::registry::ConnEvent;
 use crate::router::{Entered, Target};
 use crate::state::Shared;
@@ -49,16 +49,7 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let scope = ConnectScope {
-        headers: request
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(request.headers()),
         client: remote.to_string(),
         subprotocols: offered_subprotocols(&request),
     };

@@ -88,12 +88,7 @@ pub struct Config {
     pub id: Option<String>,
 
     /// Log format.
-    #[arg(
-        long,
-        env = "SWITCHYARD_LOG_FORMAT",
-        value_enum,
-        default_value = "pretty"
-    )]
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
     /// Print the effective configuration and exit.
@@ -126,16 +121,13 @@ impl Config {
         let mut websocket = self.routes.clone();
         let mut http = self.http_routes.clone();
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--config: cannot read {}", path.display()))?;
-            let file: ConfigFile = toml::from_str(&text)
-                .with_context(|| format!("--config: {} is not valid", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+            let file: ConfigFile =
+                toml::from_str(&text).with_context(|| format!("--config: {} is not valid", path.display()))?;
             for (table, routes) in [(file.routes, &mut websocket), (file.http_routes, &mut http)] {
                 for (prefix, channel) in table {
-                    routes.push(
-                        Route::new(&prefix, &channel)
-                            .map_err(|e| anyhow::anyhow!("--config: {e}"))?,
-                    );
+                    routes.push(Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?);
                 }
             }
         }
@@ -173,9 +165,8 @@ impl Config {
                 self.redis_url
             );
         }
-        redis::Client::open(self.redis_url.as_str()).with_context(|| {
-            format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url)
-        })?;
+        redis::Client::open(self.redis_url.as_str())
+            .with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }

@@ -35,13 +35,7 @@ impl Groups {
             members: Mutex::new(HashMap::new()),
             commands,
         });
-        tokio::spawn(subscriber(
-            client,
-            keys,
-            registry,
-            Arc::downgrade(&groups),
-            rx,
-        ));
+        tokio::spawn(subscriber(client, keys, registry, Arc::downgrade(&groups), rx));
         groups
     }
 
@@ -75,10 +69,7 @@ impl Groups {
 
     /// Group names with their local member counts.
     pub fn sizes(&self) -> Vec<(String, usize)> {
-        self.lock()
-            .iter()
-            .map(|(g, s)| (g.clone(), s.len()))
-            .collect()
+        self.lock().iter().map(|(g, s)| (g.clone(), s.len())).collect()
     }
 
     fn names(&self) -> Vec<String> {
@@ -86,9 +77,7 @@ impl Groups {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<u64>>> {
-        self.members
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

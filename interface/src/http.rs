@@ -58,19 +58,12 @@ pub async fn handle(
     Ok(response)
 }
 
-async fn route(
-    shared: &Arc<Shared>,
-    request: Request<Incoming>,
-    remote: SocketAddr,
-    id: u64,
-) -> Response<Body> {
+async fn route(shared: &Arc<Shared>, request: Request<Incoming>, remote: SocketAddr, id: u64) -> Response<Body> {
     let path = request.uri().path();
     let method = request.method();
     let read_only = method == Method::GET || method == Method::HEAD;
     match path {
-        "/healthz" if read_only => {
-            return json_response(StatusCode::OK, serde_json::json!({"status": "ok"}))
-        }
+        "/healthz" if read_only => return json_response(StatusCode::OK, serde_json::json!({"status": "ok"})),
         "/readyz" if read_only => return readiness(shared),
         "/metrics" if read_only => return metrics(shared),
         "/status" if read_only => return status(shared),
@@ -88,10 +81,7 @@ async fn route(
         return shared.statics.serve(method, path, request.headers()).await;
     }
     if shared.routes.lookup(path).is_some() {
-        return text_response(
-            StatusCode::UPGRADE_REQUIRED,
-            "this path expects a WebSocket upgrade\n",
-        );
+        return text_response(StatusCode::UPGRADE_REQUIRED, "this path expects a WebSocket upgrade\n");
     }
     text_response(StatusCode::NOT_FOUND, "not found\n")
 }
@@ -110,11 +100,7 @@ fn readiness(shared: &Shared) -> Response<Body> {
             (channel.to_string(), live.into())
         })
         .collect();
-    let missing: Vec<&String> = channels
-        .iter()
-        .filter(|(_, live)| *live == 0)
-        .map(|(c, _)| c)
-        .collect();
+    let missing: Vec<&String> = channels.iter().filter(|(_, live)| *live == 0).map(|(c, _)| c).collect();
     let ready = redis && !draining && missing.is_empty();
     let status = if ready {
         StatusCode::OK
@@ -138,9 +124,7 @@ fn metrics(shared: &Shared) -> Response<Body> {
     let mut response = Response::new(full(shared.metrics.render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }
@@ -158,9 +142,7 @@ fn status(shared: &Shared) -> Response<Body> {
     let statics: Vec<serde_json::Value> = shared
         .statics
         .mounts()
-        .map(
-            |(prefix, dir)| serde_json::json!({"prefix": prefix, "dir": dir.display().to_string()}),
-        )
+        .map(|(prefix, dir)| serde_json::json!({"prefix": prefix, "dir": dir.display().to_string()}))
         .collect();
     json_response(
         StatusCode::OK,

@@ -72,10 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(presence::run(shared.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone()));
     let describe = |routes: &router::Routes| -> Vec<String> {
-        routes
-            .iter()
-            .map(|t| format!("{}={}", t.prefix, t.channel))
-            .collect()
+        routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect()
     };
     let statics: Vec<String> = shared
         .statics
@@ -91,8 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "interface listening"
     );
 
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;
     tracing::info!(
         ?signal,

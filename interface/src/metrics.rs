@@ -62,31 +62,19 @@ impl Metrics {
             "WebSocket messages by direction",
             messages.clone(),
         );
-        registry.register(
-            "websocket_errors",
-            "WebSocket errors by kind",
-            errors.clone(),
-        );
+        registry.register("websocket_errors", "WebSocket errors by kind", errors.clone());
         registry.register(
             "websocket_message_duration_seconds",
             "Time from enqueueing a client message to its done marker",
             message_duration.clone(),
         );
-        registry.register(
-            "redis_errors",
-            "Failed Redis commands",
-            redis_errors.clone(),
-        );
+        registry.register("redis_errors", "Failed Redis commands", redis_errors.clone());
         registry.register(
             "redis_batches",
             "Pipelined batches of appends sent to Redis",
             redis_batches.clone(),
         );
-        registry.register(
-            "http_requests",
-            "HTTP responses by status code",
-            http_requests.clone(),
-        );
+        registry.register("http_requests", "HTTP responses by status code", http_requests.clone());
         registry.register(
             "http_request_duration_seconds",
             "Time from an HTTP request's arrival to its response head",
@@ -106,9 +94,7 @@ impl Metrics {
     }
 
     pub fn message(&self, direction: &'static str) {
-        self.messages
-            .get_or_create(&DirectionLabel { direction })
-            .inc();
+        self.messages.get_or_create(&DirectionLabel { direction }).inc();
     }
 
     pub fn error(&self, kind: &'static str) {
@@ -116,9 +102,7 @@ impl Metrics {
     }
 
     pub fn http_request(&self, status: u16, elapsed: std::time::Duration) {
-        self.http_requests
-            .get_or_create(&StatusLabel { status })
-            .inc();
+        self.http_requests.get_or_create(&StatusLabel { status }).inc();
         self.http_duration.observe(elapsed.as_secs_f64());
     }
 

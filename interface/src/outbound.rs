@@ -83,12 +83,7 @@ impl Outbound {
     }
 }
 
-async fn run(
-    mut con: ConnectionManager,
-    mut rx: mpsc::UnboundedReceiver<Item>,
-    hold: Duration,
-    metrics: Arc<Metrics>,
-) {
+async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, hold: Duration, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();

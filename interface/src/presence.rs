@@ -59,12 +59,7 @@ async fn beat(shared: &Shared) -> bool {
         .routes
         .iter()
         .map(|t| (&*t.prefix, &*t.channel, "websocket"))
-        .chain(
-            shared
-                .http_routes
-                .iter()
-                .map(|t| (&*t.prefix, &*t.channel, "http")),
-        )
+        .chain(shared.http_routes.iter().map(|t| (&*t.prefix, &*t.channel, "http")))
         .collect();
     let info = serde_json::json!({
         "id": shared.id,
@@ -134,10 +129,7 @@ async fn live_workers(shared: &Shared) -> redis::RedisResult<HashMap<String, usi
     if names.is_empty() {
         return Ok(counts);
     }
-    let keys: Vec<String> = names
-        .iter()
-        .map(|name| shared.keys.worker_alive(name))
-        .collect();
+    let keys: Vec<String> = names.iter().map(|name| shared.keys.worker_alive(name)).collect();
     let infos: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
     for info in infos.into_iter().flatten() {
         let Ok(info) = serde_json::from_str::<serde_json::Value>(&info) else {

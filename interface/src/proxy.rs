@@ -95,9 +95,7 @@ pub async fn handle(
     match sent {
         Err(_) => return exchange.timed_out(),
         Ok(Err(Refusal::TooLarge)) => return too_large(max_body),
-        Ok(Err(Refusal::ClientGone)) => {
-            return text_response(StatusCode::BAD_REQUEST, "request body ended early\n")
-        }
+        Ok(Err(Refusal::ClientGone)) => return text_response(StatusCode::BAD_REQUEST, "request body ended early\n"),
         Ok(Err(Refusal::Unavailable)) => {
             return text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -151,12 +149,7 @@ struct Exchange {
 
 impl Exchange {
     /// Sends the request body in chunks, one in flight.
-    async fn send_request(
-        &mut self,
-        head: HttpRequest,
-        mut body: Incoming,
-        max_body: u64,
-    ) -> Result<(), Refusal> {
+    async fn send_request(&mut self, head: HttpRequest, mut body: Incoming, max_body: u64) -> Result<(), Refusal> {
         let mut buffer = BytesMut::new();
         let mut total: u64 = 0;
         loop {
@@ -198,19 +191,8 @@ impl Exchange {
     async fn send(&mut self, event: Event) -> Result<u64, Refusal> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let message = ChannelMessage::new(
-            self.reply.clone(),
-            seq,
-            self.path.clone(),
-            self.query.clone(),
-            event,
-        );
-        match self
-            .shared
-            .outbound
-            .send(self.stream.clone(), encode(&message))
-            .await
-        {
+        let message = ChannelMessage::new(self.reply.clone(), seq, self.path.clone(), self.query.clone(), event);
+        match self.shared.outbound.send(self.stream.clone(), encode(&message)).await {
             Ok(true) => Ok(seq),
             _ => Err(Refusal::Unavailable),
         }
@@ -246,16 +228,10 @@ impl Exchange {
     async fn response_head(&mut self) -> Result<(u16, Vec<(String, String)>), &'static str> {
         loop {
             match self.pending.pop_front() {
-                Some(Action::HttpResponseStart { status, headers }) => {
-                    return Ok((status, headers))
-                }
-                Some(Action::HttpResponseBody { .. }) => {
-                    return Err("body before http.response.start")
-                }
+                Some(Action::HttpResponseStart { status, headers }) => return Ok((status, headers)),
+                Some(Action::HttpResponseBody { .. }) => return Err("body before http.response.start"),
                 Some(_) => continue,
-                None if self.last_done >= self.next_seq - 1 => {
-                    return Err("no http.response.start")
-                }
+                None if self.last_done >= self.next_seq - 1 => return Err("no http.response.start"),
                 None => {
                     if !self.next_reply().await {
                         return Err("connection table closed");
@@ -267,11 +243,7 @@ impl Exchange {
 
     /// The response: with the whole body when it is already here, streamed
     /// otherwise.
-    fn into_response(
-        mut self,
-        status: u16,
-        headers: Vec<(String, String)>,
-    ) -> Result<Response<Body>, &'static str> {
+    fn into_response(mut self, status: u16, headers: Vec<(String, String)>) -> Result<Response<Body>, &'static str> {
         let status = StatusCode::from_u16(status).map_err(|_| "invalid status code")?;
         let body = match self.whole_body() {
             Some(bytes) => {
@@ -289,10 +261,7 @@ impl Exchange {
             if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
                 continue;
             }
-            match (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
+            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
                 (Ok(name), Ok(value)) => {
                     response.headers_mut().append(name, value);
                 }
@@ -304,25 +273,16 @@ impl Exchange {
 
     /// The complete body, when every piece of it is already here.
     fn whole_body(&mut self) -> Option<Bytes> {
-        let complete = self.pending.iter().any(|action| {
-            matches!(
-                action,
-                Action::HttpResponseBody {
-                    more_body: false,
-                    ..
-                }
-            )
-        });
+        let complete = self
+            .pending
+            .iter()
+            .any(|action| matches!(action, Action::HttpResponseBody { more_body: false, .. }));
         if !complete {
             return None;
         }
         let mut body = BytesMut::new();
         while let Some(action) = self.pending.pop_front() {
-            if let Action::HttpResponseBody {
-                body: piece,
-                more_body,
-            } = action
-            {
+            if let Action::HttpResponseBody { body: piece, more_body } = action {
                 body.extend_from_slice(&piece);
                 if !more_body {
                     break;
@@ -362,9 +322,7 @@ impl Exchange {
                     Ok(true) => {}
                     Ok(false) => return self.fail("connection table closed"),
                     Err(_) => {
-                        tracing::warn!(
-                            "worker stopped streaming the response; cutting the connection"
-                        );
+                        tracing::warn!("worker stopped streaming the response; cutting the connection");
                         return self.fail("response timed out");
                     }
                 },

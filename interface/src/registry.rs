@@ -78,8 +78,6 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Mailbox>> {
         // A panic while holding this lock cannot leave the map inconsistent.
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

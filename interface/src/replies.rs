@@ -85,10 +85,7 @@ fn dispatch(shared: &Shared, id: &str, payload: Option<&[u8]>) {
         }
         None => {
             shared.metrics.error("bad_reply");
-            tracing::error!(
-                entry = id,
-                "reply stream entry without payload field; dropped"
-            );
+            tracing::error!(entry = id, "reply stream entry without payload field; dropped");
             return;
         }
     };

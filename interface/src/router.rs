@@ -25,9 +25,7 @@ impl Route {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid_channel {
-            return Err(format!(
-                "channel `{channel}` must be letters, digits, '.', '-' or '_'"
-            ));
+            return Err(format!("channel `{channel}` must be letters, digits, '.', '-' or '_'"));
         }
         Ok(Route {
             prefix: prefix.to_owned(),

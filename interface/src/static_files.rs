@@ -74,8 +74,7 @@ impl StaticFiles {
         let cache_control = if max_age == 0 {
             HeaderValue::from_static("no-cache")
         } else {
-            HeaderValue::from_str(&format!("public, max-age={max_age}"))
-                .expect("digits are a valid header value")
+            HeaderValue::from_str(&format!("public, max-age={max_age}")).expect("digits are a valid header value")
         };
         Ok(StaticFiles {
             mounts: resolved,
@@ -93,28 +92,21 @@ impl StaticFiles {
     /// Whether a request path is under a mount, or is a mount without its
     /// trailing slash (answered with a redirect).
     pub fn claims(&self, path: &str) -> bool {
-        self.mounts.iter().any(|(prefix, _)| {
-            path.starts_with(prefix.as_str()) || prefix.strip_suffix('/') == Some(path)
-        })
+        self.mounts
+            .iter()
+            .any(|(prefix, _)| path.starts_with(prefix.as_str()) || prefix.strip_suffix('/') == Some(path))
     }
 
     /// Answers a GET or HEAD under one of the mounts.
     pub async fn serve(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
-            let mut response = text_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "static files: GET or HEAD only\n",
-            );
+            let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "static files: GET or HEAD only\n");
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let Some((prefix, root)) = self
-            .mounts
-            .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-        else {
+        let Some((prefix, root)) = self.mounts.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())) else {
             return redirect(&format!("{path}/"));
         };
         let Some(relative) = safe_relative(&path[prefix.len()..]) else {
@@ -151,10 +143,7 @@ impl StaticFiles {
                     Ok(body) => body,
                     Err(error) => {
                         tracing::warn!(%error, file = %file_path.display(), "cannot read static file");
-                        return text_response(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "cannot read file\n",
-                        );
+                        return text_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file\n");
                     }
                 }
             };
@@ -162,10 +151,7 @@ impl StaticFiles {
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, content_type(&file_path));
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(metadata.len()));
-            headers.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             response
         };
         let headers = response.headers_mut();
@@ -297,10 +283,7 @@ mod tests {
     #[test]
     fn matches_etags() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::IF_NONE_MATCH,
-            HeaderValue::from_static("\"x\", W/\"abc\""),
-        );
+        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\", W/\"abc\""));
         assert!(if_none_match(&headers, "\"abc\""));
         assert!(!if_none_match(&headers, "\"abd\""));
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
@@ -320,14 +303,8 @@ mod tests {
 
     #[test]
     fn picks_content_types() {
-        assert_eq!(
-            content_type(Path::new("a.html")),
-            "text/html; charset=utf-8"
-        );
+        assert_eq!(content_type(Path::new("a.html")), "text/html; charset=utf-8");
         assert_eq!(content_type(Path::new("a.png")), "image/png");
-        assert_eq!(
-            content_type(Path::new("a.unknownext")),
-            "application/octet-stream"
-        );
+        assert_eq!(content_type(Path::new("a.unknownext")), "application/octet-stream");
     }
 }

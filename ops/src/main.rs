@@ -16,21 +16,11 @@ use switchyard_protocol::{groups, redis_conn, Keys, Payload};
 #[command(name = "switchyard", version)]
 struct Cli {
     /// Redis URL of the deployment.
-    #[arg(
-        long,
-        global = true,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
+    #[arg(long, global = true, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
 
     /// Key prefix of the deployment.
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHYARD_PREFIX",
-        default_value = "switchyard"
-    )]
+    #[arg(long, global = true, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
     prefix: String,
 
     #[command(subcommand)]
@@ -51,10 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchyard: cannot start the runtime: {error}");
@@ -71,8 +58,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = redis::Client::open(cli.redis_url.as_str())
-        .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+    let client = redis::Client::open(cli.redis_url.as_str()).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
     let mut con = redis_conn::shared(&client)?;
     let keys = Keys::new(cli.prefix);
     match cli.command {

@@ -11,13 +11,8 @@ use redis::Value;
 use serde_json::{json, Value as Json};
 use switchyard_protocol::{Keys, WORKER_GROUP};
 
-pub async fn run(
-    con: &mut ConnectionManager,
-    keys: &Keys,
-    as_json: bool,
-) -> anyhow::Result<ExitCode> {
-    let interfaces =
-        live_entries(con, &keys.interfaces_index(), |id| keys.interface_alive(id)).await?;
+pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> anyhow::Result<ExitCode> {
+    let interfaces = live_entries(con, &keys.interfaces_index(), |id| keys.interface_alive(id)).await?;
     let workers = live_entries(con, &keys.workers_index(), |c| keys.worker_alive(c)).await?;
 
     let mut channels: BTreeMap<String, Json> = BTreeMap::new();
@@ -64,10 +59,7 @@ pub async fn run(
     if as_json {
         println!("{report:#}");
     } else {
-        println!(
-            "{:<20} {:>8} {:>8} {:>8}",
-            "CHANNEL", "BACKLOG", "PENDING", "WORKERS"
-        );
+        println!("{:<20} {:>8} {:>8} {:>8}", "CHANNEL", "BACKLOG", "PENDING", "WORKERS");
         for (name, c) in &channels {
             println!(
                 "{:<20} {:>8} {:>8} {:>8}",
@@ -77,10 +69,7 @@ pub async fn run(
                 c["workers_alive"].to_string()
             );
         }
-        println!(
-            "\n{:<20} {:>12} {:>10}",
-            "INTERFACE", "CONNECTIONS", "DRAINING"
-        );
+        println!("\n{:<20} {:>12} {:>10}", "INTERFACE", "CONNECTIONS", "DRAINING");
         for (id, info) in &interfaces {
             println!(
                 "{:<20} {:>12} {:>10}",
@@ -93,11 +82,7 @@ pub async fn run(
             println!("\nWARNING: a channel has no live worker");
         }
     }
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Members of an index whose liveness key still exists, with its JSON.
@@ -106,12 +91,7 @@ async fn live_entries(
     index: &str,
     key: impl Fn(&str) -> String,
 ) -> anyhow::Result<BTreeMap<String, Json>> {
-    let names: Vec<String> = redis::cmd("ZRANGE")
-        .arg(index)
-        .arg(0)
-        .arg(-1)
-        .query_async(con)
-        .await?;
+    let names: Vec<String> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(con).await?;
     let mut live = BTreeMap::new();
     for name in names {
         let info: Option<String> = redis::cmd("GET").arg(key(&name)).query_async(con).await?;
@@ -124,11 +104,7 @@ async fn live_entries(
 
 /// (undelivered, delivered-but-unacknowledged) entries of a channel's group.
 async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Result<(i64, i64)> {
-    let groups: Value = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(con)
-        .await?;
+    let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
     let Value::Array(groups) = groups else {
         return Ok((0, 0));
     };
@@ -136,12 +112,7 @@ async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Res
         let fields: Vec<(String, Value)> = match group {
             Value::Array(flat) => flat
                 .chunks(2)
-                .filter_map(|kv| {
-                    Some((
-                        redis::from_redis_value(kv.first()?.clone()).ok()?,
-                        kv.get(1)?.clone(),
-                    ))
-                })
+                .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
                 .collect(),
             Value::Map(pairs) => pairs
                 .into_iter()
@@ -156,9 +127,7 @@ async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Res
                 .and_then(|(_, v)| redis::from_redis_value::<i64>(v.clone()).ok())
         };
         let is_workers = fields.iter().any(|(k, v)| {
-            k == "name"
-                && redis::from_redis_value::<String>(v.clone()).ok().as_deref()
-                    == Some(WORKER_GROUP)
+            k == "name" && redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(WORKER_GROUP)
         });
         if is_workers {
             return Ok((get("lag").unwrap_or(0), get("pending").unwrap_or(0)));

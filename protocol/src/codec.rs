@@ -42,9 +42,7 @@ pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, Decode
             found: message.version(),
         }),
         Err(error) => match rmp_serde::from_slice::<VersionOnly>(bytes) {
-            Ok(VersionOnly { v }) if v != PROTOCOL_VERSION => {
-                Err(DecodeError::Version { found: v })
-            }
+            Ok(VersionOnly { v }) if v != PROTOCOL_VERSION => Err(DecodeError::Version { found: v }),
             _ => Err(DecodeError::Malformed(error)),
         },
     }
@@ -77,8 +75,7 @@ mod tests {
             Event::HttpDisconnect,
         ];
         for event in messages {
-            let message =
-                ChannelMessage::new("if1!7".into(), 3, "/ws/chat/".into(), "a=b".into(), event);
+            let message = ChannelMessage::new("if1!7".into(), 3, "/ws/chat/".into(), "a=b".into(), event);
             let decoded: ChannelMessage = decode(&encode(&message)).unwrap();
             assert_eq!(decoded, message);
         }
@@ -93,12 +90,8 @@ mod tests {
                 Action::Accept { subprotocol: None },
                 Action::Send(Payload::text("{\"count\": 1}")),
                 Action::Send(Payload::bytes(vec![1, 2, 3])),
-                Action::GroupAdd {
-                    group: "chat".into(),
-                },
-                Action::GroupDiscard {
-                    group: "chat".into(),
-                },
+                Action::GroupAdd { group: "chat".into() },
+                Action::GroupDiscard { group: "chat".into() },
                 Action::Close {
                     code: 4400,
                     reason: String::new(),
@@ -134,10 +127,7 @@ mod tests {
             Event::Receive(Payload::text("x")),
         );
         let value: rmpv_like::Map = rmp_serde::from_slice(&encode(&message)).unwrap();
-        assert_eq!(
-            value.get("type").map(String::as_str),
-            Some("websocket.receive")
-        );
+        assert_eq!(value.get("type").map(String::as_str), Some("websocket.receive"));
         assert_eq!(value.get("text").map(String::as_str), Some("x"));
     }
 
@@ -148,10 +138,7 @@ mod tests {
             Err(DecodeError::Malformed(_))
         ));
         let truncated = &encode(&Reply::new(1, Some(1), vec![]))[..5];
-        assert!(matches!(
-            decode::<Reply>(truncated),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Reply>(truncated), Err(DecodeError::Malformed(_))));
         let mut future = Reply::new(1, Some(1), vec![]);
         future.v = 99;
         assert!(matches!(

@@ -13,9 +13,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Keys {
-            prefix: prefix.into(),
-        }
+        Keys { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {

@@ -33,9 +33,7 @@ pub async fn blocking(client: &Client, block: Duration) -> RedisResult<Multiplex
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(block + COMMAND_TIMEOUT))
         .set_connection_timeout(Some(CONNECT_TIMEOUT));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// Backoff for reconnect loops: 50 ms doubling up to 2 s.

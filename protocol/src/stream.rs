@@ -147,20 +147,13 @@ pub fn parse_read_reply(value: &Value) -> Vec<StreamBatch> {
 /// Parses an XAUTOCLAIM reply: `[next-cursor, [entries…], [deleted ids…]]`.
 pub fn parse_autoclaim_reply(value: &Value) -> (String, Vec<StreamEntry>) {
     let parts = items(value);
-    let cursor = parts
-        .first()
-        .and_then(text_of)
-        .unwrap_or_else(|| "0-0".into());
+    let cursor = parts.first().and_then(text_of).unwrap_or_else(|| "0-0".into());
     let entries = parts.get(1).map(parse_entries).unwrap_or_default();
     (cursor, entries)
 }
 
 /// Creates the worker group on a channel stream (and the stream), if missing.
-pub async fn ensure_group<C: ConnectionLike>(
-    con: &mut C,
-    stream: &str,
-    group: &str,
-) -> RedisResult<()> {
+pub async fn ensure_group<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<()> {
     let result: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -180,26 +173,13 @@ pub async fn ensure_group<C: ConnectionLike>(
 /// The cut is the oldest pending entry, or — with nothing pending — the entry
 /// after the group's last delivered one. Entries at or after the cut are never
 /// touched, so unacknowledged work survives. Returns the number removed.
-pub async fn trim_acked<C: ConnectionLike>(
-    con: &mut C,
-    stream: &str,
-    group: &str,
-) -> RedisResult<u64> {
-    let groups: Value = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(con)
-        .await?;
-    let Some(last_delivered) =
-        group_field(&groups, group, "last-delivered-id").and_then(|id| EntryId::parse(&id))
+pub async fn trim_acked<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<u64> {
+    let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
+    let Some(last_delivered) = group_field(&groups, group, "last-delivered-id").and_then(|id| EntryId::parse(&id))
     else {
         return Ok(0);
     };
-    let summary: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async(con)
-        .await?;
+    let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(con).await?;
     let oldest_pending = items(&summary)
         .get(1)
         .and_then(text_of)
@@ -223,10 +203,7 @@ pub async fn trim_acked<C: ConnectionLike>(
 fn group_field(groups: &Value, group: &str, field: &str) -> Option<String> {
     for info in items(groups) {
         let pairs: Vec<(String, &Value)> = match info {
-            Value::Map(pairs) => pairs
-                .iter()
-                .filter_map(|(k, v)| Some((text_of(k)?, v)))
-                .collect(),
+            Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text_of(k)?, v))).collect(),
             _ => items(info)
                 .chunks(2)
                 .filter_map(|pair| match pair {
@@ -239,10 +216,7 @@ fn group_field(groups: &Value, group: &str, field: &str) -> Option<String> {
             .iter()
             .any(|(k, v)| k == "name" && text_of(v).as_deref() == Some(group));
         if is_group {
-            return pairs
-                .iter()
-                .find(|(k, _)| k == field)
-                .and_then(|(_, v)| text_of(v));
+            return pairs.iter().find(|(k, _)| k == field).and_then(|(_, v)| text_of(v));
         }
     }
     None
@@ -271,10 +245,7 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("sy:chan:{chat}"),
             Value::Array(vec![
-                Value::Array(vec![
-                    bulk("1-0"),
-                    Value::Array(vec![bulk("m"), bulk("payload")]),
-                ]),
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("m"), bulk("payload")])]),
                 Value::Nil,
                 Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("x"), bulk("y")])]),
             ]),

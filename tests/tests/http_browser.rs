@@ -48,13 +48,10 @@ async fn test_page_counts_reconnects_and_shows_heartbeats() {
         .expect("run node");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "browser run failed:\n{stdout}\n{stderr}"
-    );
+    assert!(output.status.success(), "browser run failed:\n{stdout}\n{stderr}");
 
-    let shown: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("page report is not JSON ({e}): {stdout}"));
+    let shown: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("page report is not JSON ({e}): {stdout}"));
     assert_eq!(shown["status"], 200, "{shown}");
     assert_eq!(shown["count"], "count: 3", "{shown}");
     assert_eq!(shown["connects"], "connects: 2", "{shown}");

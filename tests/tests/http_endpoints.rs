@@ -51,10 +51,7 @@ async fn healthz_readyz_and_status() {
     let chat = routes.iter().find(|r| r["channel"] == "chat").unwrap();
     assert_eq!(chat["kind"], "websocket");
     assert_eq!(chat["connections"], 1);
-    let example = routes
-        .iter()
-        .find(|r| r["channel"] == "http.example")
-        .unwrap();
+    let example = routes.iter().find(|r| r["channel"] == "http.example").unwrap();
     assert_eq!(example["kind"], "http");
     assert_eq!(example["connections"], 0);
 }
@@ -83,10 +80,7 @@ async fn readiness_flips_when_the_last_worker_of_a_channel_stops() {
         async move { get(&addr, "/readyz").await.is_ok_and(|r| r.status == 503) }
     })
     .await;
-    assert!(
-        flipped.is_ok(),
-        "/readyz stayed 200 without an http.example worker"
-    );
+    assert!(flipped.is_ok(), "/readyz stayed 200 without an http.example worker");
     let not_ready = get(&stack.addr, "/readyz").await.unwrap().json();
     assert_eq!(not_ready["ready"], false);
     assert_eq!(
@@ -103,10 +97,7 @@ async fn metrics_move_with_traffic() {
     let metrics_port = http_common::free_port();
     let options = Options {
         interface_args: routes(),
-        workers: vec![vec![
-            "--metrics-bind".into(),
-            format!("127.0.0.1:{metrics_port}"),
-        ]],
+        workers: vec![vec!["--metrics-bind".into(), format!("127.0.0.1:{metrics_port}")]],
         ..Options::default()
     };
     let stack = Stack::start("http-metrics", options).await;
@@ -125,10 +116,7 @@ async fn metrics_move_with_traffic() {
         assert!(answer.to_text().unwrap().contains("count"));
     }
     for _ in 0..2 {
-        assert_eq!(
-            get(&stack.addr, "/api/example/hello").await.unwrap().status,
-            200
-        );
+        assert_eq!(get(&stack.addr, "/api/example/hello").await.unwrap().status, 200);
     }
     assert_eq!(get(&stack.addr, "/nowhere").await.unwrap().status, 404);
     let mut redis = stack.redis().await;
@@ -144,14 +132,8 @@ async fn metrics_move_with_traffic() {
     let during = scrape(stack.addr.clone()).await;
     assert_eq!(metric(&during, "websocket_connections_active"), 1.0);
     let moved = |text: &str, series: &str| metric(text, series) - metric(&before, series);
-    assert_eq!(
-        moved(&during, "websocket_messages_total{direction=\"in\"}"),
-        3.0
-    );
-    assert_eq!(
-        moved(&during, "websocket_messages_total{direction=\"out\"}"),
-        3.0
-    );
+    assert_eq!(moved(&during, "websocket_messages_total{direction=\"in\"}"), 3.0);
+    assert_eq!(moved(&during, "websocket_messages_total{direction=\"out\"}"), 3.0);
     assert!(moved(&during, "websocket_message_duration_seconds_count") >= 3.0);
     assert!(moved(&during, "http_requests_total{status=\"200\"}") >= 2.0);
     assert!(moved(&during, "http_requests_total{status=\"404\"}") >= 1.0);
@@ -168,27 +150,13 @@ async fn metrics_move_with_traffic() {
         }
     })
     .await;
-    assert!(
-        dead_lettered.is_ok(),
-        "worker_dead_letters_total did not move"
-    );
+    assert!(dead_lettered.is_ok(), "worker_dead_letters_total did not move");
     let worker_after = scrape(worker_addr).await;
     let http = "worker_messages_handled_total{channel=\"http.example\",type=\"http.request\",outcome=\"committed\"}";
-    assert_eq!(
-        metric(&worker_after, http) - metric(&worker_before, http),
-        2.0
-    );
+    assert_eq!(metric(&worker_after, http) - metric(&worker_before, http), 2.0);
     let chat = "worker_messages_handled_total{channel=\"chat\",type=\"websocket.receive\",outcome=\"committed\"}";
-    assert_eq!(
-        metric(&worker_after, chat) - metric(&worker_before, chat),
-        3.0
-    );
-    assert!(
-        metric(
-            &worker_after,
-            "worker_message_handling_seconds_count{channel=\"chat\"}"
-        ) >= 4.0
-    );
+    assert_eq!(metric(&worker_after, chat) - metric(&worker_before, chat), 3.0);
+    assert!(metric(&worker_after, "worker_message_handling_seconds_count{channel=\"chat\"}") >= 4.0);
     for series in [
         "worker_messages_in_flight",
         "worker_claimed_messages_total",
@@ -209,8 +177,5 @@ async fn metrics_move_with_traffic() {
         }
     })
     .await;
-    assert!(
-        closed.is_ok(),
-        "websocket_connections_active did not go back to 0"
-    );
+    assert!(closed.is_ok(), "websocket_connections_active did not go back to 0");
 }

@@ -30,10 +30,7 @@ async fn stack() -> (Stack, RunDir) {
             "--static".into(),
             format!("/static/={}", www.display()),
             "--static".into(),
-            format!(
-                "/test/={}",
-                http_common::repo_root().join("web/test").display()
-            ),
+            format!("/test/={}", http_common::repo_root().join("web/test").display()),
             "--static-max-age".into(),
             "300".into(),
         ],
@@ -59,16 +56,8 @@ async fn files_with_types_etags_and_304() {
         let file = client.get(path).await.unwrap();
         assert_eq!(file.status, 200, "{path}");
         assert_eq!(file.header("content-type"), Some(content_type), "{path}");
-        assert_eq!(
-            file.header("cache-control"),
-            Some("public, max-age=300"),
-            "{path}"
-        );
-        assert_eq!(
-            file.header("x-content-type-options"),
-            Some("nosniff"),
-            "{path}"
-        );
+        assert_eq!(file.header("cache-control"), Some("public, max-age=300"), "{path}");
+        assert_eq!(file.header("x-content-type-options"), Some("nosniff"), "{path}");
         let etag = file.header("etag").expect("an ETag").to_owned();
         assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
 
@@ -93,20 +82,12 @@ async fn files_with_types_etags_and_304() {
             .unwrap();
         assert_eq!(other.status, 304, "{path}: weak match in a list");
         let stale = client
-            .send(
-                Method::GET,
-                path,
-                &[("if-none-match", "\"stale\"")],
-                Bytes::new(),
-            )
+            .send(Method::GET, path, &[("if-none-match", "\"stale\"")], Bytes::new())
             .await
             .unwrap();
         assert_eq!(stale.status, 200, "{path}: a stale tag gets the file");
     }
-    assert_eq!(
-        client.get("/static/index.html").await.unwrap().text(),
-        "<h1>index</h1>"
-    );
+    assert_eq!(client.get("/static/index.html").await.unwrap().text(), "<h1>index</h1>");
 
     let head = client
         .send(Method::HEAD, "/static/app.js", &[], Bytes::new())
@@ -119,17 +100,10 @@ async fn files_with_types_etags_and_304() {
     let big = client.get("/static/big.bin").await.unwrap();
     assert_eq!(big.status, 200);
     assert_eq!(big.body.len(), 3 * 1024 * 1024);
-    assert!(big
-        .body
-        .iter()
-        .enumerate()
-        .all(|(i, b)| *b == (i % 256) as u8));
+    assert!(big.body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
 
     assert_eq!(client.get("/static/missing.txt").await.unwrap().status, 404);
-    let post = client
-        .send(Method::POST, "/static/app.js", &[], "x")
-        .await
-        .unwrap();
+    let post = client.send(Method::POST, "/static/app.js", &[], "x").await.unwrap();
     assert_eq!(post.status, 405);
     let moved = client.get("/static/sub").await.unwrap();
     assert_eq!(moved.status, 301);
@@ -165,19 +139,11 @@ async fn the_test_page_is_a_static_file() {
     let mut client = Client::connect(&stack.addr).await.unwrap();
     let page = client.get("/test/").await.unwrap();
     assert_eq!(page.status, 200);
-    assert_eq!(
-        page.header("content-type"),
-        Some("text/html; charset=utf-8")
-    );
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     assert!(page.text().contains("Switchyard test page"));
     let etag = page.header("etag").unwrap().to_owned();
     let cached = client
-        .send(
-            Method::GET,
-            "/test/",
-            &[("if-none-match", &etag)],
-            Bytes::new(),
-        )
+        .send(Method::GET, "/test/", &[("if-none-match", &etag)], Bytes::new())
         .await
         .unwrap();
     assert_eq!(cached.status, 304);

@@ -26,10 +26,7 @@ async fn get_post_head_and_keep_alive() {
     assert_eq!(index.header("content-type"), Some("application/json"));
     let first_client = index.json()["client"].as_str().unwrap().to_owned();
 
-    let hello = client
-        .get("/api/example/hello?name=switchyard")
-        .await
-        .unwrap();
+    let hello = client.get("/api/example/hello?name=switchyard").await.unwrap();
     assert_eq!(hello.json(), serde_json::json!({"hello": "switchyard"}));
 
     let echo = client
@@ -51,10 +48,7 @@ async fn get_post_head_and_keep_alive() {
         .unwrap();
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty(), "HEAD has no body");
-    assert_eq!(
-        head.header("content-length"),
-        index.header("content-length")
-    );
+    assert_eq!(head.header("content-length"), index.header("content-length"));
 
     // Still the same TCP connection: the app sees the same client port.
     let again = client.get("/api/example/").await.unwrap();
@@ -92,10 +86,7 @@ async fn large_bodies_both_ways() {
 
     // 8 MiB down, streamed in pieces.
     let size = 8 << 20;
-    let big = client
-        .get(&format!("/api/example/stream?size={size}"))
-        .await
-        .unwrap();
+    let big = client.get(&format!("/api/example/stream?size={size}")).await.unwrap();
     assert_eq!(big.status, 200);
     assert_eq!(big.body.len(), size);
     assert!(big.body == pattern(size), "streamed body differs");
@@ -117,10 +108,9 @@ async fn slow_responses_stream_as_they_are_made() {
     // 16 pieces of 16 KiB, 150 ms apart: the first bytes must arrive long
     // before the last piece is made.
     let tcp = tokio::net::TcpStream::connect(&stack.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let request = http::Request::get("/api/example/stream?size=262144&delay_ms=150")
         .header("host", &stack.addr)
@@ -141,10 +131,7 @@ async fn slow_responses_stream_as_they_are_made() {
     let total = started.elapsed();
     let first_at = first_at.expect("some body");
     assert_eq!(received, 262_144);
-    assert!(
-        total >= Duration::from_millis(15 * 150),
-        "took only {total:?}"
-    );
+    assert!(total >= Duration::from_millis(15 * 150), "took only {total:?}");
     assert!(
         first_at < total / 2,
         "first bytes after {first_at:?} of {total:?}: not streamed"
@@ -162,10 +149,7 @@ async fn bodies_over_max_body_get_413() {
 
     let fits = vec![b'x'; 100_000];
     let mut client = Client::connect(&stack.addr).await.unwrap();
-    let ok = client
-        .send(Method::POST, "/api/example/echo", &[], fits)
-        .await
-        .unwrap();
+    let ok = client.send(Method::POST, "/api/example/echo", &[], fits).await.unwrap();
     assert_eq!(ok.status, 200);
     assert_eq!(ok.body.len(), 100_000);
 
@@ -180,14 +164,13 @@ async fn bodies_over_max_body_get_413() {
 
     // Chunked, no length: refused once the limit is crossed mid-stream.
     let tcp = tokio::net::TcpStream::connect(&stack.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(connection);
-    let pieces = futures::stream::iter((0..10).map(|_| {
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 30_000])))
-    }));
+    let pieces = futures::stream::iter(
+        (0..10).map(|_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 30_000])))),
+    );
     let request = http::Request::post("/api/example/echo")
         .header("host", &stack.addr)
         .body(http_body_util::StreamBody::new(pieces))
@@ -202,10 +185,7 @@ async fn bodies_over_max_body_get_413() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert!(
-        left.is_empty(),
-        "refused request left its body in Redis: {left:?}"
-    );
+    assert!(left.is_empty(), "refused request left its body in Redis: {left:?}");
 }
 
 #[tokio::test]
@@ -220,10 +200,7 @@ async fn no_worker_means_503_after_the_http_timeout() {
     let response = get(&stack.addr, "/api/example/").await.unwrap();
     let took = started.elapsed();
     assert_eq!(response.status, 503);
-    assert_eq!(
-        response.text(),
-        "Worker server failed to respond within time limit.\n"
-    );
+    assert_eq!(response.text(), "Worker server failed to respond within time limit.\n");
     assert!(
         took >= Duration::from_millis(950) && took < Duration::from_secs(5),
         "answered after {took:?}"

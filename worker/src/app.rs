@@ -13,11 +13,8 @@ use crate::consumer::WebSocketConsumer;
 use crate::http::{HttpApp, RequestBody, ServiceApp};
 use crate::periodic::PeriodicContext;
 
-pub type PeriodicFn = Arc<
-    dyn Fn(PeriodicContext) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
-        + Send
-        + Sync,
->;
+pub type PeriodicFn =
+    Arc<dyn Fn(PeriodicContext) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
 /// A task that runs once per tick across the whole worker pool.
 #[derive(Clone)]
@@ -60,11 +57,7 @@ impl Apps {
     }
 
     /// Serves WebSocket connections routed to `channel` with `consumer`.
-    pub fn websocket(
-        mut self,
-        channel: impl Into<String>,
-        consumer: impl WebSocketConsumer,
-    ) -> Apps {
+    pub fn websocket(mut self, channel: impl Into<String>, consumer: impl WebSocketConsumer) -> Apps {
         self.consumers
             .push((channel.into(), Consumer::WebSocket(Arc::new(consumer))));
         self
@@ -74,20 +67,14 @@ impl Apps {
     /// axum `Router`, say. See [`crate::http`].
     pub fn http<S, B>(mut self, channel: impl Into<String>, service: S) -> Apps
     where
-        S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<crate::http::BoxError>,
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<crate::http::BoxError>,
     {
-        self.consumers.push((
-            channel.into(),
-            Consumer::Http(Arc::new(ServiceApp(service))),
-        ));
+        self.consumers
+            .push((channel.into(), Consumer::Http(Arc::new(ServiceApp(service)))));
         self
     }
 

@@ -154,11 +154,7 @@ impl Committer {
         }
     }
 
-    pub async fn commit(
-        &self,
-        con: &mut ConnectionManager,
-        commit: &Commit<'_>,
-    ) -> RedisResult<Outcome> {
+    pub async fn commit(&self, con: &mut ConnectionManager, commit: &Commit<'_>) -> RedisResult<Outcome> {
         let session_key = commit.session.as_ref().map(|(key, _, _)| key.clone());
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -215,11 +211,7 @@ impl Committer {
 
     /// Appends one piece of a streamed HTTP response ahead of the commit;
     /// `false` when the entry is no longer ours (or already committed).
-    pub async fn stream_reply(
-        &self,
-        con: &mut ConnectionManager,
-        piece: &StreamPiece<'_>,
-    ) -> RedisResult<bool> {
+    pub async fn stream_reply(&self, con: &mut ConnectionManager, piece: &StreamPiece<'_>) -> RedisResult<bool> {
         let sent: i64 = self
             .stream_script
             .key(piece.stream)
@@ -281,10 +273,6 @@ pub async fn dead_letter(
         add.arg(field).arg(value);
     }
     pipe.ignore();
-    pipe.cmd("XACK")
-        .arg(stream)
-        .arg(WORKER_GROUP)
-        .arg(&entry.id)
-        .ignore();
+    pipe.cmd("XACK").arg(stream).arg(WORKER_GROUP).arg(&entry.id).ignore();
     pipe.query_async(con).await
 }

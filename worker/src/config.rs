@@ -22,11 +22,7 @@ pub struct WorkerConfig {
     pub prefix: String,
 
     /// Serve only channels matching this glob (repeatable, e.g. `chat`, `http.*`).
-    #[arg(
-        long = "only-channels",
-        env = "SWITCHYARD_ONLY_CHANNELS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "only-channels", env = "SWITCHYARD_ONLY_CHANNELS", value_delimiter = ',')]
     pub only_channels: Vec<String>,
 
     /// Do not serve channels matching this glob (repeatable).
@@ -67,12 +63,7 @@ pub struct WorkerConfig {
     pub metrics_bind: Option<std::net::SocketAddr>,
 
     /// Log format.
-    #[arg(
-        long,
-        env = "SWITCHYARD_LOG_FORMAT",
-        value_enum,
-        default_value = "pretty"
-    )]
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
     /// Print the effective configuration and the channels served, then exit.
@@ -83,17 +74,13 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        redis::Client::open(self.redis_url.as_str()).with_context(|| {
-            format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url)
-        })?;
+        redis::Client::open(self.redis_url.as_str())
+            .with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
         if self.concurrency == 0 || self.concurrency > 100_000 {
-            bail!(
-                "--concurrency: {} is out of range 1..=100000",
-                self.concurrency
-            );
+            bail!("--concurrency: {} is out of range 1..=100000", self.concurrency);
         }
         if self.claim_idle == 0 {
             bail!("--claim-idle: must be at least 1 second");
@@ -136,14 +123,9 @@ impl WorkerConfig {
 fn globs(flag: &str, patterns: &[String]) -> anyhow::Result<GlobSet> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
-        builder.add(
-            Glob::new(pattern)
-                .with_context(|| format!("{flag}: `{pattern}` is not a valid glob"))?,
-        );
+        builder.add(Glob::new(pattern).with_context(|| format!("{flag}: `{pattern}` is not a valid glob"))?);
     }
-    builder
-        .build()
-        .with_context(|| format!("{flag}: invalid globs"))
+    builder.build().with_context(|| format!("{flag}: invalid globs"))
 }
 
 #[cfg(test)]
@@ -158,12 +140,7 @@ mod tests {
 
     #[test]
     fn channel_globs() {
-        let c = config(&[
-            "--only-channels",
-            "chat*",
-            "--exclude-channels",
-            "chat.slow",
-        ]);
+        let c = config(&["--only-channels", "chat*", "--exclude-channels", "chat.slow"]);
         assert!(c.serves("chat").unwrap());
         assert!(!c.serves("chat.slow").unwrap());
         assert!(!c.serves("echo").unwrap());
@@ -172,15 +149,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_values_naming_the_flag() {
-        let error = config(&["--concurrency", "0"])
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let error = config(&["--concurrency", "0"]).validate().unwrap_err().to_string();
         assert!(error.contains("--concurrency"), "{error}");
-        let error = config(&["--only-channels", "a[b"])
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let error = config(&["--only-channels", "a[b"]).validate().unwrap_err().to_string();
         assert!(error.contains("--only-channels"), "{error}");
     }
 }

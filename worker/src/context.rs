@@ -88,15 +88,11 @@ impl Context {
     }
 
     pub fn group_add(&mut self, group: impl Into<String>) {
-        self.actions.push(Action::GroupAdd {
-            group: group.into(),
-        });
+        self.actions.push(Action::GroupAdd { group: group.into() });
     }
 
     pub fn group_discard(&mut self, group: impl Into<String>) {
-        self.actions.push(Action::GroupDiscard {
-            group: group.into(),
-        });
+        self.actions.push(Action::GroupDiscard { group: group.into() });
     }
 
     /// Sends a text frame to every member of a group (one publish, on commit).

@@ -60,12 +60,9 @@ pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
         .instrument(span)
         .await;
     worker.metrics.in_flight.dec();
-    worker.metrics.handled(
-        channel,
-        message.event.type_name(),
-        outcome,
-        started.elapsed(),
-    );
+    worker
+        .metrics
+        .handled(channel, message.event.type_name(), outcome, started.elapsed());
 }
 
 /// Runs the consumer and commits, retrying Redis errors; names the outcome.
@@ -82,20 +79,10 @@ async fn run(
     loop {
         let result = match consumer {
             Consumer::WebSocket(consumer) => {
-                attempt(
-                    worker,
-                    stream,
-                    entry,
-                    channel,
-                    consumer.as_ref(),
-                    message,
-                    reply,
-                )
-                .await
+                attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply).await
             }
             Consumer::Http(app) => {
-                crate::http_handler::attempt(worker, stream, entry, app.as_ref(), message, reply)
-                    .await
+                crate::http_handler::attempt(worker, stream, entry, app.as_ref(), message, reply).await
             }
         };
         match result {
@@ -127,11 +114,7 @@ async fn attempt(
     reply: &ReplyAddress,
 ) -> redis::RedisResult<Outcome> {
     let (headers, client, subprotocols) = match &message.event {
-        Event::Connect(scope) => (
-            scope.headers.clone(),
-            scope.client.clone(),
-            scope.subprotocols.clone(),
-        ),
+        Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
         _ => Default::default(),
     };
     let scope = Scope {
@@ -164,11 +147,7 @@ async fn attempt(
             return Err(redis_error.clone());
         }
         tracing::error!(error = %format!("{error:#}"), channel, event = message.event.type_name(), reply = %message.reply, "consumer failed; closing the connection with 1011");
-        ctx = Context::new(
-            ctx.scope().clone(),
-            worker.redis.clone(),
-            worker.keys.clone(),
-        );
+        ctx = Context::new(ctx.scope().clone(), worker.redis.clone(), worker.keys.clone());
         ctx.close(INTERNAL_ERROR);
     }
     let disconnect = matches!(message.event, Event::Disconnect { .. });
@@ -205,15 +184,8 @@ async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str)
     tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
     let mut backoff = Backoff::default();
     let mut con = worker.redis.clone();
-    while let Err(redis_error) = commit::dead_letter(
-        &mut con,
-        &worker.keys,
-        stream,
-        entry,
-        &worker.consumer,
-        error,
-    )
-    .await
+    while let Err(redis_error) =
+        commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.consumer, error).await
     {
         tracing::warn!(%redis_error, "dead-lettering failed; retrying");
         backoff.wait().await;

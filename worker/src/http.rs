@@ -42,10 +42,7 @@ pub struct RequestInfo {
 /// erased. Implemented for every suitable `tower::Service`; register one with
 /// [`Apps::http`](crate::Apps::http).
 pub trait HttpApp: Send + Sync + 'static {
-    fn call(
-        &self,
-        request: Request<RequestBody>,
-    ) -> BoxFuture<'static, Result<BoxResponse, BoxError>>;
+    fn call(&self, request: Request<RequestBody>) -> BoxFuture<'static, Result<BoxResponse, BoxError>>;
 }
 
 /// Adapts a `tower::Service` to [`HttpApp`]; each request gets a clone of
@@ -60,10 +57,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    fn call(
-        &self,
-        request: Request<RequestBody>,
-    ) -> BoxFuture<'static, Result<BoxResponse, BoxError>> {
+    fn call(&self, request: Request<RequestBody>) -> BoxFuture<'static, Result<BoxResponse, BoxError>> {
         let service = self.0.clone();
         Box::pin(async move {
             let response = service.oneshot(request).await.map_err(Into::into)?;

@@ -17,9 +17,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use serde_bytes::ByteBuf;
 use switchyard_protocol::stream::StreamEntry;
-use switchyard_protocol::{
-    encode, Action, ChannelMessage, Event, HttpRequest, Reply, ReplyAddress,
-};
+use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, Reply, ReplyAddress};
 
 use crate::commit::{BodyOp, Commit, Outcome, StreamPiece};
 use crate::http::{BoxResponse, HttpApp, RequestBody, RequestInfo};
@@ -122,11 +120,7 @@ pub(crate) async fn attempt(
         actions.push(body_action(pending.freeze(), false));
     }
     let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
-    let body_op = if message.seq > 1 {
-        BodyOp::Delete
-    } else {
-        BodyOp::Keep
-    };
+    let body_op = if message.seq > 1 { BodyOp::Delete } else { BodyOp::Keep };
     worker
         .committer
         .commit(&mut con, &commit(Some(last), true, body_op))

@@ -23,10 +23,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchyard-worker: cannot start the runtime: {error}");

@@ -191,9 +191,7 @@ async fn take_over_dead(worker: &Arc<Worker>, stream: &str) -> redis::RedisResul
             Value::Array(rows) => rows
                 .iter()
                 .filter_map(|row| match row {
-                    Value::Array(fields) => fields
-                        .first()
-                        .and_then(|id| redis::from_redis_value(id.clone()).ok()),
+                    Value::Array(fields) => fields.first().and_then(|id| redis::from_redis_value(id.clone()).ok()),
                     _ => None,
                 })
                 .collect(),
@@ -263,27 +261,15 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
                 let fields: Vec<(String, Value)> = match info {
                     Value::Array(flat) => flat
                         .chunks(2)
-                        .filter_map(|kv| {
-                            Some((
-                                redis::from_redis_value(kv.first()?.clone()).ok()?,
-                                kv.get(1)?.clone(),
-                            ))
-                        })
+                        .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
                         .collect(),
                     Value::Map(pairs) => pairs
                         .iter()
-                        .filter_map(|(k, v)| {
-                            Some((redis::from_redis_value(k.clone()).ok()?, v.clone()))
-                        })
+                        .filter_map(|(k, v)| Some((redis::from_redis_value(k.clone()).ok()?, v.clone())))
                         .collect(),
                     _ => return None,
                 };
-                let get = |name: &str| {
-                    fields
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                };
+                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
                 let name: String = redis::from_redis_value(get("name")?).ok()?;
                 let pending: i64 = redis::from_redis_value(get("pending")?).ok()?;
                 let idle: i64 = redis::from_redis_value(get("idle")?).ok()?;

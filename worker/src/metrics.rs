@@ -40,9 +40,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let handled = Family::<Labels, Counter>::default();
-        let handling = Family::<Labels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
+        let handling =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
         let in_flight = Gauge::default();
         let claimed = Counter::default();
         let dead_letters = Counter::default();
@@ -89,13 +88,7 @@ impl Metrics {
     }
 
     /// Records one handled message.
-    pub fn handled(
-        &self,
-        channel: &str,
-        event: &'static str,
-        outcome: &'static str,
-        took: Duration,
-    ) {
+    pub fn handled(&self, channel: &str, event: &'static str, outcome: &'static str, took: Duration) {
         self.handled
             .get_or_create(&vec![
                 ("channel", channel.to_owned()),
@@ -147,9 +140,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             async move { Ok::<_, Infallible>(answer(&metrics, request.uri().path())) }
         });
         tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
         });
     }
 }
@@ -161,11 +152,7 @@ fn answer(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
-        "/healthz" => (
-            StatusCode::OK,
-            "application/json",
-            "{\"status\":\"ok\"}".to_owned(),
-        ),
+        "/healthz" => (StatusCode::OK, "application/json", "{\"status\":\"ok\"}".to_owned()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",

@@ -24,11 +24,7 @@ pub struct PeriodicContext {
 
 impl PeriodicContext {
     /// Sends a text frame to every member of a group.
-    pub async fn group_send_text(
-        &mut self,
-        group: &str,
-        text: impl Into<String>,
-    ) -> redis::RedisResult<u64> {
+    pub async fn group_send_text(&mut self, group: &str, text: impl Into<String>) -> redis::RedisResult<u64> {
         groups::group_send(&mut self.redis, &self.keys, group, &Payload::text(text)).await
     }
 }

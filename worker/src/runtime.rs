@@ -133,18 +133,13 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         tokio::spawn(crate::periodic::run(worker.clone(), task));
     }
 
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;
     tracing::info!(?signal, "stopping: finishing messages in hand");
     worker.stopping.store(true, Ordering::Relaxed);
     let _ = reader.await;
     let all = worker.config.concurrency as u32;
-    let finished = tokio::time::timeout(
-        worker.config.drain_timeout(),
-        worker.permits.acquire_many(all),
-    )
-    .await;
+    let finished = tokio::time::timeout(worker.config.drain_timeout(), worker.permits.acquire_many(all)).await;
     if finished.is_err() {
         tracing::warn!("drain timeout: leaving unfinished messages to other workers");
     }

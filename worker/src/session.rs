@@ -63,11 +63,7 @@ impl Session {
 pub(crate) fn session_id(query: &str, reply: &str) -> String {
     query_param(query, "session_uuid")
         .filter(|id| {
-            !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         })
         .unwrap_or_else(|| reply.to_owned())
 }

@@ -67,11 +67,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(
-        shared: Arc<Shared>,
-        opened: Opened,
-        writer: WebSocketWrite<WriteHalf>,
-    ) -> Connection {
+    pub fn new(shared: Arc<Shared>, opened: Opened, writer: WebSocketWrite<WriteHalf>) -> Connection {
         Connection {
             shared,
             opened,
@@ -88,20 +84,13 @@ impl Connection {
     }
 
     /// Runs the connection to its end, then tells the workers it is gone.
-    pub async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut events: mpsc::UnboundedReceiver<ConnEvent>,
-    ) {
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
         self.shared.metrics.connections_active.inc();
         let actions = std::mem::take(&mut self.opened.actions);
         self.apply_actions(actions).await;
         let code = self.serve(&mut inbound, &mut events).await;
         if self.awaiting_close_reply {
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                while inbound.recv().await.is_some() {}
-            })
-            .await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, async { while inbound.recv().await.is_some() {} }).await;
         }
         self.finish(code);
     }
@@ -127,9 +116,7 @@ impl Connection {
                     continue;
                 }
             }
-            let reading = self.closed.is_none()
-                && drain_deadline.is_none()
-                && self.pending.len() < MAX_PENDING;
+            let reading = self.closed.is_none() && drain_deadline.is_none() && self.pending.len() < MAX_PENDING;
             let linger_until = self.closed.map(|(_, until)| until);
             tokio::select! {
                 biased;
@@ -182,11 +169,7 @@ impl Connection {
             self.opened.query.clone(),
             event,
         );
-        self.appended = Some(
-            self.shared
-                .outbound
-                .send(self.opened.stream.clone(), encode(&message)),
-        );
+        self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), encode(&message)));
         self.in_flight = Some((seq, Instant::now()));
         seq
     }

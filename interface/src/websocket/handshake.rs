@@ -36,12 +36,7 @@ pub async fn handle(
     }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
-        Err(error) => {
-            return text_response(
-                StatusCode::BAD_REQUEST,
-                &format!("bad WebSocket handshake: {error}\n"),
-            )
-        }
+        Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
     };
     let (id, mut events) = shared.registry.open();
     let reply = ReplyAddress::new(shared.id.clone(), id).to_string();
@@ -53,13 +48,7 @@ pub async fn handle(
         client: remote.to_string(),
         subprotocols: offered_subprotocols(&request),
     };
-    let connect = ChannelMessage::new(
-        reply.clone(),
-        1,
-        path.clone(),
-        query.clone(),
-        Event::Connect(scope),
-    );
+    let connect = ChannelMessage::new(reply.clone(), 1, path.clone(), query.clone(), Event::Connect(scope));
     let appended = shared.outbound.send(stream.clone(), encode(&connect));
     let deadline = Instant::now() + shared.config.connect_timeout();
 
@@ -73,15 +62,10 @@ pub async fn handle(
     .unwrap_or(Verdict::Unavailable);
 
     match verdict {
-        Verdict::Accept {
-            subprotocol,
-            actions,
-        } => {
+        Verdict::Accept { subprotocol, actions } => {
             let mut response = response.map(|_| Body::default());
             if let Some(value) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
-                response
-                    .headers_mut()
-                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+                response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, value);
             }
             let opened = Opened {
                 id,
@@ -91,8 +75,7 @@ pub async fn handle(
                 query,
                 actions,
             };
-            let span =
-                tracing::info_span!(parent: None, "ws", conn = id, channel = %target.channel);
+            let span = tracing::info_span!(parent: None, "ws", conn = id, channel = %target.channel);
             let connection = run_connection(shared, opened, upgrade, events, target.enter());
             tokio::spawn(connection.instrument(span));
             response
@@ -100,10 +83,7 @@ pub async fn handle(
         Verdict::Refuse => {
             shared.registry.close(id);
             shared.metrics.error("handshake_refused");
-            text_response(
-                StatusCode::FORBIDDEN,
-                "connection refused by the application\n",
-            )
+            text_response(StatusCode::FORBIDDEN, "connection refused by the application\n")
         }
         Verdict::Unavailable => {
             shared.registry.close(id);

@@ -39,11 +39,7 @@ const NO_STATUS: u16 = 1005;
 
 /// Reads until close, error or end of stream. A `None` from the channel tells
 /// the connection task the socket is gone without a close frame.
-pub async fn run(
-    mut socket: WebSocketRead<ReadHalf>,
-    tx: mpsc::Sender<Inbound>,
-    max_message_size: usize,
-) {
+pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>, max_message_size: usize) {
     socket.set_auto_close(false);
     socket.set_auto_pong(false);
     // fastwebsockets refuses frames of `>= limit` bytes.
@@ -53,8 +49,7 @@ pub async fn run(
     loop {
         let item = match socket.read_frame(&mut no_obligated_sends).await {
             Ok(frame) => match frame.opcode {
-                OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame)
-                {
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
                     Ok(Some(payload)) => Inbound::Message(payload),
                     Ok(None) => continue,
                     Err(fail) => fail,
@@ -65,11 +60,9 @@ pub async fn run(
             },
             Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
             Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
-            Err(
-                WebSocketError::UnexpectedEOF
-                | WebSocketError::IoError(_)
-                | WebSocketError::ConnectionClosed,
-            ) => return,
+            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
+                return
+            }
             Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
         };
         let last = matches!(item, Inbound::Close { .. } | Inbound::Fail { .. });
@@ -127,9 +120,7 @@ impl Assembler {
 
     fn push(&mut self, frame: Frame<'_>) -> Result<Option<Payload>, Inbound> {
         match (frame.opcode, self.partial.is_some()) {
-            (OpCode::Continuation, false) => {
-                return Err(fail(PROTOCOL_ERROR, "continuation without a message"))
-            }
+            (OpCode::Continuation, false) => return Err(fail(PROTOCOL_ERROR, "continuation without a message")),
             (OpCode::Text | OpCode::Binary, true) => {
                 return Err(fail(PROTOCOL_ERROR, "new message inside a fragmented one"))
             }
@@ -153,9 +144,7 @@ impl Assembler {
             match std::str::from_utf8(&buffer[self.checked..]) {
                 Ok(_) => self.checked = buffer.len(),
                 // An incomplete character at the end may be finished by the next fragment.
-                Err(error) if error.error_len().is_none() && !frame.fin => {
-                    self.checked += error.valid_up_to()
-                }
+                Err(error) if error.error_len().is_none() && !frame.fin => self.checked += error.valid_up_to(),
                 Err(_) => return Err(fail(INVALID_DATA, "invalid UTF-8 in text message")),
             }
         }
@@ -190,10 +179,7 @@ mod tests {
     fn reassembles_fragments() {
         let mut a = Assembler::new(100);
         assert!(a.push(frame(false, OpCode::Text, b"he")).unwrap().is_none());
-        assert!(a
-            .push(frame(false, OpCode::Continuation, b"ll"))
-            .unwrap()
-            .is_none());
+        assert!(a.push(frame(false, OpCode::Continuation, b"ll")).unwrap().is_none());
         assert_eq!(
             a.push(frame(true, OpCode::Continuation, b"o")).unwrap(),
             Some(Payload::text("hello"))
@@ -204,13 +190,9 @@ mod tests {
     fn utf8_split_across_fragments_is_fine() {
         let euro = "€".as_bytes();
         let mut a = Assembler::new(100);
-        assert!(a
-            .push(frame(false, OpCode::Text, &euro[..1]))
-            .unwrap()
-            .is_none());
+        assert!(a.push(frame(false, OpCode::Text, &euro[..1])).unwrap().is_none());
         assert_eq!(
-            a.push(frame(true, OpCode::Continuation, &euro[1..]))
-                .unwrap(),
+            a.push(frame(true, OpCode::Continuation, &euro[1..])).unwrap(),
             Some(Payload::text("€"))
         );
     }
@@ -225,10 +207,7 @@ mod tests {
     #[test]
     fn oversize_fragmented_message_is_1009() {
         let mut a = Assembler::new(4);
-        assert!(a
-            .push(frame(false, OpCode::Binary, b"abc"))
-            .unwrap()
-            .is_none());
+        assert!(a.push(frame(false, OpCode::Binary, b"abc")).unwrap().is_none());
         assert!(matches!(
             a.push(frame(true, OpCode::Continuation, b"de")),
             Err(Inbound::Fail { code: 1009, .. })
@@ -246,14 +225,8 @@ mod tests {
 
     #[test]
     fn close_frames_are_validated() {
-        assert!(matches!(
-            close_frame(&[]),
-            Inbound::Close { code: 1005, .. }
-        ));
-        assert!(matches!(
-            close_frame(&[3]),
-            Inbound::Fail { code: 1002, .. }
-        ));
+        assert!(matches!(close_frame(&[]), Inbound::Close { code: 1005, .. }));
+        assert!(matches!(close_frame(&[3]), Inbound::Fail { code: 1002, .. }));
         assert!(matches!(
             close_frame(&1000u16.to_be_bytes()),
             Inbound::Close { code: 1000, .. }
@@ -264,9 +237,6 @@ mod tests {
         ));
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.push(0xff);
-        assert!(matches!(
-            close_frame(&bad_reason),
-            Inbound::Fail { code: 1007, .. }
-        ));
+        assert!(matches!(close_frame(&bad_reason), Inbound::Fail { code: 1007, .. }));
     }
 }

@@ -82,11 +82,7 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for entry in std::fs::read_dir(&self.path)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
+            for entry in std::fs::read_dir(&self.path).into_iter().flatten().flatten() {
                 let file = entry.path();
                 if file.extension().is_some_and(|e| e == "log") {
                     let text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -111,13 +107,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        envs: &[(&str, &str)],
-        dir: &RunDir,
-    ) -> Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)], dir: &RunDir) -> Proc {
         let log = std::fs::File::create(dir.path.join(format!("{name}.log"))).expect("log file");
         let child = Command::new(program)
             .args(args)
@@ -231,13 +221,7 @@ impl Stack {
             redis_url.clone(),
         ];
         args.extend(options.interface_args);
-        let interface = Proc::spawn(
-            "interface",
-            &binary("switchyard-interface"),
-            &args,
-            &[],
-            &dir,
-        );
+        let interface = Proc::spawn("interface", &binary("switchyard-interface"), &args, &[], &dir);
         let mut stack = Stack {
             addr,
             redis_url,
@@ -271,11 +255,7 @@ impl Stack {
             name.clone(),
         ];
         args.extend_from_slice(extra);
-        let envs: Vec<(&str, &str)> = self
-            .worker_env
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
+        let envs: Vec<(&str, &str)> = self.worker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let worker = Proc::spawn(&name, &binary("switchyard-worker"), &args, &envs, &self.dir);
         self.workers.push(worker);
         self.workers.len() - 1
@@ -335,8 +315,7 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -369,10 +348,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.addr);
+        let mut request = Request::builder().method(method).uri(path).header("host", &self.addr);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -406,10 +382,7 @@ pub async fn get(addr: &str, path: &str) -> anyhow::Result<Reply> {
 /// The value of one sample in Prometheus text (`name{labels} value`).
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }

@@ -54,12 +54,8 @@ pub fn heartbeat_every() -> anyhow::Result<Duration> {
     match std::env::var("CHAT_HEARTBEAT_SECONDS") {
         Err(_) => Ok(Duration::from_secs(30)),
         Ok(text) => match text.trim().parse::<f64>() {
-            Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => {
-                Ok(Duration::from_secs_f64(seconds))
-            }
-            _ => anyhow::bail!(
-                "CHAT_HEARTBEAT_SECONDS: `{text}` must be a number of seconds in (0, 86400]"
-            ),
+            Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => Ok(Duration::from_secs_f64(seconds)),
+            _ => anyhow::bail!("CHAT_HEARTBEAT_SECONDS: `{text}` must be a number of seconds in (0, 86400]"),
         },
     }
 }

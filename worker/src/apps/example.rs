@@ -84,10 +84,7 @@ async fn stream(Query(query): Query<StreamQuery>) -> Response {
         }
         let len = PIECE.min(size - sent);
         let piece: Vec<u8> = (sent..sent + len).map(|i| b'0' + (i % 10) as u8).collect();
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(piece)),
-            sent + len,
-        ))
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(piece)), sent + len))
     });
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],

@@ -10,8 +10,5 @@ use crate::app::Apps;
 
 /// Every built-in app.
 pub fn builtin() -> Apps {
-    Apps::new()
-        .with(echo::app())
-        .with(chat::app())
-        .with(example::app())
+    Apps::new().with(echo::app()).with(chat::app()).with(example::app())
 }

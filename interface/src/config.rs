@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_BIND", default_value = "0.0.0.0:8000")]
     pub bind: SocketAddr,
 
+    /// Share the port with other interface processes (SO_REUSEPORT): the kernel
+    /// spreads new connections over them.
+    #[arg(long, env = "SWITCHYARD_REUSE_PORT")]
+    pub reuse_port: bool,
+
     /// Redis URL (redis://[user:password@]host:port/db).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
@@ -32,7 +37,7 @@ pub struct Config {
     pub prefix: String,
 
     /// WebSocket route `PATH_PREFIX=CHANNEL`, repeatable; the longest matching
-    /// prefix wins. Default: /ws/echo/=echo and /ws/chat/=chat.
+    /// prefix wins. Default: /ws/echo/=echo, /ws/chat/=chat, /ws/rooms/=rooms.
     #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<Route>,
 
@@ -83,6 +88,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value_t = 10.0, value_parser = parse_seconds)]
     pub redis_hold: f64,
 
+    /// Seconds a group membership survives in Redis without being refreshed
+    /// (presence counts; members of an interface that died expire after this).
+    #[arg(long, env = "SWITCHYARD_GROUP_EXPIRY", default_value_t = 86_400.0, value_parser = parse_seconds_long)]
+    pub group_expiry: f64,
+
     /// Interface id (names its reply stream); random by default.
     #[arg(long, env = "SWITCHYARD_INTERFACE_ID")]
     pub id: Option<String>,
@@ -95,6 +105,11 @@ pub struct Config {
     #[arg(long)]
     pub check: bool,
 }
+
+/// Routes used when none are given: the built-in apps of `switchyard-worker`.
+const DEFAULT_ROUTES: [&str; 3] = ["/ws/echo/=echo", "/ws/chat/=chat", "/ws/rooms/=rooms"];
+/// The HTTP route used when no route of either kind is given.
+const DEFAULT_HTTP_ROUTE: &str = "/api/example/=http.example";
 
 fn parse_route(text: &str) -> Result<Route, String> {
     Route::parse(text)
@@ -110,6 +125,16 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(value > 0.0 && value <= 3600.0) {
         return Err(format!("{value} is out of range (0, 3600] seconds"));
+    }
+    Ok(value)
+}
+
+fn parse_seconds_long(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(1.0..=30.0 * 86_400.0).contains(&value) {
+        return Err(format!("{value} is out of range [1, 2592000] seconds"));
     }
     Ok(value)
 }
@@ -132,11 +157,11 @@ impl Config {
             }
         }
         if websocket.is_empty() && http.is_empty() {
-            websocket = vec![
-                Route::new("/ws/echo/", "echo").expect("valid"),
-                Route::new("/ws/chat/", "chat").expect("valid"),
-            ];
-            http = vec![Route::new("/api/example/", "http.example").expect("valid")];
+            websocket = DEFAULT_ROUTES
+                .iter()
+                .map(|r| Route::parse(r).expect("default routes are valid"))
+                .collect();
+            http = vec![Route::parse(DEFAULT_HTTP_ROUTE).expect("the default HTTP route is valid")];
         }
         Ok((Routes::new(websocket), Routes::new(http)))
     }
@@ -199,6 +224,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    pub fn group_expiry(&self) -> Duration {
+        Duration::from_secs_f64(self.group_expiry)
     }
 
     pub fn redis_hold(&self) -> Duration {

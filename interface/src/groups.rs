@@ -4,16 +4,21 @@
 //! keeps its members in memory, subscribes to a group's pub/sub channel while
 //! it has at least one local member, and fans every broadcast out to them.
 //! After a Redis reconnect it subscribes again to every group it still has.
+//! Joins and leaves are also recorded in Redis for presence (`membership.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use futures::StreamExt;
+use redis::aio::ConnectionManager;
 use redis::Client;
 use switchyard_protocol::redis_conn::Backoff;
 use switchyard_protocol::{decode, GroupMessage, Keys};
 use tokio::sync::mpsc;
 
+use crate::membership::{self, Change};
 use crate::registry::Registry;
 
 enum Command {
@@ -25,17 +30,28 @@ enum Command {
 pub struct Groups {
     members: Mutex<HashMap<String, HashSet<u64>>>,
     commands: mpsc::UnboundedSender<Command>,
+    records: mpsc::UnboundedSender<Change>,
 }
 
 impl Groups {
-    /// Creates the membership table and its subscriber task.
-    pub fn start(client: Client, keys: Keys, registry: Arc<Registry>) -> Arc<Groups> {
+    /// Creates the membership table, its subscriber task and its recorder task.
+    pub fn start(
+        client: Client,
+        redis: ConnectionManager,
+        keys: Keys,
+        interface: String,
+        expiry: Duration,
+        registry: Arc<Registry>,
+    ) -> Arc<Groups> {
         let (commands, rx) = mpsc::unbounded_channel();
+        let (records, changes) = mpsc::unbounded_channel();
         let groups = Arc::new(Groups {
             members: Mutex::new(HashMap::new()),
             commands,
+            records,
         });
-        tokio::spawn(subscriber(client, keys, registry, Arc::downgrade(&groups), rx));
+        tokio::spawn(subscriber(client, keys.clone(), registry, Arc::downgrade(&groups), rx));
+        tokio::spawn(membership::run(redis, keys, interface, expiry, groups.clone(), changes));
         groups
     }
 
@@ -45,18 +61,30 @@ impl Groups {
         if set.is_empty() {
             let _ = self.commands.send(Command::Subscribe(group.to_owned()));
         }
-        set.insert(conn);
+        if set.insert(conn) {
+            let _ = self.records.send(Change::Join(group.to_owned(), conn));
+        }
     }
 
     pub fn discard(&self, group: &str, conn: u64) {
         let mut members = self.lock();
         if let Some(set) = members.get_mut(group) {
-            set.remove(&conn);
+            if set.remove(&conn) {
+                let _ = self.records.send(Change::Leave(group.to_owned(), conn));
+            }
             if set.is_empty() {
                 members.remove(group);
                 let _ = self.commands.send(Command::Unsubscribe(group.to_owned()));
             }
         }
+    }
+
+    /// Every group with its local member ids.
+    pub fn snapshot(&self) -> Vec<(String, Vec<u64>)> {
+        self.lock()
+            .iter()
+            .map(|(g, s)| (g.clone(), s.iter().copied().collect()))
+            .collect()
     }
 
     /// Local member ids of a group.

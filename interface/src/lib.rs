@@ -8,12 +8,14 @@
 //!    [`proxy`]: HTTP requests through workers; [`static_files`],
 //! 3. [`websocket`]: the handshake, the frame reader, the connection task,
 //! 4. [`outbound`] and [`replies`]: the two directions through Redis,
-//! 5. [`groups`]: broadcast fan-out, [`presence`]: liveness and readiness,
+//! 5. [`groups`]: broadcast fan-out ([`membership`]: its records in Redis),
+//!    [`presence`]: liveness and readiness,
 //! 6. [`shutdown`]: graceful draining.
 
 pub mod config;
 pub mod groups;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod outbound;
 pub mod presence;
@@ -34,7 +36,6 @@ use anyhow::Context;
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use switchyard_protocol::{redis_conn, Keys};
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::groups::Groups;
@@ -57,11 +58,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = Keys::new(config.prefix.clone());
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
-    let groups = Groups::start(client.clone(), keys, registry.clone());
+    let groups = Groups::start(
+        client.clone(),
+        redis.clone(),
+        keys,
+        id.clone(),
+        config.group_expiry(),
+        registry.clone(),
+    );
     let (outbound, _batcher) = Outbound::start(redis.clone(), config.redis_hold(), metrics.clone());
     let (trigger, shutdown) = shutdown::channel();
-    let listener = TcpListener::bind(config.bind)
-        .await
+    let listener = server::bind(config.bind, config.reuse_port)
         .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
     let shutdown_timeout = config.shutdown_timeout();
     let shared = Arc::new(Shared::new(

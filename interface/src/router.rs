@@ -81,7 +81,7 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(mut routes: Vec<Route>) -> Routes {
-        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         routes.dedup_by(|a, b| a.prefix == b.prefix);
         Routes {
             routes: routes

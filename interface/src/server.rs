@@ -6,17 +6,34 @@
 //! WebSockets are left to their own tasks, which close them with 1001.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
+
+/// Binds the listening socket. With `reuse_port`, several interface processes
+/// can listen on the same port and the kernel spreads connections over them
+/// (how one machine holds more sockets than one process may open files).
+pub fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();

@@ -9,7 +9,8 @@ mod status;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard_protocol::{groups, redis_conn, Keys, Payload};
+use switchyard_protocol::groups::{self, GroupFrame};
+use switchyard_protocol::{redis_conn, Keys};
 
 /// Switchyard operations: inspect a deployment and send to groups.
 #[derive(Parser)]
@@ -36,7 +37,13 @@ enum Command {
         json: bool,
     },
     /// Sends a text frame to every member of GROUP (one publish).
-    SendGroup { group: String, message: String },
+    SendGroup {
+        group: String,
+        message: String,
+        /// MESSAGE is a JSON object: add the broadcast's sequence number as "seq".
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,8 +70,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let keys = Keys::new(cli.prefix);
     match cli.command {
         Command::Status { json } => status::run(&mut con, &keys, json).await,
-        Command::SendGroup { group, message } => {
-            let seq = groups::group_send(&mut con, &keys, &group, &Payload::text(message)).await?;
+        Command::SendGroup { group, message, json } => {
+            let frame = if json {
+                match serde_json::from_str::<serde_json::Value>(&message) {
+                    Ok(serde_json::Value::Object(_)) => GroupFrame::JsonWithSeq(message),
+                    _ => anyhow::bail!("--json: MESSAGE must be a JSON object"),
+                }
+            } else {
+                GroupFrame::Text(message)
+            };
+            let seq = groups::group_send(&mut con, &keys, &group, &frame).await?;
             println!("sent to group {group} (broadcast #{seq})");
             Ok(ExitCode::SUCCESS)
         }

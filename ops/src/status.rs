@@ -55,7 +55,8 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
             json!({"backlog": backlog, "pending": pending, "workers_alive": live.len(), "workers": live}),
         );
     }
-    let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "healthy": healthy});
+    let groups = group_sizes(con, keys).await?;
+    let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "groups": groups, "healthy": healthy});
     if as_json {
         println!("{report:#}");
     } else {
@@ -78,11 +79,53 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
                 info["draining"].to_string()
             );
         }
+        println!("\n{:<20} {:>8}", "GROUP", "MEMBERS");
+        for (group, members) in &groups {
+            println!("{group:<20} {members:>8}");
+        }
         if !healthy {
             println!("\nWARNING: a channel has no live worker");
         }
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Live (unexpired) members per group, from the member sets.
+async fn group_sizes(con: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<BTreeMap<String, u64>> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let pattern = format!("{}*", keys.group_members(""));
+    let mut cursor: u64 = 0;
+    let mut sizes = BTreeMap::new();
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(con)
+            .await?;
+        for key in found {
+            let live: u64 = redis::cmd("ZCOUNT")
+                .arg(&key)
+                .arg(now_ms)
+                .arg("+inf")
+                .query_async(con)
+                .await?;
+            if let Some(group) = keys.group_of_members_key(&key) {
+                if live > 0 {
+                    sizes.insert(group.to_owned(), live);
+                }
+            }
+        }
+        if next == 0 {
+            return Ok(sizes);
+        }
+        cursor = next;
+    }
 }
 
 /// Members of an index whose liveness key still exists, with its JSON.

@@ -59,6 +59,17 @@ impl Keys {
         format!("{}:group:{}", self.prefix, group)
     }
 
+    /// Sorted set of a group's members (reply addresses) scored by expiry ms:
+    /// presence counts, and cleanup after an interface that died.
+    pub fn group_members(&self, group: &str) -> String {
+        format!("{}:groupmembers:{}", self.prefix, group)
+    }
+
+    /// The group name back from a member-set key.
+    pub fn group_of_members_key<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix(":groupmembers:")
+    }
+
     /// Per-group broadcast sequence counter.
     pub fn group_seq(&self, group: &str) -> String {
         format!("{}:groupseq:{}", self.prefix, group)

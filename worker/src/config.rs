@@ -34,7 +34,7 @@ pub struct WorkerConfig {
     pub exclude_channels: Vec<String>,
 
     /// Messages handled at once by this process (across all connections).
-    #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 512)]
     pub concurrency: usize,
 
     /// Seconds a message may stay unacknowledged with a live owner before any

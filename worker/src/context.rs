@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 
 use redis::aio::ConnectionManager;
+use switchyard_protocol::groups::GroupFrame;
 use switchyard_protocol::{Action, Keys, Payload, ReplyAddress};
 
+use crate::commit::SessionWrite;
 use crate::session::{self, Session};
 
 /// What the consumer knows about the connection.
@@ -31,7 +33,7 @@ pub struct Context {
     session_id: String,
     session: Option<Session>,
     pub(crate) actions: Vec<Action>,
-    pub(crate) group_sends: Vec<(String, Payload)>,
+    pub(crate) group_sends: Vec<(String, GroupFrame)>,
     redis: ConnectionManager,
     keys: Keys,
 }
@@ -97,12 +99,19 @@ impl Context {
 
     /// Sends a text frame to every member of a group (one publish, on commit).
     pub fn group_send_text(&mut self, group: impl Into<String>, text: impl Into<String>) {
-        self.group_sends.push((group.into(), Payload::text(text)));
+        self.group_sends.push((group.into(), GroupFrame::Text(text.into())));
     }
 
     /// Sends a binary frame to every member of a group (one publish, on commit).
     pub fn group_send_bytes(&mut self, group: impl Into<String>, bytes: impl Into<Vec<u8>>) {
-        self.group_sends.push((group.into(), Payload::bytes(bytes)));
+        self.group_sends.push((group.into(), GroupFrame::Bytes(bytes.into())));
+    }
+
+    /// Sends a JSON object to every member of a group, with the group's
+    /// broadcast sequence number added as `"seq"` (one publish, on commit).
+    pub fn group_send_json(&mut self, group: impl Into<String>, object: &serde_json::Value) {
+        self.group_sends
+            .push((group.into(), GroupFrame::JsonWithSeq(object.to_string())));
     }
 
     /// The connection's session, loaded from Redis on first use.
@@ -117,11 +126,14 @@ impl Context {
         Ok(self.session.get_or_insert_with(Session::default))
     }
 
-    pub(crate) fn session_key(&self) -> String {
-        self.keys.session(&self.session_id)
-    }
-
-    pub(crate) fn session_changes(&self) -> Option<&Session> {
-        self.session.as_ref()
+    /// The session's key and changes, when the session was used.
+    pub(crate) fn session_write(&self) -> Option<SessionWrite> {
+        let session = self.session.as_ref()?;
+        let (sets, deletes) = session.changes();
+        Some(SessionWrite {
+            key: self.keys.session(&self.session_id),
+            sets: sets.into_iter().map(|(f, v)| (f.to_owned(), v.to_owned())).collect(),
+            deletes: deletes.into_iter().map(str::to_owned).collect(),
+        })
     }
 }

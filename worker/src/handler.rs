@@ -151,31 +151,20 @@ async fn attempt(
         ctx.close(INTERNAL_ERROR);
     }
     let disconnect = matches!(message.event, Event::Disconnect { .. });
-    let encoded_reply = (!disconnect).then(|| {
-        encode(&Reply::new(
-            reply.conn,
-            Some(message.seq),
-            std::mem::take(&mut ctx.actions),
-        ))
-    });
-    let session = ctx.session_changes().map(|session| {
-        let (sets, deletes) = session.changes();
-        (ctx.session_key(), sets, deletes)
-    });
+    let actions = std::mem::take(&mut ctx.actions);
     let commit = Commit {
-        stream,
-        entry_id: &entry.id,
-        interface: &reply.interface,
+        stream: stream.to_owned(),
+        entry_id: entry.id.clone(),
+        interface: reply.interface.clone(),
         conn: reply.conn,
         seq: message.seq,
-        reply: encoded_reply,
+        reply: (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), actions))),
         forget: disconnect,
         body: BodyOp::Keep,
-        session,
-        group_sends: &ctx.group_sends,
+        session: ctx.session_write(),
+        group_sends: std::mem::take(&mut ctx.group_sends),
     };
-    let mut con = worker.redis.clone();
-    worker.committer.commit(&mut con, &commit).await
+    worker.committer.commit(commit).await
 }
 
 /// Dead-letters an entry, retrying until Redis takes it.

@@ -35,19 +35,27 @@ pub(crate) async fn attempt(
     message: &ChannelMessage,
     reply: &ReplyAddress,
 ) -> redis::RedisResult<Outcome> {
-    let commit = |reply_bytes: Option<Vec<u8>>, forget: bool, body| {
-        commit_of(stream, entry, reply, message.seq, reply_bytes, forget, body)
+    let commit = |reply_bytes: Option<Vec<u8>>, forget: bool, body: BodyOp| Commit {
+        stream: stream.to_owned(),
+        entry_id: entry.id.clone(),
+        interface: reply.interface.clone(),
+        conn: reply.conn,
+        seq: message.seq,
+        reply: reply_bytes,
+        forget,
+        body,
+        session: None,
+        group_sends: Vec::new(),
     };
-    let mut con = worker.redis.clone();
     let Event::HttpRequest(request) = &message.event else {
-        let gone = commit(None, true, BodyOp::Delete);
-        return worker.committer.commit(&mut con, &gone).await;
+        return worker.committer.commit(commit(None, true, BodyOp::Delete)).await;
     };
     if request.more_body {
         let done = encode(&Reply::new(reply.conn, Some(message.seq), Vec::new()));
-        let chunk = commit(Some(done), false, BodyOp::Append(&request.body));
-        return worker.committer.commit(&mut con, &chunk).await;
+        let chunk = commit(Some(done), false, BodyOp::Append(request.body.to_vec()));
+        return worker.committer.commit(chunk).await;
     }
+    let mut con = worker.redis.clone();
     let body = if message.seq > 1 {
         let earlier: Option<Vec<u8>> = redis::cmd("GET")
             .arg(worker.keys.http_body(&reply.interface, reply.conn))
@@ -110,7 +118,7 @@ pub(crate) async fn attempt(
                 seq: message.seq,
                 reply: &early,
             };
-            if !worker.committer.stream_reply(&mut con, &piece).await? {
+            if !worker.committer.stream_reply(&piece).await? {
                 return Ok(Outcome::NotOwned);
             }
             streamed = true;
@@ -121,34 +129,7 @@ pub(crate) async fn attempt(
     }
     let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
     let body_op = if message.seq > 1 { BodyOp::Delete } else { BodyOp::Keep };
-    worker
-        .committer
-        .commit(&mut con, &commit(Some(last), true, body_op))
-        .await
-}
-
-/// The commit of one HTTP event: no session, no group sends.
-fn commit_of<'a>(
-    stream: &'a str,
-    entry: &'a StreamEntry,
-    reply: &'a ReplyAddress,
-    seq: u64,
-    reply_bytes: Option<Vec<u8>>,
-    forget: bool,
-    body: BodyOp<'a>,
-) -> Commit<'a> {
-    Commit {
-        stream,
-        entry_id: &entry.id,
-        interface: &reply.interface,
-        conn: reply.conn,
-        seq,
-        reply: reply_bytes,
-        forget,
-        body,
-        session: None,
-        group_sends: &[],
-    }
+    worker.committer.commit(commit(Some(last), true, body_op)).await
 }
 
 /// Rebuilds the `http::Request` the service sees.

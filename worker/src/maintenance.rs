@@ -71,6 +71,7 @@ pub async fn announce(worker: &Worker) {
         "channels": channels,
         "in_flight": worker.config.concurrency - worker.permits.available_permits(),
         "stopping": worker.stopping(),
+        "reading": worker.reading(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     let mut con = worker.redis.clone();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
-use switchyard_protocol::{groups, Keys, Payload};
+use switchyard_protocol::groups::{self, GroupFrame};
+use switchyard_protocol::Keys;
 
 use crate::app::Periodic;
 use crate::runtime::Worker;
@@ -25,7 +26,7 @@ pub struct PeriodicContext {
 impl PeriodicContext {
     /// Sends a text frame to every member of a group.
     pub async fn group_send_text(&mut self, group: &str, text: impl Into<String>) -> redis::RedisResult<u64> {
-        groups::group_send(&mut self.redis, &self.keys, group, &Payload::text(text)).await
+        groups::group_send(&mut self.redis, &self.keys, group, &GroupFrame::Text(text.into())).await
     }
 }
 

@@ -2,14 +2,16 @@
 //!
 //! One `XREADGROUP` on a dedicated connection reads every served stream at
 //! once, never more messages than there are free permits, and hands each to
-//! its own task. When the worker is stopping it simply does not read again;
+//! its own task. The first reads ask for this consumer's own pending entries
+//! (id `0`): a worker restarted under the same `--name` picks up what its
+//! previous life left unacknowledged before it reads anything new. When the worker is stopping it simply does not read again;
 //! its last blocking read ends by itself within the block time, so no message
 //! is ever delivered to a reader that is no longer there.
 
 use std::sync::Arc;
 
 use switchyard_protocol::redis_conn::{self, Backoff};
-use switchyard_protocol::stream::parse_read_reply;
+use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
 use switchyard_protocol::WORKER_GROUP;
 
 use crate::handler;
@@ -20,6 +22,9 @@ const MAX_READ: usize = 256;
 pub async fn run(worker: Arc<Worker>) {
     let streams = worker.streams();
     let mut backoff = Backoff::default();
+    // Per stream: an id = our own pending entries after it (history);
+    // ">" = new entries.
+    let mut positions: Vec<String> = streams.iter().map(|_| "0".to_owned()).collect();
     while !worker.stopping() {
         let mut con = match redis_conn::blocking(&worker.client, READ_BLOCK).await {
             Ok(con) => con,
@@ -52,9 +57,7 @@ pub async fn run(worker: Arc<Worker>) {
                 .arg(READ_BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&streams);
-            for _ in &streams {
-                command.arg(">");
-            }
+            command.arg(&positions);
             let reply: redis::RedisResult<redis::Value> = command.query_async(&mut con).await;
             let value = match reply {
                 Ok(value) => value,
@@ -65,8 +68,13 @@ pub async fn run(worker: Arc<Worker>) {
                 }
             };
             backoff.reset();
+            if worker.mark_reading() {
+                crate::maintenance::announce(&worker).await;
+            }
+            let batches = parse_read_reply(&value);
+            advance_history(&streams, &mut positions, &batches);
             let mut first = Some(first);
-            for batch in parse_read_reply(&value) {
+            for batch in batches {
                 for entry in batch.entries {
                     let permit = match first.take() {
                         Some(permit) => permit,
@@ -85,5 +93,23 @@ pub async fn run(worker: Arc<Worker>) {
             }
         }
         backoff.wait().await;
+    }
+}
+
+/// Moves each stream's history position past what was just read; a stream
+/// whose history came back empty switches to new entries.
+fn advance_history(streams: &[String], positions: &mut [String], batches: &[StreamBatch]) {
+    for (stream, position) in streams.iter().zip(positions.iter_mut()) {
+        if position == ">" {
+            continue;
+        }
+        match batches
+            .iter()
+            .find(|b| &b.stream == stream)
+            .and_then(|b| b.entries.last())
+        {
+            Some(last) => *position = last.id.clone(),
+            None => *position = ">".to_owned(),
+        }
     }
 }

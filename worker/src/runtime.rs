@@ -37,11 +37,22 @@ pub struct Worker {
     /// Permits for messages in hand; a graceful stop waits for all of them.
     pub(crate) permits: Arc<Semaphore>,
     stopping: AtomicBool,
+    /// Set once the first read succeeded: the worker is live, not just started.
+    reading: AtomicBool,
 }
 
 impl Worker {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn reading(&self) -> bool {
+        self.reading.load(Ordering::Relaxed)
+    }
+
+    /// Marks the worker as reading; true the first time.
+    pub(crate) fn mark_reading(&self) -> bool {
+        !self.reading.swap(true, Ordering::Relaxed)
     }
 
     pub(crate) fn streams(&self) -> Vec<String> {
@@ -98,7 +109,8 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let committer = Committer::new(
+    let committer = Committer::start(
+        redis.clone(),
         keys.clone(),
         consumer.clone(),
         config.reply_ttl * 1000,
@@ -119,6 +131,7 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         committer,
         metrics: Arc::new(Metrics::new()),
         stopping: AtomicBool::new(false),
+        reading: AtomicBool::new(false),
     });
 
     let served: Vec<&str> = worker.channels.values().map(|(c, _)| c.as_str()).collect();

@@ -1,0 +1,147 @@
+//! End-to-end checks of the load tool against the in-process reference chat-counter server.
+//!
+//! The scenarios must measure correctly against any server speaking the protocol, so they are
+//! run here against the reference server, which can also misbehave (skip a count, push
+//! heartbeats) — proving that order violations are detected and heartbeats ignored.
+
+use std::net::SocketAddr;
+
+use switchyard_loadgen::hold::{self, HoldArgs};
+use switchyard_loadgen::options::CommonArgs;
+use switchyard_loadgen::reference::{self, Behaviour};
+use switchyard_loadgen::rtt::{self, RttArgs};
+use switchyard_loadgen::storm::{self, StormArgs};
+
+async fn start_server(behaviour: Behaviour) -> SocketAddr {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    reference::spawn(any, behaviour).await.expect("reference server starts")
+}
+
+fn common(addr: SocketAddr) -> CommonArgs {
+    CommonArgs {
+        url: format!("ws://{addr}/ws/chat/"),
+        json: true,
+        label: "test".into(),
+        pids: vec![],
+        connect_concurrency: 50,
+        connect_timeout: 5.0,
+        setup_timeout: 30.0,
+        source_ip_offset: 0,
+    }
+}
+
+fn rtt_args(addr: SocketAddr, connections: usize, rate: Option<f64>) -> RttArgs {
+    RttArgs {
+        common: common(addr),
+        connections,
+        duration: 1.0,
+        warmup: 0.2,
+        rate,
+        payload_bytes: 64,
+        drain_timeout: 2.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_measures_and_sees_no_violations() {
+    let addr = start_server(Behaviour {
+        skip_at: None,
+        heartbeat: true,
+    })
+    .await;
+    let r = rtt::run(rtt_args(addr, 5, None), 2).await.expect("rtt runs");
+    assert_eq!(r.connected, 5);
+    assert!(r.msgs > 100, "only {} answers", r.msgs);
+    assert_eq!(r.order_violations, 0);
+    assert_eq!(r.unsolicited, 0);
+    assert_eq!(r.errors, 0);
+    assert_eq!(r.unanswered, 0);
+    assert!(r.latency.p50_us > 0 && r.latency.p50_us <= r.latency.p99_us);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_rate_sends_on_schedule() {
+    let addr = start_server(Behaviour {
+        skip_at: None,
+        heartbeat: false,
+    })
+    .await;
+    let mut args = rtt_args(addr, 4, Some(50.0));
+    args.common.pids = vec![std::process::id()];
+    let r = rtt::run(args, 2).await.expect("rtt runs");
+    // 4 connections × 50/s × 1 s window = 200 (± schedule edges).
+    assert!((180..=220).contains(&r.msgs), "{} answers in window", r.msgs);
+    assert!(
+        (180..=220).contains(&r.latency.samples),
+        "{} samples",
+        r.latency.samples
+    );
+    assert_eq!(r.order_violations, 0);
+    assert_eq!(r.unanswered, 0);
+    assert!(r.cpu_us_per_msg.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_count_is_an_order_violation() {
+    let addr = start_server(Behaviour {
+        skip_at: Some(3),
+        heartbeat: false,
+    })
+    .await;
+    let r = rtt::run(rtt_args(addr, 3, None), 2).await.expect("rtt runs");
+    assert_eq!(r.order_violations, 3, "one skip per connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_keeps_connections_and_reports_rss() {
+    let addr = start_server(Behaviour {
+        skip_at: None,
+        heartbeat: true,
+    })
+    .await;
+    let args = HoldArgs {
+        common: CommonArgs {
+            pids: vec![std::process::id()],
+            ..common(addr)
+        },
+        connections: 300,
+        hold: 0.3,
+        answer_timeout: 5.0,
+        payload_bytes: 64,
+    };
+    let r = hold::run(args, 2).await.expect("hold runs");
+    assert_eq!(r.connected, 300);
+    assert_eq!(r.dropped_during_hold, 0);
+    assert_eq!(r.order_violations, 0);
+    assert!(r.kib_per_conn.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_storm_opens_and_closes() {
+    let addr = start_server(Behaviour {
+        skip_at: None,
+        heartbeat: false,
+    })
+    .await;
+    let args = StormArgs {
+        common: common(addr),
+        duration: 0.5,
+        concurrency: 4,
+        keep_open: false,
+        echo: true,
+        max_connections: Some(200),
+        source_ips: 4,
+    };
+    let r = storm::run(args, 2).await.expect("storm runs");
+    assert!(r.opened > 0 && r.opened <= 200);
+    assert_eq!(r.connect_failures, 0);
+    assert_eq!(r.errors, 0);
+}
+
+#[tokio::test]
+async fn non_loopback_targets_are_refused_before_connecting() {
+    let mut args = rtt_args("127.0.0.1:9".parse().expect("addr"), 1, None);
+    args.common.url = "ws://192.168.1.1:8000/ws/chat/".into();
+    let err = rtt::run(args, 1).await.expect_err("must refuse");
+    assert!(format!("{err:#}").contains("non-loopback"));
+}

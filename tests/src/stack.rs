@@ -1,0 +1,393 @@
+//! A whole Switchyard deployment for one test: redis-server, one interface, N workers.
+//!
+//! Why this exists: nearly every test needs the same setup — a private Redis, an interface
+//! on a free port pointed at it, some workers — and the same readiness rules: the interface
+//! is up when `/healthz` answers 200 (`/readyz` also wants a live worker for every routed
+//! channel, and the workers start after it), workers are live when a WebSocket round trip
+//! through them works. Starting it in one place keeps the tests about behaviour, and makes failures
+//! print every process's log tail (see `process.rs`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use redis::Value;
+
+use crate::http;
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::redis_server::RedisServer;
+use crate::testdir::TestDir;
+use crate::ws::{self, WsClient};
+use crate::{binary, INTERFACE_BIN, WORKER_BIN};
+
+/// Key prefix the tests run with (the default one, passed explicitly).
+pub const PREFIX: &str = "switchyard";
+
+/// Generous per-reply time limit: the machine is small and shared.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How the harness decides that workers are live before the test starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// An echo round trip on `/ws/echo/` (the default).
+    Echo,
+    /// A chat round trip on `/ws/chat/`.
+    Chat,
+    /// Don't wait for workers.
+    None,
+}
+
+/// Configures a [`Stack`].
+pub struct StackBuilder {
+    name: String,
+    workers: usize,
+    worker_env: Vec<(String, String)>,
+    worker_args: Vec<String>,
+    interface_args: Vec<String>,
+    interface_env: Vec<(String, String)>,
+    probe: Probe,
+}
+
+impl StackBuilder {
+    /// A stack named `name` (used for the temp dir), with one worker.
+    pub fn new(name: &str) -> StackBuilder {
+        StackBuilder {
+            name: name.to_string(),
+            workers: 1,
+            worker_env: Vec::new(),
+            worker_args: Vec::new(),
+            interface_args: Vec::new(),
+            interface_env: Vec::new(),
+            probe: Probe::Echo,
+        }
+    }
+
+    /// Number of worker processes to start.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// An environment variable for every worker.
+    pub fn worker_env(mut self, key: &str, value: &str) -> Self {
+        self.worker_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// An extra command-line argument for every worker.
+    pub fn worker_arg(mut self, arg: &str) -> Self {
+        self.worker_args.push(arg.into());
+        self
+    }
+
+    /// An extra command-line argument for the interface.
+    pub fn interface_arg(mut self, arg: &str) -> Self {
+        self.interface_args.push(arg.into());
+        self
+    }
+
+    /// An environment variable for the interface.
+    pub fn interface_env(mut self, key: &str, value: &str) -> Self {
+        self.interface_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// How to wait for workers (default: echo round trip).
+    pub fn probe(mut self, probe: Probe) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// Starts everything and waits until it is ready. Panics (printing logs) on failure.
+    pub async fn start(self) -> Stack {
+        // Check the binaries up front so a missing build gives one clear message.
+        binary(INTERFACE_BIN);
+        if self.workers > 0 {
+            binary(WORKER_BIN);
+        }
+        let dir = TestDir::new(&self.name);
+        let redis = RedisServer::start(dir.path()).await.expect("start redis-server");
+        let mut stack = Stack {
+            workers: Vec::new(),
+            interface: None,
+            redis,
+            dir,
+            addr: String::new(),
+            worker_env: self.worker_env,
+            worker_args: self.worker_args,
+        };
+        stack.start_interface(&self.interface_args, &self.interface_env).await;
+        for _ in 0..self.workers {
+            stack.spawn_worker();
+        }
+        if self.workers > 0 {
+            stack.wait_workers_live(self.probe).await;
+        }
+        stack
+    }
+}
+
+/// A running deployment. Dropped in field order: workers, interface, redis, then the temp
+/// dir (kept if the test failed).
+pub struct Stack {
+    /// Worker processes, in start order.
+    pub workers: Vec<Proc>,
+    interface: Option<Proc>,
+    /// The test's redis-server.
+    pub redis: RedisServer,
+    /// The test's temp dir (logs, redis dir).
+    pub dir: TestDir,
+    /// `127.0.0.1:<port>` of the interface.
+    pub addr: String,
+    worker_env: Vec<(String, String)>,
+    worker_args: Vec<String>,
+}
+
+impl Stack {
+    /// Shorthand for [`StackBuilder::new`].
+    pub fn builder(name: &str) -> StackBuilder {
+        StackBuilder::new(name)
+    }
+
+    async fn start_interface(&mut self, extra: &[String], env: &[(String, String)]) {
+        let program = binary(INTERFACE_BIN);
+        for attempt in 1..=5 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut args = vec![
+                "--bind".to_string(),
+                addr.clone(),
+                "--redis-url".to_string(),
+                self.redis.url(),
+                "--prefix".to_string(),
+                PREFIX.to_string(),
+            ];
+            args.extend(extra.iter().cloned());
+            let mut proc =
+                Proc::spawn("interface", &program, &args, env, self.dir.path()).expect("spawn switchyard-interface");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(st) = proc.try_status() {
+                    let log = proc.log();
+                    if attempt < 5 && log.to_ascii_lowercase().contains("in use") {
+                        break; // port taken meanwhile: try another
+                    }
+                    drop(proc);
+                    panic!("switchyard-interface exited during startup ({st}); args {args:?}\n{log}");
+                }
+                if http::status(&addr, "/healthz").await == Some(200) {
+                    self.addr = addr;
+                    self.interface = Some(proc);
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let tail = proc.log_tail(40);
+                    drop(proc);
+                    panic!(
+                        "switchyard-interface on {addr} not up (/healthz != 200) within 30 s; args {args:?}\n{tail}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        panic!("switchyard-interface could not bind a port after 5 attempts");
+    }
+
+    /// The interface process.
+    pub fn interface(&mut self) -> &mut Proc {
+        self.interface.as_mut().expect("interface running")
+    }
+
+    /// Starts one more worker (same arguments and environment as the others); returns its
+    /// index in `workers`.
+    pub fn spawn_worker(&mut self) -> usize {
+        self.spawn_worker_with(&[], &[])
+    }
+
+    /// Starts one more worker with extra arguments and environment.
+    pub fn spawn_worker_with(&mut self, extra_args: &[&str], extra_env: &[(&str, &str)]) -> usize {
+        let program = binary(WORKER_BIN);
+        let mut args = vec![
+            "--redis-url".to_string(),
+            self.redis.url(),
+            "--prefix".to_string(),
+            PREFIX.to_string(),
+        ];
+        args.extend(self.worker_args.iter().cloned());
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut env = self.worker_env.clone();
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let index = self.workers.len();
+        let proc = Proc::spawn(&format!("worker-{index}"), &program, &args, &env, self.dir.path())
+            .expect("spawn switchyard-worker");
+        self.workers.push(proc);
+        index
+    }
+
+    /// Waits until a round trip through the workers works, then (best effort, up to 10 s)
+    /// until every running worker has published its liveness key (`<prefix>:worker:<name>`)
+    /// — a blocked `XREADGROUP` does not register a consumer, so the group's consumer list
+    /// cannot tell whether a worker is up.
+    pub async fn wait_workers_live(&mut self, probe: Probe) {
+        let (path, channel) = match probe {
+            Probe::None => return,
+            Probe::Echo => ("/ws/echo/", "echo"),
+            Probe::Chat => ("/ws/chat/", "chat"),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            for w in &mut self.workers {
+                if let Some(st) = w.try_status() {
+                    panic!("{} exited during startup ({st})", w.name());
+                }
+            }
+            if let Ok(mut c) = ws::connect_retry(&self.ws_url(path), Duration::from_secs(1)).await {
+                let ok = match probe {
+                    Probe::Echo => {
+                        c.send_text("probe").await.is_ok()
+                            && matches!(c.recv(REPLY_TIMEOUT).await, Ok(ws::Incoming::Text(t)) if t == "probe")
+                    }
+                    _ => c.chat("probe", REPLY_TIMEOUT).await.is_ok(),
+                };
+                c.close().await;
+                if ok {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "workers not live: no {channel} round trip within 40 s"
+            );
+        }
+        let running = self.workers.iter_mut().map(|w| w.is_running()).filter(|r| *r).count();
+        let reached = crate::eventually(Duration::from_secs(10), || async {
+            (self.live_workers() >= running).then_some(())
+        })
+        .await;
+        if reached.is_none() {
+            eprintln!(
+                "[harness] note: {} of {running} workers have a liveness key after 10 s; going on",
+                self.live_workers()
+            );
+        }
+    }
+
+    /// Number of worker liveness keys (`<prefix>:worker:*`) in Redis.
+    pub fn live_workers(&self) -> usize {
+        let Ok(mut con) = self.redis.conn() else {
+            return 0;
+        };
+        redis::cmd("KEYS")
+            .arg(format!("{PREFIX}:worker:*"))
+            .query::<Vec<String>>(&mut con)
+            .map(|keys| keys.len())
+            .unwrap_or(0)
+    }
+
+    /// Number of consumers in the `workers` group of a channel stream (0 if none yet).
+    pub fn consumer_count(&self, channel: &str) -> usize {
+        let Ok(mut con) = self.redis.conn() else {
+            return 0;
+        };
+        match redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(channel_stream(channel))
+            .arg("workers")
+            .query::<Value>(&mut con)
+        {
+            Ok(Value::Array(items)) => items.len(),
+            _ => 0,
+        }
+    }
+
+    /// `ws://127.0.0.1:<port><path>`
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Connects a WebSocket client to `path`, retrying for up to 20 s; panics on failure.
+    pub async fn ws(&self, path: &str) -> WsClient {
+        ws::connect_retry(&self.ws_url(path), Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// A synchronous Redis connection to the test's server.
+    pub fn redis_conn(&self) -> Result<redis::Connection> {
+        self.redis.conn().context("connect to the test redis-server")
+    }
+}
+
+/// Stream key of a channel: `switchyard:chan:{<channel>}`.
+pub fn channel_stream(channel: &str) -> String {
+    format!("{PREFIX}:chan:{{{channel}}}")
+}
+
+/// The dead-letter stream key: `switchyard:deadletter`.
+pub fn deadletter_stream() -> String {
+    format!("{PREFIX}:deadletter")
+}
+
+/// Renders a Redis value as text (bulk and simple strings, integers).
+pub fn value_to_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// One stream entry: id and field/value pairs.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl StreamEntry {
+    /// Value of a field, if present.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `XRANGE key - +`, parsed.
+pub fn xrange_all(con: &mut redis::Connection, key: &str) -> Result<Vec<StreamEntry>> {
+    let v: Value = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(con)?;
+    let mut out = Vec::new();
+    if let Value::Array(entries) = v {
+        for e in entries {
+            let Value::Array(parts) = e else { continue };
+            let (Some(id), Some(fields)) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let id = value_to_string(id).unwrap_or_default();
+            let mut pairs = Vec::new();
+            match fields {
+                Value::Array(kv) => {
+                    for pair in kv.chunks(2) {
+                        if let [k, v] = pair {
+                            pairs.push((
+                                value_to_string(k).unwrap_or_default(),
+                                value_to_string(v).unwrap_or_default(),
+                            ));
+                        }
+                    }
+                }
+                Value::Map(kv) => {
+                    for (k, v) in kv {
+                        pairs.push((
+                            value_to_string(k).unwrap_or_default(),
+                            value_to_string(v).unwrap_or_default(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            out.push(StreamEntry { id, fields: pairs });
+        }
+    }
+    Ok(out)
+}

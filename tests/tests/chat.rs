@@ -1,0 +1,62 @@
+//! The chat app: a per-connection counter, and sessions that resume by `session_uuid`.
+
+use std::time::Duration;
+
+use switchyard_tests::stack::REPLY_TIMEOUT;
+use switchyard_tests::{bounded, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_counter_correct_over_1000_messages() {
+    bounded(Duration::from_secs(60), async {
+        let stack = Stack::builder("chat-1000").workers(1).start().await;
+        let mut c = stack.ws("/ws/chat/").await;
+        for i in 1..=1000u64 {
+            let n = c
+                .chat(&format!("message {i}"), REPLY_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("message {i}: {e:#}"));
+            assert_eq!(n, i, "answer to message {i}");
+        }
+        c.close().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_session_resumes_by_session_uuid() {
+    bounded(Duration::from_secs(60), async {
+        let stack = Stack::builder("chat-session").workers(2).start().await;
+        let path = "/ws/chat/?session_uuid=9d7c1f6e-3b1a-4c55-a0d2-5f6b9e8a7c31";
+
+        let mut c = stack.ws(path).await;
+        for expected in 1..=3 {
+            assert_eq!(c.chat("hi", REPLY_TIMEOUT).await.unwrap(), expected);
+        }
+        c.close().await;
+
+        let mut again = stack.ws(path).await;
+        assert_eq!(
+            again.chat("back again", REPLY_TIMEOUT).await.unwrap(),
+            4,
+            "reconnecting with the same session_uuid continues the count"
+        );
+
+        let mut other = stack
+            .ws("/ws/chat/?session_uuid=0b1e2c3d-4f5a-6b7c-8d9e-0f1a2b3c4d5e")
+            .await;
+        assert_eq!(
+            other.chat("hello", REPLY_TIMEOUT).await.unwrap(),
+            1,
+            "a different session_uuid starts at 1"
+        );
+        assert_eq!(again.chat("still here", REPLY_TIMEOUT).await.unwrap(), 5);
+
+        // Without a session_uuid every connection counts on its own.
+        let mut anon = stack.ws("/ws/chat/").await;
+        assert_eq!(anon.chat("x", REPLY_TIMEOUT).await.unwrap(), 1);
+        again.close().await;
+        other.close().await;
+        anon.close().await;
+    })
+    .await
+}

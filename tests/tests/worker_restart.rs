@@ -1,0 +1,126 @@
+//! Workers die or restart under load: no socket is closed, every message is answered exactly
+//! once and in order (chat counts strictly consecutive).
+
+use std::time::Duration;
+
+use switchyard_tests::load::ChatLoad;
+use switchyard_tests::{bounded, Stack};
+
+const CONNS: usize = 50;
+const WINDOW: u64 = 4;
+/// Long enough for a killed worker's pending messages to be claimed by the others.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(25);
+
+fn check_results(results: Vec<anyhow::Result<u64>>) -> u64 {
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(n) => {
+                assert!(n > 0, "connection {i} got no answer at all");
+                total += n;
+            }
+            Err(e) => failures.push(format!("connection {i}: {e:#}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNS} connections failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_worker_under_load_loses_nothing() {
+    bounded(Duration::from_secs(60), async {
+        let mut stack = Stack::builder("kill9").workers(3).start().await;
+        let load = ChatLoad::start(&stack, CONNS, WINDOW, REPLY_TIMEOUT).await;
+        assert!(
+            load.wait_answered(500, Duration::from_secs(20)).await,
+            "load did not get going: {} answers",
+            load.answered()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let before_kill = load.answered();
+        stack.workers[0].kill9();
+        eprintln!("[test] kill -9 worker-0 after {before_kill} answers");
+
+        // The others go on, and pick up what the dead worker held.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let after = load.answered();
+        assert!(
+            after > before_kill,
+            "no progress after kill -9 ({before_kill} answers before, {after} after)"
+        );
+        let total = check_results(load.finish().await);
+        eprintln!("[test] {total} messages answered exactly once, in order");
+        for w in &mut stack.workers[1..] {
+            assert!(w.is_running(), "{} died", w.name());
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_worker_under_load_loses_nothing() {
+    bounded(Duration::from_secs(60), async {
+        let mut stack = Stack::builder("sigterm-worker").workers(3).start().await;
+        let load = ChatLoad::start(&stack, CONNS, WINDOW, REPLY_TIMEOUT).await;
+        assert!(
+            load.wait_answered(500, Duration::from_secs(20)).await,
+            "load did not get going: {} answers",
+            load.answered()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let before = load.answered();
+        stack.workers[0].sigterm();
+        eprintln!("[test] SIGTERM worker-0 after {before} answers");
+        let status = stack.workers[0].wait_exit(Duration::from_secs(20)).await;
+        let status = status.expect("worker did not exit within 20 s of SIGTERM");
+        assert!(status.success(), "worker exited with {status} after SIGTERM, want 0");
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = load.answered();
+        assert!(after > before, "no progress after SIGTERM ({before} → {after})");
+        let total = check_results(load.finish().await);
+        eprintln!("[test] {total} messages answered exactly once, in order");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_every_worker_under_load_loses_nothing() {
+    bounded(Duration::from_secs(60), async {
+        let mut stack = Stack::builder("rolling").workers(2).start().await;
+        let load = ChatLoad::start(&stack, CONNS, WINDOW, REPLY_TIMEOUT).await;
+        assert!(
+            load.wait_answered(300, Duration::from_secs(20)).await,
+            "load did not get going: {} answers",
+            load.answered()
+        );
+        // Replace each original worker: start the successor, give it time to join, stop the
+        // old one gracefully.
+        for old in 0..2 {
+            stack.spawn_worker();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let before = load.answered();
+            stack.workers[old].sigterm();
+            let status = stack.workers[old]
+                .wait_exit(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("worker-{old} did not exit within 20 s of SIGTERM"));
+            assert!(status.success(), "worker-{old} exited with {status}, want 0");
+            assert!(
+                load.wait_answered(before + 100, Duration::from_secs(20)).await,
+                "no progress after restarting worker-{old}"
+            );
+        }
+        let total = check_results(load.finish().await);
+        eprintln!("[test] {total} messages answered exactly once, in order");
+    })
+    .await
+}

@@ -6,8 +6,8 @@
 //! the interfaces index and the expiry of its reply stream, and records whether
 //! the round trip worked — that is what `/readyz` reports as "Redis reachable".
 //! It then reads the workers' liveness keys (`P:worker:*`, listed in the
-//! workers index) and counts the live, not stopping, workers per channel: a
-//! routed channel without one makes `/readyz` say 503.
+//! workers index) and counts the live workers per channel (reading, not
+//! stopping): a routed channel without one makes `/readyz` say 503.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,7 +114,7 @@ pub async fn leave(shared: &Shared) {
         .await;
 }
 
-/// Live, not stopping, workers per channel, from their liveness keys.
+/// Live workers per channel (reading, not stopping), from their liveness keys.
 async fn live_workers(shared: &Shared) -> redis::RedisResult<HashMap<String, usize>> {
     let mut con = shared.redis.clone();
     let since = now_ms().saturating_sub(WORKER_SEEN.as_millis() as u64);
@@ -135,7 +135,8 @@ async fn live_workers(shared: &Shared) -> redis::RedisResult<HashMap<String, usi
         let Ok(info) = serde_json::from_str::<serde_json::Value>(&info) else {
             continue;
         };
-        if info["stopping"].as_bool() == Some(true) {
+        // A stopping worker reads nothing more; a starting one has not read yet.
+        if info["stopping"].as_bool() == Some(true) || info["reading"].as_bool() == Some(false) {
             continue;
         }
         for channel in info["channels"]

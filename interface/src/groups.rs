@@ -79,6 +79,17 @@ impl Groups {
         }
     }
 
+    /// At shutdown, once the connections are gone: writes the pending membership changes
+    /// and removes every membership this interface still has from the member sets, so
+    /// that `switchyard status` does not count them until they expire (a day by
+    /// default). Returns when that is written (or failed); bound it with a timeout.
+    pub async fn shutdown(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.records.send(Change::Shutdown(done)).is_ok() {
+            let _ = written.await;
+        }
+    }
+
     /// Every group with its local member ids.
     pub fn snapshot(&self) -> Vec<(String, Vec<u64>)> {
         self.lock()

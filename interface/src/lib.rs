@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.groups.shutdown()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), shared.outbound.flush()).await;
     let _ = tokio::time::timeout(Duration::from_millis(500), presence::leave(&shared)).await;
     tracing::info!(left_open = shared.registry.len(), "interface stopped");

@@ -3,7 +3,8 @@
 //! Fan-out needs only the in-memory table (`groups.rs`); this module mirrors it
 //! into one sorted set per group (`P:groupmembers:GROUP`, member = reply
 //! address, score = expiry in ms). Joins and leaves are written in batches;
-//! every live membership is refreshed at a third of `--group-expiry`, so the
+//! every live membership is refreshed at a third of `--group-expiry` (at most
+//! every 30 s, so records lost with a Redis restart return soon), so the
 //! members of an interface that died simply expire.
 
 use std::sync::Arc;
@@ -11,16 +12,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
 use switchyard_protocol::{Keys, ReplyAddress};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::groups::Groups;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// A join or a leave to record.
+/// A join or a leave to record, or the interface's shutdown.
 pub enum Change {
     Join(String, u64),
     Leave(String, u64),
+    /// Write what is pending and remove every membership still held, then answer:
+    /// nothing of this interface may stay in the member sets after it stopped.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Writes membership changes and refreshes; runs for the life of the interface.
@@ -32,28 +36,36 @@ pub async fn run(
     groups: Arc<Groups>,
     mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
-    let refresh_every = (expiry / 3).max(Duration::from_secs(1));
+    // Not clamped to a second: with `--group-expiry` under 3 s that would let
+    // memberships lapse before their refresh.
+    // At most every 30 s: records lost with a Redis restart come back quickly.
+    let refresh_every = (expiry / 3).clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut refresh = tokio::time::interval(refresh_every);
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut batch: Vec<Change> = Vec::new();
     loop {
         tokio::select! {
             change = changes.recv() => match change {
+                Some(Change::Shutdown(done)) => {
+                    // Members still in the table are taken first: a connection that
+                    // leaves after this has queued its leave by then, and the drain
+                    // below picks it up.
+                    let remaining = groups.snapshot();
+                    while let Ok(change) = changes.try_recv() {
+                        batch.push(change);
+                    }
+                    for (group, conns) in remaining {
+                        batch.extend(conns.into_iter().map(|conn| Change::Leave(group.clone(), conn)));
+                    }
+                    write(&mut con, &keys, &interface, expiry, &mut batch).await;
+                    let _ = done.send(());
+                    return;
+                }
                 Some(change) => batch.push(change),
                 None => return,
             },
             _ = flush.tick(), if !batch.is_empty() => {
-                let mut pipe = redis::pipe();
-                let until = expires_at(expiry);
-                for change in batch.drain(..) {
-                    match change {
-                        Change::Join(group, conn) => pipe.cmd("ZADD").arg(keys.group_members(&group)).arg(until).arg(address(&interface, conn)).ignore(),
-                        Change::Leave(group, conn) => pipe.cmd("ZREM").arg(keys.group_members(&group)).arg(address(&interface, conn)).ignore(),
-                    };
-                }
-                if let Err(error) = pipe.query_async::<()>(&mut con).await {
-                    tracing::debug!(%error, "membership write failed; the next refresh repairs it");
-                }
+                write(&mut con, &keys, &interface, expiry, &mut batch).await;
             }
             _ = refresh.tick() => {
                 if let Err(error) = refresh_all(&mut con, &keys, &interface, expiry, &groups).await {
@@ -61,6 +73,37 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Writes a batch of joins and leaves in one round trip.
+async fn write(con: &mut ConnectionManager, keys: &Keys, interface: &str, expiry: Duration, batch: &mut Vec<Change>) {
+    let mut pipe = redis::pipe();
+    let until = expires_at(expiry);
+    for change in batch.drain(..) {
+        match change {
+            Change::Join(group, conn) => pipe
+                .cmd("ZADD")
+                .arg(keys.group_members(&group))
+                .arg(until)
+                .arg(address(interface, conn))
+                .ignore(),
+            Change::Leave(group, conn) => pipe
+                .cmd("ZREM")
+                .arg(keys.group_members(&group))
+                .arg(address(interface, conn))
+                .ignore(),
+            Change::Shutdown(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+    }
+    if pipe.is_empty() {
+        return;
+    }
+    if let Err(error) = pipe.query_async::<()>(con).await {
+        tracing::debug!(%error, "membership write failed; the next refresh repairs it");
     }
 }
 
@@ -85,7 +128,10 @@ async fn refresh_all(
             }
             zadd.ignore();
         }
-        pipe.cmd("PEXPIREAT").arg(&key).arg(until).ignore();
+        // The set lives as long as its longest-lived member (interfaces may run
+        // with different --group-expiry): set a first expiry, then only extend it.
+        pipe.cmd("PEXPIREAT").arg(&key).arg(until).arg("NX").ignore();
+        pipe.cmd("PEXPIREAT").arg(&key).arg(until).arg("GT").ignore();
         pipe.query_async::<()>(con).await?;
     }
     Ok(())

@@ -71,11 +71,11 @@ impl Worker {
     }
 }
 
-/// The channels (with their consumers) and periodic tasks a process serves.
-pub type Selection = (Vec<(String, Consumer)>, Vec<Periodic>);
+/// A channel with the consumer that serves it.
+pub type ServedChannel = (String, Consumer);
 
 /// Which channels and periodic tasks this process serves, after the globs.
-pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<Selection> {
+pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<ServedChannel>, Vec<Periodic>)> {
     let mut channels = Vec::new();
     for (channel, consumer) in &apps.consumers {
         if config.serves(channel)? {

@@ -80,6 +80,24 @@ pub(crate) async fn attempt(
             plain(StatusCode::BAD_REQUEST, "bad request\n")
         }
     };
+    let Some(actions) = stream_response(worker, stream, entry, message, reply, response).await? else {
+        return Ok(Outcome::NotOwned);
+    };
+    let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
+    let body_op = if message.seq > 1 { BodyOp::Delete } else { BodyOp::Keep };
+    worker.committer.commit(commit(Some(last), true, body_op)).await
+}
+
+/// Sends all but the last piece of a response as early replies; returns the
+/// actions left for the final reply, or `None` when the entry is no longer ours.
+async fn stream_response(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+    response: BoxResponse,
+) -> redis::RedisResult<Option<Vec<Action>>> {
     let mut actions = vec![start_of(&response)];
     let mut body = response.into_body();
     let mut pending = BytesMut::new();
@@ -119,7 +137,7 @@ pub(crate) async fn attempt(
                 reply: &early,
             };
             if !worker.committer.stream_reply(&piece).await? {
-                return Ok(Outcome::NotOwned);
+                return Ok(None);
             }
             streamed = true;
         }
@@ -127,9 +145,7 @@ pub(crate) async fn attempt(
     if complete {
         actions.push(body_action(pending.freeze(), false));
     }
-    let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
-    let body_op = if message.seq > 1 { BodyOp::Delete } else { BodyOp::Keep };
-    worker.committer.commit(commit(Some(last), true, body_op)).await
+    Ok(Some(actions))
 }
 
 /// Rebuilds the `http::Request` the service sees.

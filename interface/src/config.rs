@@ -12,6 +12,7 @@ use clap::Parser;
 use switchyard_protocol::logging::LogFormat;
 
 use crate::router::{Route, Routes};
+use crate::static_files::Mount;
 
 /// Switchyard interface server: terminates HTTP and WebSocket connections and
 /// hands every client event to workers over Redis streams.
@@ -40,9 +41,35 @@ pub struct Config {
     #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<Route>,
 
-    /// TOML file with a `[routes]` table (`"/ws/chat/" = "chat"`), added to --route.
+    /// HTTP route `PATH_PREFIX=CHANNEL`, repeatable: requests under the prefix
+    /// go to the channel's workers as `http.request`. Default (only when no
+    /// route of either kind is given): /api/example/=http.example.
+    #[arg(long = "http-route", env = "SWITCHYARD_HTTP_ROUTES", value_delimiter = ',', value_parser = parse_route)]
+    pub http_routes: Vec<Route>,
+
+    /// TOML file with `[routes]` (WebSocket) and `[http_routes]` tables
+    /// (`"/ws/chat/" = "chat"`), added to --route and --http-route.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Static files `URL_PREFIX=DIR`, repeatable (e.g. `/static/=./static`).
+    /// Default: /test/=web/test when that directory exists.
+    #[arg(long = "static", env = "SWITCHYARD_STATIC", value_delimiter = ',', value_parser = parse_mount)]
+    pub statics: Vec<Mount>,
+
+    /// `Cache-Control: max-age` of static files, in seconds (0 → no-cache:
+    /// browsers revalidate with the ETag every time).
+    #[arg(long, env = "SWITCHYARD_STATIC_MAX_AGE", default_value_t = 0)]
+    pub static_max_age: u64,
+
+    /// Largest HTTP request body in bytes; larger ones get 413.
+    #[arg(long, env = "SWITCHYARD_MAX_BODY", default_value_t = 10 << 20)]
+    pub max_body: u64,
+
+    /// Seconds an HTTP request waits for a worker to start answering (and,
+    /// while a response streams, for its next piece) before 503.
+    #[arg(long, env = "SWITCHYARD_HTTP_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub http_timeout: f64,
 
     /// Seconds a WebSocket handshake waits for a worker's answer before 503.
     #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT", default_value_t = 5.0, value_parser = parse_seconds)]
@@ -81,9 +108,15 @@ pub struct Config {
 
 /// Routes used when none are given: the built-in apps of `switchyard-worker`.
 const DEFAULT_ROUTES: [&str; 3] = ["/ws/echo/=echo", "/ws/chat/=chat", "/ws/rooms/=rooms"];
+/// The HTTP route used when no route of either kind is given.
+const DEFAULT_HTTP_ROUTE: &str = "/api/example/=http.example";
 
 fn parse_route(text: &str) -> Result<Route, String> {
     Route::parse(text)
+}
+
+fn parse_mount(text: &str) -> Result<Mount, String> {
+    Mount::parse(text)
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -107,25 +140,43 @@ fn parse_seconds_long(text: &str) -> Result<f64, String> {
 }
 
 impl Config {
-    /// The route table from flags, environment and --config, with defaults.
-    pub fn route_table(&self) -> anyhow::Result<Routes> {
-        let mut routes = self.routes.clone();
+    /// The WebSocket and HTTP route tables from flags, environment and
+    /// --config, with the defaults when no route is given at all.
+    pub fn route_tables(&self) -> anyhow::Result<(Routes, Routes)> {
+        let mut websocket = self.routes.clone();
+        let mut http = self.http_routes.clone();
         if let Some(path) = &self.config {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
             let file: ConfigFile =
                 toml::from_str(&text).with_context(|| format!("--config: {} is not valid", path.display()))?;
-            for (prefix, channel) in file.routes {
-                routes.push(Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?);
+            for (table, routes) in [(file.routes, &mut websocket), (file.http_routes, &mut http)] {
+                for (prefix, channel) in table {
+                    routes.push(Route::new(&prefix, &channel).map_err(|e| anyhow::anyhow!("--config: {e}"))?);
+                }
             }
         }
-        if routes.is_empty() {
-            routes = DEFAULT_ROUTES
+        if websocket.is_empty() && http.is_empty() {
+            websocket = DEFAULT_ROUTES
                 .iter()
                 .map(|r| Route::parse(r).expect("default routes are valid"))
                 .collect();
+            http = vec![Route::parse(DEFAULT_HTTP_ROUTE).expect("the default HTTP route is valid")];
         }
-        Ok(Routes::new(routes))
+        Ok((Routes::new(websocket), Routes::new(http)))
+    }
+
+    /// The static mounts: --static, or /test/=web/test when that directory exists.
+    pub fn static_mounts(&self) -> Vec<Mount> {
+        if !self.statics.is_empty() {
+            return self.statics.clone();
+        }
+        let default = Mount::parse("/test/=web/test").expect("valid");
+        if default.dir.is_dir() {
+            vec![default]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Checks what clap cannot; the error names the flag.
@@ -155,7 +206,15 @@ impl Config {
                 bail!("--id: `{id}` may not be empty or contain '!', '{{', '}}' or spaces");
             }
         }
-        self.route_table()?;
+        if self.max_body == 0 {
+            bail!("--max-body: must be at least 1 byte");
+        }
+        for mount in &self.statics {
+            if !mount.dir.is_dir() {
+                bail!("--static: {} is not a directory", mount.dir.display());
+            }
+        }
+        self.route_tables()?;
         Ok(())
     }
 
@@ -174,10 +233,16 @@ impl Config {
     pub fn redis_hold(&self) -> Duration {
         Duration::from_secs_f64(self.redis_hold)
     }
+
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_timeout)
+    }
 }
 
 #[derive(serde::Deserialize)]
 struct ConfigFile {
     #[serde(default)]
     routes: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    http_routes: std::collections::BTreeMap<String, String>,
 }

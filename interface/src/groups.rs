@@ -184,7 +184,9 @@ fn fan_out(registry: &Registry, groups: &std::sync::Weak<Groups>, payload: &[u8]
             return;
         }
     };
-    let Some(groups) = groups.upgrade() else { return };
+    let Some(groups) = groups.upgrade() else {
+        return;
+    };
     let members = groups.members(&message.group);
     let delivered = registry.deliver_all(&members, &message);
     tracing::trace!(group = %message.group, delivered, "group broadcast fanned out");

@@ -4,7 +4,8 @@
 //! application runs in workers. Reading order for a newcomer:
 //!
 //! 1. [`config`] and [`router`]: what the server is told to do,
-//! 2. [`server`] and [`http`]: accepting connections and routing requests,
+//! 2. [`server`] and [`http`]: accepting connections and routing requests;
+//!    [`proxy`]: HTTP requests through workers; [`static_files`],
 //! 3. [`websocket`]: the handshake, the frame reader, the connection task,
 //! 4. [`outbound`] and [`replies`]: the two directions through Redis,
 //! 5. [`groups`]: broadcast fan-out ([`membership`]: its records in Redis),
@@ -18,12 +19,14 @@ pub mod membership;
 pub mod metrics;
 pub mod outbound;
 pub mod presence;
+pub mod proxy;
 pub mod registry;
 pub mod replies;
 pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod static_files;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -40,10 +43,12 @@ use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::registry::Registry;
 use crate::state::Shared;
+use crate::static_files::StaticFiles;
 
 /// Runs the interface until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let routes = config.route_table()?;
+    let routes = config.route_tables()?;
+    let statics = StaticFiles::new(config.static_mounts(), config.static_max_age)?;
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let id = config
@@ -67,18 +72,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
     let shutdown_timeout = config.shutdown_timeout();
     let shared = Arc::new(Shared::new(
-        config, id, routes, redis, registry, groups, outbound, metrics, shutdown,
+        config, id, routes, statics, redis, registry, groups, outbound, metrics, shutdown,
     ));
 
     tokio::spawn(replies::run(client, shared.clone()));
     tokio::spawn(presence::run(shared.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone()));
-    let routes: Vec<String> = shared
-        .routes
-        .iter()
-        .map(|t| format!("{}={}", t.prefix, t.channel))
+    let describe = |routes: &router::Routes| -> Vec<String> {
+        routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect()
+    };
+    let statics: Vec<String> = shared
+        .statics
+        .mounts()
+        .map(|(prefix, dir)| format!("{prefix}={}", dir.display()))
         .collect();
-    tracing::info!(interface = %shared.id, bind = %shared.config.bind, routes = ?routes, "interface listening");
+    tracing::info!(
+        interface = %shared.id,
+        bind = %shared.config.bind,
+        routes = ?describe(&shared.routes),
+        http_routes = ?describe(&shared.http_routes),
+        statics = ?statics,
+        "interface listening"
+    );
 
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;

@@ -14,10 +14,15 @@ fn main() -> ExitCode {
     }
     if config.check {
         println!("{config:#?}");
-        if let Ok(routes) = config.route_table() {
+        if let Ok((websocket, http)) = config.route_tables() {
             println!("effective routes:");
-            for target in routes.iter() {
-                println!("  {} -> channel {}", target.prefix, target.channel);
+            for (kind, routes) in [("websocket", &websocket), ("http", &http)] {
+                for target in routes.iter() {
+                    println!("  {} -> channel {} ({kind})", target.prefix, target.channel);
+                }
+            }
+            for mount in config.static_mounts() {
+                println!("  {} -> static {}", mount.prefix, mount.dir.display());
             }
         }
         return ExitCode::SUCCESS;

@@ -21,6 +21,11 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub connections_active: Gauge,
@@ -30,6 +35,10 @@ pub struct Metrics {
     pub message_duration: Histogram,
     pub redis_errors: Counter,
     pub redis_batches: Counter,
+    /// Every HTTP response, by status (WebSocket handshakes included).
+    pub http_requests: Family<StatusLabel, Counter>,
+    /// Request start → response head.
+    pub http_duration: Histogram,
 }
 
 impl Metrics {
@@ -41,6 +50,8 @@ impl Metrics {
         let message_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let redis_errors = Counter::default();
         let redis_batches = Counter::default();
+        let http_requests = Family::<StatusLabel, Counter>::default();
+        let http_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
             "websocket_connections_active",
             "Open WebSocket connections",
@@ -63,6 +74,12 @@ impl Metrics {
             "Pipelined batches of appends sent to Redis",
             redis_batches.clone(),
         );
+        registry.register("http_requests", "HTTP responses by status code", http_requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response head",
+            http_duration.clone(),
+        );
         Metrics {
             registry,
             connections_active,
@@ -71,6 +88,8 @@ impl Metrics {
             message_duration,
             redis_errors,
             redis_batches,
+            http_requests,
+            http_duration,
         }
     }
 
@@ -80,6 +99,11 @@ impl Metrics {
 
     pub fn error(&self, kind: &'static str) {
         self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn http_request(&self, status: u16, elapsed: std::time::Duration) {
+        self.http_requests.get_or_create(&StatusLabel { status }).inc();
+        self.http_duration.observe(elapsed.as_secs_f64());
     }
 
     /// The registry in Prometheus text format.

@@ -1,10 +1,15 @@
-//! Presence: this interface tells Redis it is alive, and learns whether Redis is.
+//! Presence: this interface tells Redis it is alive, and learns whether Redis
+//! and the workers are.
 //!
 //! Every second the interface writes a liveness key with its figures
 //! (connections, routes, groups) for `switchyard status`, refreshes its entry in
-//! the interfaces index and the expiry of its reply stream, and records whether the round trip worked — that is
-//! what `/readyz` reports as "Redis reachable".
+//! the interfaces index and the expiry of its reply stream, and records whether
+//! the round trip worked — that is what `/readyz` reports as "Redis reachable".
+//! It then reads the workers' liveness keys (`P:worker:*`, listed in the
+//! workers index) and counts the live workers per channel (reading, not
+//! stopping): a routed channel without one makes `/readyz` say 503.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +19,9 @@ const EVERY: Duration = Duration::from_secs(1);
 const TTL: Duration = Duration::from_secs(10);
 /// Matches the workers' default `--reply-ttl`.
 const REPLY_TTL: Duration = Duration::from_secs(60);
+/// Workers seen longer ago than this in the index are not even looked up
+/// (their 3 s liveness keys are long gone).
+const WORKER_SEEN: Duration = Duration::from_secs(10);
 
 pub async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(EVERY);
@@ -21,6 +29,12 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         ticker.tick().await;
         let ok = beat(&shared).await;
+        if ok {
+            match live_workers(&shared).await {
+                Ok(workers) => shared.set_live_workers(workers),
+                Err(error) => tracing::debug!(%error, "cannot read the workers' liveness keys"),
+            }
+        }
         if ok != shared.redis_ok() {
             if ok {
                 tracing::info!("Redis reachable again");
@@ -32,11 +46,21 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn beat(shared: &Shared) -> bool {
-    let now_ms = SystemTime::now()
+fn now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+async fn beat(shared: &Shared) -> bool {
+    let now_ms = now_ms();
+    let routes: Vec<(&str, &str, &str)> = shared
+        .routes
+        .iter()
+        .map(|t| (&*t.prefix, &*t.channel, "websocket"))
+        .chain(shared.http_routes.iter().map(|t| (&*t.prefix, &*t.channel, "http")))
+        .collect();
     let info = serde_json::json!({
         "id": shared.id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -45,7 +69,7 @@ async fn beat(shared: &Shared) -> bool {
         "connections": shared.registry.len(),
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "draining": shared.shutdown.is_draining(),
-        "routes": shared.routes.iter().map(|t| (t.prefix.to_string(), t.channel.to_string())).collect::<Vec<_>>(),
+        "routes": routes,
         "groups": shared.groups.sizes(),
     });
     let mut con = shared.redis.clone();
@@ -88,4 +112,41 @@ pub async fn leave(shared: &Shared) {
         .ignore()
         .query_async(&mut con)
         .await;
+}
+
+/// Live workers per channel (reading, not stopping), from their liveness keys.
+async fn live_workers(shared: &Shared) -> redis::RedisResult<HashMap<String, usize>> {
+    let mut con = shared.redis.clone();
+    let since = now_ms().saturating_sub(WORKER_SEEN.as_millis() as u64);
+    let names: Vec<String> = redis::cmd("ZRANGE")
+        .arg(shared.keys.workers_index())
+        .arg(since)
+        .arg("+inf")
+        .arg("BYSCORE")
+        .query_async(&mut con)
+        .await?;
+    let mut counts = HashMap::new();
+    if names.is_empty() {
+        return Ok(counts);
+    }
+    let keys: Vec<String> = names.iter().map(|name| shared.keys.worker_alive(name)).collect();
+    let infos: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
+    for info in infos.into_iter().flatten() {
+        let Ok(info) = serde_json::from_str::<serde_json::Value>(&info) else {
+            continue;
+        };
+        // A stopping worker reads nothing more; a starting one has not read yet.
+        if info["stopping"].as_bool() == Some(true) || info["reading"].as_bool() == Some(false) {
+            continue;
+        }
+        for channel in info["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+        {
+            *counts.entry(channel.to_owned()).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
 }

@@ -2,7 +2,8 @@
 //!
 //! The reply reader and the group fan-out only know connection ids; this map
 //! turns an id into the channel that wakes the connection's task. Each
-//! connection task owns its socket; nobody else writes to it.
+//! connection task owns its socket; nobody else writes to it. An HTTP request
+//! routed to workers is a connection too, for as long as it waits on them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +31,20 @@ pub struct Registry {
 impl Registry {
     /// Registers a new connection and returns its id and mailbox.
     pub fn open(&self) -> (u64, mpsc::UnboundedReceiver<ConnEvent>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.next_id();
+        (id, self.register(id))
+    }
+
+    /// A fresh id (HTTP requests get one each, whether or not they reach a worker).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a connection under an id from [`Registry::next_id`].
+    pub fn register(&self, id: u64) -> mpsc::UnboundedReceiver<ConnEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().insert(id, tx);
-        (id, rx)
+        rx
     }
 
     pub fn close(&self, id: u64) {

@@ -1,8 +1,11 @@
 //! The route table: which channel a request path belongs to.
 //!
 //! Routes are path prefixes (`/ws/chat/` → channel `chat`); the longest
-//! matching prefix wins, so `/ws/` and `/ws/chat/` can coexist.
+//! matching prefix wins, so `/ws/` and `/ws/chat/` can coexist. There is one
+//! table for WebSocket routes and one for HTTP routes; each target counts the
+//! connections (or requests) it has open, for `/status`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One `PATH_PREFIX=CHANNEL` rule.
@@ -44,6 +47,30 @@ impl Route {
 pub struct Target {
     pub channel: Arc<str>,
     pub prefix: Arc<str>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Target {
+    /// Counts one connection (or request) on this route until the guard drops.
+    pub fn enter(&self) -> Entered {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Entered(self.open.clone())
+    }
+
+    /// Connections (or requests) open on this route now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One open connection on a route; dropping it ends the count.
+#[derive(Debug)]
+pub struct Entered(Arc<AtomicUsize>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// All routes, longest prefix first.
@@ -62,6 +89,7 @@ impl Routes {
                 .map(|r| Target {
                     channel: r.channel.into(),
                     prefix: r.prefix.into(),
+                    open: Arc::default(),
                 })
                 .collect(),
         }
@@ -82,6 +110,10 @@ impl Routes {
     pub fn iter(&self) -> impl Iterator<Item = &Target> {
         self.routes.iter()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +129,18 @@ mod tests {
         assert_eq!(&*routes.lookup("/ws/chat/room").unwrap().channel, "chat");
         assert_eq!(&*routes.lookup("/ws/echo/").unwrap().channel, "any");
         assert!(routes.lookup("/other").is_none());
+    }
+
+    #[test]
+    fn counts_open_connections_per_route() {
+        let routes = Routes::new(vec![Route::parse("/ws/chat/=chat").unwrap()]);
+        let target = routes.lookup("/ws/chat/").unwrap().clone();
+        let first = target.enter();
+        let second = target.enter();
+        assert_eq!(routes.lookup("/ws/chat/").unwrap().open(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(target.open(), 0);
     }
 
     #[test]

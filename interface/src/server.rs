@@ -1,8 +1,9 @@
 //! The listener: accepts TCP connections and serves HTTP/1.1 on each.
 //!
-//! When draining starts it stops accepting; idle keep-alive connections are
-//! told to close, and upgraded WebSockets are left to their own tasks, which
-//! close them with 1001.
+//! Each TCP connection is served inside a `tcp{remote}` span, so its
+//! requests' log lines name the client too. When draining starts it stops
+//! accepting; idle keep-alive connections are told to close, and upgraded
+//! WebSockets are left to their own tasks, which close them with 1001.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
@@ -55,7 +57,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
                 let connection = http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades();
-                tokio::spawn(serve_until_drained(connection, drained));
+                let span = tracing::info_span!("tcp", remote = %remote);
+                tokio::spawn(serve_until_drained(connection, drained).instrument(span));
             }
             _ = shutdown.draining() => break,
         }

@@ -1,7 +1,8 @@
 //! What every task of the interface shares.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use redis::aio::ConnectionManager;
@@ -14,13 +15,18 @@ use crate::outbound::Outbound;
 use crate::registry::Registry;
 use crate::router::Routes;
 use crate::shutdown::Shutdown;
+use crate::static_files::StaticFiles;
 
 pub struct Shared {
     pub config: Config,
     /// This interface's id; names its reply stream.
     pub id: String,
     pub keys: Keys,
+    /// WebSocket routes.
     pub routes: Routes,
+    /// HTTP routes (requests go to workers).
+    pub http_routes: Routes,
+    pub statics: StaticFiles,
     /// The shared, self-reconnecting Redis connection.
     pub redis: ConnectionManager,
     pub registry: Arc<Registry>,
@@ -31,6 +37,8 @@ pub struct Shared {
     pub started: Instant,
     /// Set by the presence loop from its last Redis round trip.
     redis_ok: AtomicBool,
+    /// Live, not stopping, workers per channel, as the presence loop last saw them.
+    live_workers: Mutex<HashMap<String, usize>>,
 }
 
 impl Shared {
@@ -38,7 +46,8 @@ impl Shared {
     pub fn new(
         config: Config,
         id: String,
-        routes: Routes,
+        (routes, http_routes): (Routes, Routes),
+        statics: StaticFiles,
         redis: ConnectionManager,
         registry: Arc<Registry>,
         groups: Arc<Groups>,
@@ -52,6 +61,8 @@ impl Shared {
             id,
             keys,
             routes,
+            http_routes,
+            statics,
             redis,
             registry,
             groups,
@@ -60,6 +71,7 @@ impl Shared {
             shutdown,
             started: Instant::now(),
             redis_ok: AtomicBool::new(true),
+            live_workers: Mutex::default(),
         }
     }
 
@@ -69,5 +81,28 @@ impl Shared {
 
     pub fn set_redis_ok(&self, ok: bool) {
         self.redis_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn live_workers(&self) -> HashMap<String, usize> {
+        self.live_workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_live_workers(&self, workers: HashMap<String, usize>) {
+        *self
+            .live_workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = workers;
+    }
+
+    /// Every channel a route of either kind leads to.
+    pub fn routed_channels(&self) -> Vec<Arc<str>> {
+        let mut channels = self.routes.channels();
+        channels.extend(self.http_routes.channels());
+        channels.sort();
+        channels.dedup();
+        channels
     }
 }

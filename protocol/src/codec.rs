@@ -65,6 +65,14 @@ mod tests {
             Event::Receive(Payload::bytes(vec![0u8, 159, 255])),
             Event::Disconnect { code: 1001 },
             Event::Drain,
+            Event::HttpRequest(HttpRequest {
+                method: "POST".into(),
+                headers: vec![("content-type".into(), "text/plain".into())],
+                client: "127.0.0.1:5000".into(),
+                body: serde_bytes::ByteBuf::from(vec![0u8, 1, 255]),
+                more_body: true,
+            }),
+            Event::HttpDisconnect,
         ];
         for event in messages {
             let message = ChannelMessage::new("if1!7".into(), 3, "/ws/chat/".into(), "a=b".into(), event);
@@ -87,6 +95,14 @@ mod tests {
                 Action::Close {
                     code: 4400,
                     reason: String::new(),
+                },
+                Action::HttpResponseStart {
+                    status: 200,
+                    headers: vec![("content-type".into(), "application/json".into())],
+                },
+                Action::HttpResponseBody {
+                    body: serde_bytes::ByteBuf::from(b"{}".to_vec()),
+                    more_body: false,
                 },
             ],
         );

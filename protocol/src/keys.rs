@@ -43,6 +43,12 @@ impl Keys {
         format!("{}:connseq:{{{}}}", self.prefix, interface)
     }
 
+    /// The request body received so far for an HTTP request (a string that
+    /// workers `APPEND` chunks to), in the interface's slot: `P:httpbody:{if-1a2b}:7`.
+    pub fn http_body(&self, interface: &str, conn: u64) -> String {
+        format!("{}:httpbody:{{{}}}:{}", self.prefix, interface, conn)
+    }
+
     /// A session hash, keyed by `session_uuid` or by reply address.
     pub fn session(&self, id: &str) -> String {
         format!("{}:session:{}", self.prefix, id)

@@ -4,8 +4,9 @@
 //!
 //! - [`ChannelMessage`]: a client event, appended by an interface to a channel
 //!   stream (`websocket.connect`, `websocket.receive`, `websocket.disconnect`,
-//!   `websocket.drain`). Each carries the connection's reply address and a
-//!   per-connection sequence number.
+//!   `websocket.drain`, `http.request`, `http.disconnect`). Each carries the
+//!   connection's reply address and a per-connection sequence number; an HTTP
+//!   request is a connection of its own.
 //! - [`Reply`]: a worker's answer on the interface's reply stream: the actions
 //!   to apply to one connection, plus the `done` marker for the sequence number
 //!   it completes.
@@ -106,6 +107,14 @@ pub enum Event {
     /// The interface is shutting down: a last chance to say goodbye.
     #[serde(rename = "websocket.drain")]
     Drain,
+    /// One chunk of an HTTP request; the worker answers the last one
+    /// (`more_body == false`) with the response.
+    #[serde(rename = "http.request")]
+    HttpRequest(HttpRequest),
+    /// The HTTP client went away (or the interface gave up) before the
+    /// response was complete. Needs no reply.
+    #[serde(rename = "http.disconnect")]
+    HttpDisconnect,
 }
 
 impl Event {
@@ -115,8 +124,29 @@ impl Event {
             Event::Receive(_) => "websocket.receive",
             Event::Disconnect { .. } => "websocket.disconnect",
             Event::Drain => "websocket.drain",
+            Event::HttpRequest(_) => "http.request",
+            Event::HttpDisconnect => "http.disconnect",
         }
     }
+}
+
+/// One chunk of an HTTP request. Every chunk carries the method and headers,
+/// so whichever worker takes the last one can rebuild the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    pub method: String,
+    /// Request headers, names lower-cased, values as sent (lossy UTF-8).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Client address `ip:port`.
+    #[serde(default)]
+    pub client: String,
+    /// This chunk of the body (at most 64 KiB).
+    #[serde(default)]
+    pub body: ByteBuf,
+    /// Whether more chunks follow.
+    #[serde(default)]
+    pub more_body: bool,
 }
 
 /// What the worker learns about a new connection.
@@ -189,6 +219,21 @@ pub enum Action {
     /// Remove the connection from a group.
     #[serde(rename = "group.discard")]
     GroupDiscard { group: String },
+    /// Status and headers of an HTTP response; comes before its body.
+    #[serde(rename = "http.response.start")]
+    HttpResponseStart {
+        status: u16,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
+    /// A piece of the HTTP response body; `more_body == false` ends it.
+    #[serde(rename = "http.response.body")]
+    HttpResponseBody {
+        #[serde(default)]
+        body: ByteBuf,
+        #[serde(default)]
+        more_body: bool,
+    },
 }
 
 /// A broadcast to every member of a group, published once.

@@ -62,8 +62,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// Starts redis-server, the interfaces (each ready on `/readyz`) and the workers (an
-    /// echo round trip through every interface). Panics (printing logs) on failure.
+    /// Starts redis-server, the interfaces (each up on `/healthz`; `/readyz` also wants
+    /// live workers, which start after them) and the workers (an echo round trip through
+    /// every interface). Panics (printing logs) on failure.
     pub async fn start(self) -> Cluster {
         binary(INTERFACE_BIN);
         binary(WORKER_BIN);
@@ -150,7 +151,7 @@ impl Cluster {
                     drop(proc);
                     panic!("interface-{index} exited during startup ({st}); args {args:?}\n{log}");
                 }
-                if http::status(&addr, "/readyz").await == Some(200) {
+                if http::status(&addr, "/healthz").await == Some(200) {
                     self.addrs.push(addr);
                     self.interfaces.push(proc);
                     return;
@@ -158,7 +159,7 @@ impl Cluster {
                 if tokio::time::Instant::now() >= deadline {
                     let tail = proc.log_tail(40);
                     drop(proc);
-                    panic!("interface-{index} on {addr} not ready (/readyz != 200) within 30 s; args {args:?}\n{tail}");
+                    panic!("interface-{index} on {addr} not up (/healthz != 200) within 30 s; args {args:?}\n{tail}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

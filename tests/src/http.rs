@@ -1,7 +1,7 @@
 //! A minimal HTTP/1.1 GET for `/healthz` and `/readyz`.
 //!
-//! Why this exists: readiness is part of the contract (the harness waits for `/readyz` 200
-//! before a test starts, and shutdown must turn it to 503). A dozen lines over a raw
+//! Why this exists: health and readiness are part of the contract (the harness waits for
+//! `/healthz` 200 before a test starts; `/readyz` needs Redis, live workers and no drain). A dozen lines over a raw
 //! `TcpStream` avoid pulling an HTTP client into the test crate.
 
 use std::time::Duration;

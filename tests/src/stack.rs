@@ -2,8 +2,9 @@
 //!
 //! Why this exists: nearly every test needs the same setup — a private Redis, an interface
 //! on a free port pointed at it, some workers — and the same readiness rules: the interface
-//! is up when `/readyz` answers 200, workers are live when a WebSocket round trip through
-//! them works. Starting it in one place keeps the tests about behaviour, and makes failures
+//! is up when `/healthz` answers 200 (`/readyz` also wants a live worker for every routed
+//! channel, and the workers start after it), workers are live when a WebSocket round trip
+//! through them works. Starting it in one place keeps the tests about behaviour, and makes failures
 //! print every process's log tail (see `process.rs`).
 
 use std::time::Duration;
@@ -174,7 +175,7 @@ impl Stack {
                     drop(proc);
                     panic!("switchyard-interface exited during startup ({st}); args {args:?}\n{log}");
                 }
-                if http::status(&addr, "/readyz").await == Some(200) {
+                if http::status(&addr, "/healthz").await == Some(200) {
                     self.addr = addr;
                     self.interface = Some(proc);
                     return;
@@ -183,7 +184,7 @@ impl Stack {
                     let tail = proc.log_tail(40);
                     drop(proc);
                     panic!(
-                        "switchyard-interface on {addr} not ready (/readyz != 200) within 30 s; args {args:?}\n{tail}"
+                        "switchyard-interface on {addr} not up (/healthz != 200) within 30 s; args {args:?}\n{tail}"
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

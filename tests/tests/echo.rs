@@ -42,10 +42,17 @@ async fn echo_round_trip_text_and_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_answer() {
     bounded(Duration::from_secs(60), async {
-        let stack = Stack::builder("health").workers(0).start().await;
+        // Ready also means a live worker for every routed channel.
+        let stack = Stack::builder("health").workers(1).start().await;
         let healthz = http::get(&stack.addr, "/healthz").await.unwrap();
         assert_eq!(healthz.status, 200, "/healthz: {healthz:?}");
-        let readyz = http::get(&stack.addr, "/readyz").await.unwrap();
+        // The interface reads the workers' liveness keys once a second.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut readyz = http::get(&stack.addr, "/readyz").await.unwrap();
+        while readyz.status != 200 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            readyz = http::get(&stack.addr, "/readyz").await.unwrap();
+        }
         assert_eq!(readyz.status, 200, "/readyz with Redis up: {readyz:?}");
     })
     .await

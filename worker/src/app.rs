@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::consumer::WebSocketConsumer;
+use crate::http::{HttpApp, RequestBody, ServiceApp};
 use crate::periodic::PeriodicContext;
 
 pub type PeriodicFn =
@@ -26,10 +27,27 @@ pub struct Periodic {
     pub run: PeriodicFn,
 }
 
+/// What serves one channel.
+#[derive(Clone)]
+pub enum Consumer {
+    WebSocket(Arc<dyn WebSocketConsumer>),
+    Http(Arc<dyn HttpApp>),
+}
+
+impl Consumer {
+    /// `websocket` or `http`: the kind of events the channel expects.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Consumer::WebSocket(_) => "websocket",
+            Consumer::Http(_) => "http",
+        }
+    }
+}
+
 /// Everything one worker binary can serve.
 #[derive(Clone, Default)]
 pub struct Apps {
-    pub(crate) websocket: Vec<(String, Arc<dyn WebSocketConsumer>)>,
+    pub(crate) consumers: Vec<(String, Consumer)>,
     pub(crate) periodic: Vec<Periodic>,
 }
 
@@ -40,7 +58,23 @@ impl Apps {
 
     /// Serves WebSocket connections routed to `channel` with `consumer`.
     pub fn websocket(mut self, channel: impl Into<String>, consumer: impl WebSocketConsumer) -> Apps {
-        self.websocket.push((channel.into(), Arc::new(consumer)));
+        self.consumers
+            .push((channel.into(), Consumer::WebSocket(Arc::new(consumer))));
+        self
+    }
+
+    /// Serves HTTP requests routed to `channel` with a `tower::Service` — an
+    /// axum `Router`, say. See [`crate::http`].
+    pub fn http<S, B>(mut self, channel: impl Into<String>, service: S) -> Apps
+    where
+        S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<crate::http::BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::http::BoxError>,
+    {
+        self.consumers
+            .push((channel.into(), Consumer::Http(Arc::new(ServiceApp(service)))));
         self
     }
 
@@ -62,12 +96,12 @@ impl Apps {
 
     /// Merges another set of apps into this one.
     pub fn with(mut self, other: Apps) -> Apps {
-        self.websocket.extend(other.websocket);
+        self.consumers.extend(other.consumers);
         self.periodic.extend(other.periodic);
         self
     }
 
     pub fn channels(&self) -> Vec<String> {
-        self.websocket.iter().map(|(c, _)| c.clone()).collect()
+        self.consumers.iter().map(|(c, _)| c.clone()).collect()
     }
 }

@@ -6,8 +6,9 @@
 //!    counts);
 //! 2. check the connection's last committed sequence number — a repeated
 //!    message (an interface retry) is only acknowledged;
-//! 3. write the session changes, publish the group sends, append the reply
-//!    with its `done` marker, record the sequence number, and XACK.
+//! 3. write the session changes, publish the group sends, append (or drop)
+//!    the HTTP request body received so far, append the reply with its `done`
+//!    marker, record the sequence number, and XACK.
 //!
 //! So a worker that dies mid-message leaves nothing behind, a slow worker whose
 //! message was claimed cannot apply it a second time, and nothing is applied
@@ -15,6 +16,11 @@
 //! that are ready in a single script call: the script's fixed cost is paid
 //! once per batch, not once per message. (On Redis Cluster these keys live on
 //! different slots; see docs/protocol.md.)
+//!
+//! A streamed HTTP response sends its first pieces before that commit, each
+//! through a smaller script ([`Committer::stream_reply`]) that checks the same
+//! ownership and sequence conditions, so a worker that lost its entry to
+//! another one stops streaming instead of mixing its output in.
 
 use std::sync::Arc;
 
@@ -25,21 +31,25 @@ use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{Keys, WORKER_GROUP};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Commits a batch. KEYS: 4 per message (channel stream, reply stream,
-/// sequence table, session). ARGV: group, consumer, prefix, reply TTL, then per
-/// message: id, conn, seq, reply, session TTL (0 = session unused), disconnect
-/// flag, n sets + pairs, n deletes + fields, n group sends + triples.
+/// Commits a batch. KEYS: 5 per message (channel stream, reply stream,
+/// sequence table, session, HTTP request body). ARGV: group, consumer, prefix,
+/// reply TTL, then per message: id, conn, seq, reply, session TTL (0 = session
+/// unused), forget flag, body op (`append`, `delete` or ''), body chunk, number
+/// of sets and the pairs, of deletes and the fields, of group sends and the
+/// triples.
 /// Returns one code per message: 1 committed, 2 repeat, 0 not owned.
 const COMMIT_LUA: &str = r#"
 local group, consumer, prefix, reply_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local i = 5
 local results = {}
-for m = 1, #KEYS / 4 do
-  local stream, reply_stream, seqs, session = KEYS[4*m-3], KEYS[4*m-2], KEYS[4*m-1], KEYS[4*m]
+for m = 1, #KEYS / 5 do
+  local stream, reply_stream, seqs, session = KEYS[5*m-4], KEYS[5*m-3], KEYS[5*m-2], KEYS[5*m-1]
+  local body = KEYS[5*m]
   local id, conn, seq, reply = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3]
-  local session_ttl, disconnect = ARGV[i+4], ARGV[i+5] == '1'
-  local n_set = tonumber(ARGV[i+6])
-  local sets = i + 7
+  local session_ttl, forget = ARGV[i+4], ARGV[i+5] == '1'
+  local body_op, chunk = ARGV[i+6], ARGV[i+7]
+  local n_set = tonumber(ARGV[i+8])
+  local sets = i + 9
   local n_del = tonumber(ARGV[sets + 2*n_set])
   local dels = sets + 2*n_set + 1
   local n_pub = tonumber(ARGV[dels + n_del])
@@ -56,11 +66,17 @@ for m = 1, #KEYS / 4 do
     if n_del > 0 then redis.call('HDEL', session, unpack(ARGV, dels, dels + n_del - 1)) end
     if session_ttl ~= '0' then redis.call('PEXPIRE', session, session_ttl) end
     for p = pubs, pubs + 3*(n_pub - 1), 3 do group_send(prefix, ARGV[p], ARGV[p+1], ARGV[p+2]) end
+    if body_op == 'append' then
+      redis.call('APPEND', body, chunk)
+      redis.call('PEXPIRE', body, reply_ttl)
+    elseif body_op == 'delete' then
+      redis.call('DEL', body)
+    end
     if reply ~= '' then
       redis.call('XADD', reply_stream, '*', 'm', reply)
       redis.call('PEXPIRE', reply_stream, reply_ttl)
     end
-    if disconnect then
+    if forget then
       redis.call('HDEL', seqs, conn)
     else
       redis.call('HSET', seqs, conn, seq)
@@ -71,6 +87,21 @@ for m = 1, #KEYS / 4 do
   results[m] = code
 end
 return results
+"#;
+
+/// Appends one early piece of a streamed HTTP response. KEYS: channel stream,
+/// reply stream, sequence table. ARGV: group, consumer, id, conn, seq, reply,
+/// reply TTL. Returns 1 if appended, 0 if the entry is no longer ours.
+const STREAM_LUA: &str = r#"
+local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
+local conn, seq, reply, reply_ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+if #redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer) == 0 then return 0 end
+if seq <= tonumber(redis.call('HGET', KEYS[3], conn) or '0') then return 0 end
+-- Resets the entry's idle time: a long response is not work left behind.
+redis.call('XCLAIM', KEYS[1], group, consumer, 0, id, 'JUSTID')
+redis.call('XADD', KEYS[2], '*', 'm', reply)
+redis.call('PEXPIRE', KEYS[2], reply_ttl)
+return 1
 "#;
 
 /// Most messages committed by one script call.
@@ -104,23 +135,50 @@ pub struct Commit {
     pub seq: u64,
     /// Encoded reply; `None` when the connection is gone (disconnect).
     pub reply: Option<Vec<u8>>,
-    pub disconnect: bool,
+    /// The connection is over (a disconnect, or an HTTP request answered):
+    /// its sequence record is dropped instead of updated.
+    pub forget: bool,
+    /// What happens to the HTTP request body stored so far.
+    pub body: BodyOp,
     /// The session's changes, when the session was used.
     pub session: Option<SessionWrite>,
     pub group_sends: Vec<(String, GroupFrame)>,
 }
 
+/// The HTTP request body kept in Redis between chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyOp {
+    Keep,
+    /// Append a chunk (the request goes on).
+    Append(Vec<u8>),
+    /// Drop it (the request is answered or gone).
+    Delete,
+}
+
+/// One early reply of a streamed HTTP response.
+pub struct StreamPiece<'a> {
+    pub stream: &'a str,
+    pub entry_id: &'a str,
+    pub interface: &'a str,
+    pub conn: u64,
+    pub seq: u64,
+    pub reply: &'a [u8],
+}
+
 type Pending = (Commit, oneshot::Sender<RedisResult<Outcome>>);
 
-/// Handle to the commit batcher.
+/// Handle to the commit batcher (and the early-reply script).
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::UnboundedSender<Pending>,
+    redis: ConnectionManager,
+    settings: Arc<Settings>,
 }
 
 /// What every batch needs besides the commits.
 struct Settings {
     script: Script,
+    stream_script: Script,
     keys: Keys,
     consumer: String,
     reply_ttl_ms: u64,
@@ -138,14 +196,16 @@ impl Committer {
     ) -> Committer {
         let settings = Settings {
             script: Script::new(&format!("{GROUP_SEND_LUA}\n{COMMIT_LUA}")),
+            stream_script: Script::new(STREAM_LUA),
             keys,
             consumer,
             reply_ttl_ms,
             session_ttl_ms,
         };
+        let settings = Arc::new(settings);
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(redis, settings, rx));
-        Committer { tx }
+        tokio::spawn(run(redis.clone(), settings.clone(), rx));
+        Committer { tx, redis, settings }
     }
 
     /// Commits one message (batched with whatever else is ready).
@@ -155,10 +215,30 @@ impl Committer {
         self.tx.send((commit, done)).map_err(|_| closed())?;
         outcome.await.map_err(|_| closed())?
     }
+
+    /// Appends one piece of a streamed HTTP response ahead of the commit;
+    /// `false` when the entry is no longer ours (or already committed).
+    pub async fn stream_reply(&self, piece: &StreamPiece<'_>) -> RedisResult<bool> {
+        let settings = &self.settings;
+        let sent: i64 = settings
+            .stream_script
+            .key(piece.stream)
+            .key(settings.keys.reply_stream(piece.interface))
+            .key(settings.keys.connection_seqs(piece.interface))
+            .arg(WORKER_GROUP)
+            .arg(&settings.consumer)
+            .arg(piece.entry_id)
+            .arg(piece.conn)
+            .arg(piece.seq)
+            .arg(piece.reply)
+            .arg(settings.reply_ttl_ms)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(sent == 1)
+    }
 }
 
-async fn run(redis: ConnectionManager, settings: Settings, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let settings = Arc::new(settings);
+async fn run(redis: ConnectionManager, settings: Arc<Settings>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         // Take a batch slot first, so a busy Redis makes the next batch bigger.
@@ -221,7 +301,8 @@ async fn commit_batch(redis: &mut ConnectionManager, settings: &Settings, batch:
                     .session
                     .as_ref()
                     .map_or_else(|| keys.session("-"), |s| s.key.clone()),
-            );
+            )
+            .key(keys.http_body(&commit.interface, commit.conn));
         invocation
             .arg(&commit.entry_id)
             .arg(commit.conn)
@@ -232,7 +313,12 @@ async fn commit_batch(redis: &mut ConnectionManager, settings: &Settings, batch:
             } else {
                 0
             })
-            .arg(if commit.disconnect { "1" } else { "0" });
+            .arg(if commit.forget { "1" } else { "0" });
+        match &commit.body {
+            BodyOp::Keep => invocation.arg("").arg(""),
+            BodyOp::Append(chunk) => invocation.arg("append").arg(chunk.as_slice()),
+            BodyOp::Delete => invocation.arg("delete").arg(""),
+        };
         let (sets, deletes) = match &commit.session {
             Some(session) => (session.sets.as_slice(), session.deletes.as_slice()),
             None => (&[][..], &[][..]),

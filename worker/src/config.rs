@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWITCHYARD_WORKER_NAME")]
     pub name: Option<String>,
 
+    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9100.
+    #[arg(long, env = "SWITCHYARD_METRICS_BIND")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

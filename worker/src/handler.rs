@@ -4,13 +4,21 @@
 //! the dead-letter stream with a log line; the worker carries on. A Redis
 //! error while handling or committing is retried with backoff — the consumer
 //! runs again from scratch, which is safe because nothing was committed. An
-//! application error closes the connection with 1011.
+//! application error closes the connection with 1011 (HTTP: answers 500).
+//! An event of the wrong kind for the channel (an `http.request` on a
+//! WebSocket channel, say) is a routing mistake and is dead-lettered.
+//!
+//! Each message is handled inside a `message{channel, conn, seq, event}` span,
+//! so every log line names the connection (or request) it is about.
 
 use switchyard_protocol::redis_conn::Backoff;
 use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{decode, encode, ChannelMessage, Event, Reply, ReplyAddress};
+use tokio::time::Instant;
+use tracing::Instrument;
 
-use crate::commit::{self, Commit, Outcome};
+use crate::app::Consumer;
+use crate::commit::{self, BodyOp, Commit, Outcome};
 use crate::consumer::{Message, WebSocketConsumer};
 use crate::context::{Context, Scope};
 use crate::runtime::Worker;
@@ -30,19 +38,65 @@ pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
     let Some(reply) = ReplyAddress::parse(&message.reply) else {
         return reject(worker, stream, &entry, "malformed reply address").await;
     };
+    let is_http = matches!(message.event, Event::HttpRequest(_) | Event::HttpDisconnect);
+    if is_http != matches!(consumer, Consumer::Http(_)) {
+        let error = format!(
+            "channel `{channel}` serves {} consumers; got {}",
+            consumer.kind(),
+            message.event.type_name()
+        );
+        return reject(worker, stream, &entry, &error).await;
+    }
+    let span = tracing::info_span!(
+        "message",
+        channel = %channel,
+        conn = %message.reply,
+        seq = message.seq,
+        event = message.event.type_name()
+    );
+    let started = Instant::now();
+    worker.metrics.in_flight.inc();
+    let outcome = run(worker, stream, &entry, channel, consumer, &message, &reply)
+        .instrument(span)
+        .await;
+    worker.metrics.in_flight.dec();
+    worker
+        .metrics
+        .handled(channel, message.event.type_name(), outcome, started.elapsed());
+}
+
+/// Runs the consumer and commits, retrying Redis errors; names the outcome.
+async fn run(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    channel: &str,
+    consumer: &Consumer,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+) -> &'static str {
     let mut backoff = Backoff::default();
     loop {
-        match attempt(worker, stream, &entry, channel, consumer.as_ref(), &message, &reply).await {
-            Ok(Outcome::Committed) => return,
+        let result = match consumer {
+            Consumer::WebSocket(consumer) => {
+                attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply).await
+            }
+            Consumer::Http(app) => {
+                crate::http_handler::attempt(worker, stream, entry, app.as_ref(), message, reply).await
+            }
+        };
+        match result {
+            Ok(Outcome::Committed) => return "committed",
             Ok(Outcome::Repeated) => {
-                tracing::info!(reply = %message.reply, seq = message.seq, "repeated message acknowledged without applying it again");
-                return;
+                tracing::info!("repeated message acknowledged without applying it again");
+                return "repeated";
             }
             Ok(Outcome::NotOwned) => {
                 tracing::info!(entry = %entry.id, "message was taken over by another worker; result dropped");
-                return;
+                return "not_owned";
             }
             Err(error) => {
+                worker.metrics.redis_errors.inc();
                 tracing::warn!(%error, entry = %entry.id, "Redis error while handling; retrying");
                 backoff.wait().await;
             }
@@ -85,6 +139,8 @@ async fn attempt(
         }
         Event::Disconnect { code } => consumer.disconnect(&mut ctx, *code).await,
         Event::Drain => consumer.drain(&mut ctx).await,
+        // `handle` sends HTTP events to the HTTP handler.
+        Event::HttpRequest(_) | Event::HttpDisconnect => Ok(()),
     };
     if let Err(error) = result {
         if let Some(redis_error) = error.downcast_ref::<redis::RedisError>() {
@@ -103,7 +159,8 @@ async fn attempt(
         conn: reply.conn,
         seq: message.seq,
         reply: (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), actions))),
-        disconnect,
+        forget: disconnect,
+        body: BodyOp::Keep,
         session: ctx.session_write(),
         group_sends: std::mem::take(&mut ctx.group_sends),
     };
@@ -112,6 +169,7 @@ async fn attempt(
 
 /// Dead-letters an entry, retrying until Redis takes it.
 async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str) {
+    worker.metrics.dead_letters.inc();
     tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
     let mut backoff = Backoff::default();
     let mut con = worker.redis.clone();

@@ -17,10 +17,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use switchyard_protocol::{redis_conn, stream, Keys, WORKER_GROUP};
 use tokio::sync::Semaphore;
 
-use crate::app::{Apps, Periodic};
+use crate::app::{Apps, Consumer, Periodic};
 use crate::commit::Committer;
 use crate::config::WorkerConfig;
-use crate::consumer::WebSocketConsumer;
+use crate::metrics::{self, Metrics};
 
 /// State shared by the worker's tasks.
 pub struct Worker {
@@ -30,9 +30,10 @@ pub struct Worker {
     pub(crate) client: redis::Client,
     pub(crate) redis: ConnectionManager,
     /// Served channel stream key → (channel, consumer).
-    pub(crate) channels: HashMap<String, (String, Arc<dyn WebSocketConsumer>)>,
+    pub(crate) channels: HashMap<String, (String, Consumer)>,
     pub(crate) periodic: Vec<Periodic>,
     pub(crate) committer: Committer,
+    pub(crate) metrics: Arc<Metrics>,
     /// Permits for messages in hand; a graceful stop waits for all of them.
     pub(crate) permits: Arc<Semaphore>,
     stopping: AtomicBool,
@@ -71,12 +72,12 @@ impl Worker {
 }
 
 /// A channel with the consumer that serves it.
-pub type ServedChannel = (String, Arc<dyn WebSocketConsumer>);
+pub type ServedChannel = (String, Consumer);
 
 /// Which channels and periodic tasks this process serves, after the globs.
 pub fn select(config: &WorkerConfig, apps: &Apps) -> anyhow::Result<(Vec<ServedChannel>, Vec<Periodic>)> {
     let mut channels = Vec::new();
-    for (channel, consumer) in &apps.websocket {
+    for (channel, consumer) in &apps.consumers {
         if config.serves(channel)? {
             channels.push((channel.clone(), consumer.clone()));
         }
@@ -104,6 +105,10 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
     let client = redis::Client::open(config.redis_url.as_str()).context("--redis-url")?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let consumer = config.consumer_name();
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let committer = Committer::start(
         redis.clone(),
         keys.clone(),
@@ -124,12 +129,16 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         redis,
         periodic,
         committer,
+        metrics: Arc::new(Metrics::new()),
         stopping: AtomicBool::new(false),
         reading: AtomicBool::new(false),
     });
 
     let served: Vec<&str> = worker.channels.values().map(|(c, _)| c.as_str()).collect();
-    tracing::info!(consumer = %worker.consumer, channels = ?served, "worker starting");
+    tracing::info!(consumer = %worker.consumer, channels = ?served, metrics = ?worker.config.metrics_bind, "worker starting");
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, worker.metrics.clone()));
+    }
     crate::maintenance::announce(&worker).await;
     let reader = tokio::spawn(crate::reader::run(worker.clone()));
     let maintenance = tokio::spawn(crate::maintenance::run(worker.clone()));

@@ -258,6 +258,8 @@ impl Connection {
                     self.shared.groups.discard(&group, self.opened.id);
                     self.groups.remove(&group);
                 }
+                // HTTP actions mean nothing on a WebSocket.
+                Action::HttpResponseStart { .. } | Action::HttpResponseBody { .. } => {}
             }
         }
     }

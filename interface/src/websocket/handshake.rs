@@ -15,12 +15,13 @@ use hyper::body::Incoming;
 use switchyard_protocol::{encode, Action, ChannelMessage, ConnectScope, Event, ReplyAddress};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::reader;
-use crate::http::{text_response, Body};
+use crate::http::{header_pairs, text_response, Body};
 use crate::registry::ConnEvent;
-use crate::router::Target;
+use crate::router::{Entered, Target};
 use crate::state::Shared;
 
 /// Answers an upgrade request on a routed path.
@@ -43,16 +44,7 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let scope = ConnectScope {
-        headers: request
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(request.headers()),
         client: remote.to_string(),
         subprotocols: offered_subprotocols(&request),
     };
@@ -83,7 +75,9 @@ pub async fn handle(
                 query,
                 actions,
             };
-            tokio::spawn(run_connection(shared, opened, upgrade, events));
+            let span = tracing::info_span!(parent: None, "ws", conn = id, channel = %target.channel);
+            let connection = run_connection(shared, opened, upgrade, events, target.enter());
+            tokio::spawn(connection.instrument(span));
             response
         }
         Verdict::Refuse => {
@@ -118,7 +112,9 @@ enum Verdict {
 async fn wait_for_verdict(events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Verdict {
     let mut early = Vec::new();
     while let Some(event) = events.recv().await {
-        let ConnEvent::Reply(reply) = event else { continue };
+        let ConnEvent::Reply(reply) = event else {
+            continue;
+        };
         if reply.done != Some(1) {
             early.extend(reply.actions);
             continue;
@@ -159,6 +155,8 @@ async fn run_connection(
     opened: Opened,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     events: mpsc::UnboundedReceiver<ConnEvent>,
+    // Counts the connection on its route for as long as it lives.
+    _entered: Entered,
 ) {
     let socket = match upgrade.await {
         Ok(socket) => socket,

@@ -4,11 +4,16 @@
 
 pub mod chat;
 pub mod echo;
+pub mod example;
 pub mod rooms;
 
 use crate::app::Apps;
 
 /// Every built-in app.
 pub fn builtin() -> Apps {
-    Apps::new().with(echo::app()).with(chat::app()).with(rooms::app())
+    Apps::new()
+        .with(echo::app())
+        .with(chat::app())
+        .with(rooms::app())
+        .with(example::app())
 }

@@ -1,0 +1,181 @@
+//! What the interface serves itself: `/healthz`, `/readyz` (which follows
+//! the workers), `/status`, and metrics on both sides that move with traffic.
+
+mod http_common;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use http_common::{get, metric, wait_for, Options, Stack};
+use tokio_tungstenite::tungstenite::Message;
+
+fn routes() -> Vec<String> {
+    [
+        "--route",
+        "/ws/chat/=chat",
+        "--http-route",
+        "/api/example/=http.example",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test]
+async fn healthz_readyz_and_status() {
+    let options = Options {
+        interface_args: routes(),
+        ..Options::default()
+    };
+    let stack = Stack::start("http-endpoints", options).await;
+    stack.wait_ready().await;
+
+    let health = get(&stack.addr, "/healthz").await.unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+
+    let ready = get(&stack.addr, "/readyz").await.unwrap();
+    let ready = ready.json();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["redis"], true);
+    assert_eq!(ready["workers"]["chat"], 1);
+    assert_eq!(ready["workers"]["http.example"], 1);
+
+    let url = format!("ws://{}/ws/chat/", stack.addr);
+    let (_socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let status = get(&stack.addr, "/status").await.unwrap();
+    assert_eq!(status.status, 200);
+    let status = status.json();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_seconds"].as_f64().unwrap() > 0.0);
+    let routes = status["routes"].as_array().unwrap();
+    let chat = routes.iter().find(|r| r["channel"] == "chat").unwrap();
+    assert_eq!(chat["kind"], "websocket");
+    assert_eq!(chat["connections"], 1);
+    let example = routes.iter().find(|r| r["channel"] == "http.example").unwrap();
+    assert_eq!(example["kind"], "http");
+    assert_eq!(example["connections"], 0);
+}
+
+#[tokio::test]
+async fn readiness_flips_when_the_last_worker_of_a_channel_stops() {
+    let only = |channel: &str| vec!["--only-channels".to_owned(), channel.to_owned()];
+    let options = Options {
+        interface_args: routes(),
+        workers: vec![only("chat"), only("http.example"), only("http.example")],
+        ..Options::default()
+    };
+    let mut stack = Stack::start("http-readyz", options).await;
+    stack.wait_ready().await;
+
+    assert_eq!(stack.workers[1].stop(), Some(0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let one_left = get(&stack.addr, "/readyz").await.unwrap();
+    assert_eq!(one_left.status, 200, "{}", one_left.text());
+    assert_eq!(one_left.json()["workers"]["http.example"], 1);
+
+    assert_eq!(stack.workers[2].stop(), Some(0));
+    let addr = stack.addr.clone();
+    let flipped = wait_for(Duration::from_secs(5), || {
+        let addr = addr.clone();
+        async move { get(&addr, "/readyz").await.is_ok_and(|r| r.status == 503) }
+    })
+    .await;
+    assert!(flipped.is_ok(), "/readyz stayed 200 without an http.example worker");
+    let not_ready = get(&stack.addr, "/readyz").await.unwrap().json();
+    assert_eq!(not_ready["ready"], false);
+    assert_eq!(
+        not_ready["channels_without_workers"],
+        serde_json::json!(["http.example"])
+    );
+
+    stack.add_worker(&only("http.example"));
+    stack.wait_ready().await;
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let metrics_port = http_common::free_port();
+    let options = Options {
+        interface_args: routes(),
+        workers: vec![vec!["--metrics-bind".into(), format!("127.0.0.1:{metrics_port}")]],
+        ..Options::default()
+    };
+    let stack = Stack::start("http-metrics", options).await;
+    stack.wait_ready().await;
+    let worker_addr = format!("127.0.0.1:{metrics_port}");
+    let scrape = |addr: String| async move { get(&addr, "/metrics").await.unwrap().text() };
+
+    let before = scrape(stack.addr.clone()).await;
+    let worker_before = scrape(worker_addr.clone()).await;
+
+    let url = format!("ws://{}/ws/chat/?session_uuid=metrics", stack.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    for _ in 0..3 {
+        socket.send(Message::text("hi")).await.unwrap();
+        let answer = socket.next().await.unwrap().unwrap();
+        assert!(answer.to_text().unwrap().contains("count"));
+    }
+    for _ in 0..2 {
+        assert_eq!(get(&stack.addr, "/api/example/hello").await.unwrap().status, 200);
+    }
+    assert_eq!(get(&stack.addr, "/nowhere").await.unwrap().status, 404);
+    let mut redis = stack.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg("switchyard:chan:{chat}")
+        .arg("*")
+        .arg("m")
+        .arg("not msgpack")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let during = scrape(stack.addr.clone()).await;
+    assert_eq!(metric(&during, "websocket_connections_active"), 1.0);
+    let moved = |text: &str, series: &str| metric(text, series) - metric(&before, series);
+    assert_eq!(moved(&during, "websocket_messages_total{direction=\"in\"}"), 3.0);
+    assert_eq!(moved(&during, "websocket_messages_total{direction=\"out\"}"), 3.0);
+    assert!(moved(&during, "websocket_message_duration_seconds_count") >= 3.0);
+    assert!(moved(&during, "http_requests_total{status=\"200\"}") >= 2.0);
+    assert!(moved(&during, "http_requests_total{status=\"404\"}") >= 1.0);
+    assert!(during.contains("redis_errors_total"));
+
+    let worker_addr_again = worker_addr.clone();
+    let dead_lettered = wait_for(Duration::from_secs(5), || {
+        let addr = worker_addr_again.clone();
+        async move {
+            metric(
+                &get(&addr, "/metrics").await.unwrap().text(),
+                "worker_dead_letters_total",
+            ) >= 1.0
+        }
+    })
+    .await;
+    assert!(dead_lettered.is_ok(), "worker_dead_letters_total did not move");
+    let worker_after = scrape(worker_addr).await;
+    let http = "worker_messages_handled_total{channel=\"http.example\",type=\"http.request\",outcome=\"committed\"}";
+    assert_eq!(metric(&worker_after, http) - metric(&worker_before, http), 2.0);
+    let chat = "worker_messages_handled_total{channel=\"chat\",type=\"websocket.receive\",outcome=\"committed\"}";
+    assert_eq!(metric(&worker_after, chat) - metric(&worker_before, chat), 3.0);
+    assert!(metric(&worker_after, "worker_message_handling_seconds_count{channel=\"chat\"}") >= 4.0);
+    for series in [
+        "worker_messages_in_flight",
+        "worker_claimed_messages_total",
+        "worker_dead_letters_total",
+    ] {
+        assert!(worker_after.contains(series), "{series} missing");
+    }
+
+    socket.close(None).await.unwrap();
+    let addr = stack.addr.clone();
+    let closed = wait_for(Duration::from_secs(5), || {
+        let addr = addr.clone();
+        async move {
+            metric(
+                &get(&addr, "/metrics").await.unwrap().text(),
+                "websocket_connections_active",
+            ) == 0.0
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "websocket_connections_active did not go back to 0");
+}

@@ -1,0 +1,67 @@
+//! HTTP consumers: any `tower::Service` over `http::Request`.
+//!
+//! The Rust HTTP ecosystem already agreed on an interface for "something that
+//! answers requests" — `tower::Service<http::Request<B>>` — so that is the
+//! consumer API: an axum `Router` (or any other such service) runs unchanged
+//! inside a worker. The request body arrives whole ([`RequestBody`]); the
+//! response body may be any `http_body::Body` and is streamed back to the
+//! interface in pieces as the service produces it.
+//!
+//! Request extensions carry [`RequestInfo`] and, for axum's extractor, the
+//! client address as `axum::extract::ConnectInfo<SocketAddr>`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use switchyard_protocol::ReplyAddress;
+use tower::{Service, ServiceExt};
+
+/// The body an HTTP consumer receives: the whole request body.
+pub type RequestBody = http_body_util::Full<Bytes>;
+
+/// Errors from a service or its response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response with its body boxed.
+pub type BoxResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
+
+/// Where a request came from; in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// The request's reply address (`<interface>!<request id>`).
+    pub reply: ReplyAddress,
+    /// The client's address, as the interface saw it.
+    pub client: Option<SocketAddr>,
+}
+
+/// What the runtime holds for an HTTP channel: a service with its types
+/// erased. Implemented for every suitable `tower::Service`; register one with
+/// [`Apps::http`](crate::Apps::http).
+pub trait HttpApp: Send + Sync + 'static {
+    fn call(&self, request: Request<RequestBody>) -> BoxFuture<'static, Result<BoxResponse, BoxError>>;
+}
+
+/// Adapts a `tower::Service` to [`HttpApp`]; each request gets a clone of
+/// the service, as hyper does.
+pub(crate) struct ServiceApp<S>(pub S);
+
+impl<S, B> HttpApp for ServiceApp<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn call(&self, request: Request<RequestBody>) -> BoxFuture<'static, Result<BoxResponse, BoxError>> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let response = service.oneshot(request).await.map_err(Into::into)?;
+            Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        })
+    }
+}

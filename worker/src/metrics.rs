@@ -1,0 +1,168 @@
+//! Prometheus metrics of a worker, served on `--metrics-bind`.
+//!
+//! An operator scaling a channel needs to see, per worker process, what it
+//! handles and how long that takes, how much it holds, and what it rescued
+//! from dead workers or had to give up on. One registry, built at start-up;
+//! the handler and the maintenance loop bump it; a tiny HTTP server renders it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    handled: Family<Labels, Counter>,
+    handling: Family<Labels, Histogram>,
+    pub in_flight: Gauge,
+    pub claimed: Counter,
+    pub dead_letters: Counter,
+    pub redis_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let handled = Family::<Labels, Counter>::default();
+        let handling =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let in_flight = Gauge::default();
+        let claimed = Counter::default();
+        let dead_letters = Counter::default();
+        let redis_errors = Counter::default();
+        registry.register(
+            "worker_messages_handled",
+            "Messages handled, by channel, event type and commit outcome",
+            handled.clone(),
+        );
+        registry.register(
+            "worker_message_handling_seconds",
+            "Time from reading a message to its commit, by channel",
+            handling.clone(),
+        );
+        registry.register(
+            "worker_messages_in_flight",
+            "Messages being handled now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "worker_claimed_messages",
+            "Messages taken over from dead or stuck workers",
+            claimed.clone(),
+        );
+        registry.register(
+            "worker_dead_letters",
+            "Entries moved to the dead-letter stream",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "worker_redis_errors",
+            "Redis errors while handling (each one retried)",
+            redis_errors.clone(),
+        );
+        Metrics {
+            registry,
+            handled,
+            handling,
+            in_flight,
+            claimed,
+            dead_letters,
+            redis_errors,
+        }
+    }
+
+    /// Records one handled message.
+    pub fn handled(&self, channel: &str, event: &'static str, outcome: &'static str, took: Duration) {
+        self.handled
+            .get_or_create(&vec![
+                ("channel", channel.to_owned()),
+                ("type", event.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        self.handling
+            .get_or_create(&vec![("channel", channel.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Binds `--metrics-bind`; fails at start-up, naming the flag, if it cannot.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-bind: cannot listen on {addr}"))
+}
+
+/// Serves `/metrics` (and `/healthz`) until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+            let metrics = metrics.clone();
+            async move { Ok::<_, Infallible>(answer(&metrics, request.uri().path())) }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+fn answer(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" => (StatusCode::OK, "application/json", "{\"status\":\"ok\"}".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -28,7 +28,7 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_REUSE_PORT")]
     pub reuse_port: bool,
 
-    /// Redis URL (redis://[user:password@]host:port/db).
+    /// Redis URL (`redis://[user:password@]host:port/db`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 

@@ -13,7 +13,7 @@ use switchyard_protocol::logging::LogFormat;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchyard-worker", version)]
 pub struct WorkerConfig {
-    /// Redis URL (redis://[user:password@]host:port/db).
+    /// Redis URL (`redis://[user:password@]host:port/db`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 

@@ -5,6 +5,10 @@
 //! fragments arrive (1007), validates close frames (1002), and forwards pings
 //! so the connection task can answer them. It stops at the first close or
 //! error: nothing is read after that.
+//!
+//! The frame logic is kept free of the socket (`on_frame`, `Assembler`, `close_frame`)
+//! so it can be tested without one; [`fuzzing`] exposes exactly that to the
+//! fuzz targets in `fuzz/`.
 
 use std::convert::Infallible;
 
@@ -36,6 +40,8 @@ const PROTOCOL_ERROR: u16 = 1002;
 const INVALID_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
 const NO_STATUS: u16 = 1005;
+/// Control frames carry at most 125 bytes (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Reads until close, error or end of stream. A `None` from the channel tells
 /// the connection task the socket is gone without a close frame.
@@ -48,15 +54,9 @@ pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>,
     let mut no_obligated_sends = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
     loop {
         let item = match socket.read_frame(&mut no_obligated_sends).await {
-            Ok(frame) => match frame.opcode {
-                OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
-                    Ok(Some(payload)) => Inbound::Message(payload),
-                    Ok(None) => continue,
-                    Err(fail) => fail,
-                },
-                OpCode::Ping => Inbound::Ping(frame.payload.to_vec()),
-                OpCode::Pong => continue,
-                OpCode::Close => close_frame(&frame.payload),
+            Ok(frame) => match on_frame(&mut assembler, frame) {
+                Some(item) => item,
+                None => continue,
             },
             Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
             Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
@@ -72,6 +72,24 @@ pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>,
     }
 }
 
+/// What one frame (as fastwebsockets lets it through) means; `None`: nothing yet.
+fn on_frame(assembler: &mut Assembler, frame: Frame<'_>) -> Option<Inbound> {
+    Some(match frame.opcode {
+        OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
+            Ok(Some(payload)) => Inbound::Message(payload),
+            Ok(None) => return None,
+            Err(fail) => fail,
+        },
+        // fastwebsockets refuses long pings itself, but not long pongs or closes.
+        OpCode::Ping => Inbound::Ping(frame.payload.to_vec()),
+        OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
+            fail(PROTOCOL_ERROR, "control frame over 125 bytes")
+        }
+        OpCode::Pong => return None,
+        OpCode::Close => close_frame(&frame.payload),
+    })
+}
+
 fn fail(code: u16, reason: &'static str) -> Inbound {
     Inbound::Fail { code, reason }
 }
@@ -79,6 +97,7 @@ fn fail(code: u16, reason: &'static str) -> Inbound {
 /// Validates a close frame's payload (RFC 6455 §5.5.1, §7.4).
 fn close_frame(payload: &[u8]) -> Inbound {
     match payload {
+        _ if payload.len() > MAX_CONTROL_PAYLOAD => fail(PROTOCOL_ERROR, "control frame over 125 bytes"),
         [] => Inbound::Close {
             code: NO_STATUS,
             reason: String::new(),
@@ -166,6 +185,32 @@ fn finish(opcode: OpCode, bytes: Vec<u8>) -> Result<Payload, Inbound> {
     }
 }
 
+/// The socket-free frame logic for the fuzz targets in `fuzz/`; not an API.
+///
+/// [`fuzzing::Reader::frame`] is what the reader task does with one frame that
+/// fastwebsockets let through. fastwebsockets itself refuses, before that:
+/// frames of more than the message size limit, fragmented control frames,
+/// pings over 125 bytes, and unfragmented text that is not UTF-8.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::Inbound;
+    pub use fastwebsockets::OpCode;
+    use fastwebsockets::{Frame, Payload as FramePayload};
+
+    pub struct Reader(super::Assembler);
+
+    impl Reader {
+        pub fn new(max_message_size: usize) -> Reader {
+            Reader(super::Assembler::new(max_message_size))
+        }
+
+        pub fn frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Option<Inbound> {
+            let frame = Frame::new(fin, opcode, None, FramePayload::Owned(payload.to_vec()));
+            super::on_frame(&mut self.0, frame)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +283,37 @@ mod tests {
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.push(0xff);
         assert!(matches!(close_frame(&bad_reason), Inbound::Fail { code: 1007, .. }));
+    }
+
+    #[test]
+    fn control_frames_over_125_bytes_are_protocol_errors() {
+        // Autobahn 7.3.6: a close whose reason makes the payload 126 bytes.
+        let mut long_close = 1000u16.to_be_bytes().to_vec();
+        long_close.extend_from_slice(&[b'a'; 124]);
+        assert!(matches!(close_frame(&long_close), Inbound::Fail { code: 1002, .. }));
+        long_close.pop();
+        assert!(matches!(close_frame(&long_close), Inbound::Close { code: 1000, .. }));
+
+        let mut a = Assembler::new(1000);
+        assert!(on_frame(&mut a, frame(true, OpCode::Pong, &[0; 125])).is_none());
+        assert!(matches!(
+            on_frame(&mut a, frame(true, OpCode::Pong, &[0; 126])),
+            Some(Inbound::Fail { code: 1002, .. })
+        ));
+    }
+
+    #[test]
+    fn control_frames_may_come_between_fragments() {
+        let mut a = Assembler::new(100);
+        assert!(on_frame(&mut a, frame(false, OpCode::Text, b"he")).is_none());
+        assert!(matches!(
+            on_frame(&mut a, frame(true, OpCode::Ping, b"p")),
+            Some(Inbound::Ping(_))
+        ));
+        assert!(on_frame(&mut a, frame(true, OpCode::Pong, b"")).is_none());
+        assert!(matches!(
+            on_frame(&mut a, frame(true, OpCode::Continuation, b"y")),
+            Some(Inbound::Message(p)) if p == Payload::text("hey")
+        ));
     }
 }

@@ -258,7 +258,13 @@ async fn kill9_worker_under_supervisord_is_restarted_and_loses_nothing() {
         let total = assert_clean(&report, CONNS);
         let (status, code) = stack.status().await.unwrap();
         assert_eq!(code, 0, "switchyard status: {status:#}");
-        assert_eq!(status["channels"]["chat"]["pending"], 0, "{status:#}");
+        // The clients' disconnects are still being handled for a moment after they close.
+        let settled = eventually(Duration::from_secs(15), || async {
+            let (status, _) = stack.status().await.ok()?;
+            (status["channels"]["chat"]["pending"] == 0).then_some(())
+        })
+        .await;
+        assert!(settled.is_some(), "chat still has pending messages: {status:#}");
         eprintln!(
             "[test] restarted as pid {new_pid}; {total} messages answered exactly once and in order, none closed"
         );

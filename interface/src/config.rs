@@ -37,13 +37,13 @@ pub struct Config {
     pub prefix: String,
 
     /// WebSocket route `PATH_PREFIX=CHANNEL`, repeatable; the longest matching
-    /// prefix wins. Default: /ws/echo/=echo, /ws/chat/=chat, /ws/rooms/=rooms.
+    /// prefix wins. Default: /ws/echo/=echo, /ws/chat/=chat, /ws/rooms/=rooms, /ws/display/=display.
     #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<Route>,
 
     /// HTTP route `PATH_PREFIX=CHANNEL`, repeatable: requests under the prefix
     /// go to the channel's workers as `http.request`. Default (only when no
-    /// route of either kind is given): /api/example/=http.example.
+    /// route of either kind is given): /api/example/=http.example, /api/display/=http.display.
     #[arg(long = "http-route", env = "SWITCHYARD_HTTP_ROUTES", value_delimiter = ',', value_parser = parse_route)]
     pub http_routes: Vec<Route>,
 
@@ -53,7 +53,7 @@ pub struct Config {
     pub config: Option<PathBuf>,
 
     /// Static files `URL_PREFIX=DIR`, repeatable (e.g. `/static/=./static`).
-    /// Default: /test/=web/test when that directory exists.
+    /// Default: /test/=web/test and /display/=web/display, for those that exist.
     #[arg(long = "static", env = "SWITCHYARD_STATIC", value_delimiter = ',', value_parser = parse_mount)]
     pub statics: Vec<Mount>,
 
@@ -107,9 +107,14 @@ pub struct Config {
 }
 
 /// Routes used when none are given: the built-in apps of `switchyard-worker`.
-const DEFAULT_ROUTES: [&str; 3] = ["/ws/echo/=echo", "/ws/chat/=chat", "/ws/rooms/=rooms"];
-/// The HTTP route used when no route of either kind is given.
-const DEFAULT_HTTP_ROUTE: &str = "/api/example/=http.example";
+const DEFAULT_ROUTES: [&str; 4] = [
+    "/ws/echo/=echo",
+    "/ws/chat/=chat",
+    "/ws/rooms/=rooms",
+    "/ws/display/=display",
+];
+/// The HTTP routes used when no route of either kind is given.
+const DEFAULT_HTTP_ROUTES: [&str; 2] = ["/api/example/=http.example", "/api/display/=http.display"];
 
 fn parse_route(text: &str) -> Result<Route, String> {
     Route::parse(text)
@@ -161,22 +166,25 @@ impl Config {
                 .iter()
                 .map(|r| Route::parse(r).expect("default routes are valid"))
                 .collect();
-            http = vec![Route::parse(DEFAULT_HTTP_ROUTE).expect("the default HTTP route is valid")];
+            http = DEFAULT_HTTP_ROUTES
+                .iter()
+                .map(|r| Route::parse(r).expect("default HTTP routes are valid"))
+                .collect();
         }
         Ok((Routes::new(websocket), Routes::new(http)))
     }
 
-    /// The static mounts: --static, or /test/=web/test when that directory exists.
+    /// The static mounts: --static, or /test/=web/test and /display/=web/display
+    /// for those directories that exist.
     pub fn static_mounts(&self) -> Vec<Mount> {
         if !self.statics.is_empty() {
             return self.statics.clone();
         }
-        let default = Mount::parse("/test/=web/test").expect("valid");
-        if default.dir.is_dir() {
-            vec![default]
-        } else {
-            Vec::new()
-        }
+        ["/test/=web/test", "/display/=web/display"]
+            .iter()
+            .map(|m| Mount::parse(m).expect("valid"))
+            .filter(|m| m.dir.is_dir())
+            .collect()
     }
 
     /// Checks what clap cannot; the error names the flag.

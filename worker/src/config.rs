@@ -66,6 +66,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
+    /// Write the display demo (school `demo`, screens `demo-1`..`demo-3`) at
+    /// start unless the school exists.
+    #[arg(long, env = "DISPLAY_SEED_DEMO")]
+    pub seed_display_demo: bool,
+
     /// Print the effective configuration and the channels served, then exit.
     #[arg(long)]
     pub check: bool,

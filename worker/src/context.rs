@@ -114,6 +114,17 @@ impl Context {
             .push((group.into(), GroupFrame::JsonWithSeq(object.to_string())));
     }
 
+    /// The worker's Redis connection, for apps that keep their own data there.
+    /// Writes made through it happen at once, not with the commit.
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// Key names under the deployment's prefix.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// The connection's session, loaded from Redis on first use.
     pub async fn session(&mut self) -> redis::RedisResult<&mut Session> {
         if self.session.is_none() {

@@ -8,7 +8,9 @@
 //! interface in pieces as the service produces it.
 //!
 //! Request extensions carry [`RequestInfo`] and, for axum's extractor, the
-//! client address as `axum::extract::ConnectInfo<SocketAddr>`.
+//! client address as `axum::extract::ConnectInfo<SocketAddr>`, and
+//! [`WorkerRedis`] — the worker's Redis connection, for apps that keep data
+//! there or send to groups (axum: `Extension<WorkerRedis>`).
 
 use std::net::SocketAddr;
 
@@ -17,7 +19,8 @@ use futures::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use switchyard_protocol::ReplyAddress;
+use redis::aio::ConnectionManager;
+use switchyard_protocol::{Keys, ReplyAddress};
 use tower::{Service, ServiceExt};
 
 /// The body an HTTP consumer receives: the whole request body.
@@ -36,6 +39,13 @@ pub struct RequestInfo {
     pub reply: ReplyAddress,
     /// The client's address, as the interface saw it.
     pub client: Option<SocketAddr>,
+}
+
+/// The worker's Redis connection and key names; in every request's extensions.
+#[derive(Clone)]
+pub struct WorkerRedis {
+    pub redis: ConnectionManager,
+    pub keys: Keys,
 }
 
 /// What the runtime holds for an HTTP channel: a service with its types

@@ -20,7 +20,7 @@ use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, Reply, ReplyAddress};
 
 use crate::commit::{BodyOp, Commit, Outcome, StreamPiece};
-use crate::http::{BoxResponse, HttpApp, RequestBody, RequestInfo};
+use crate::http::{BoxResponse, HttpApp, RequestBody, RequestInfo, WorkerRedis};
 use crate::runtime::Worker;
 
 /// Largest response piece per reply entry.
@@ -67,7 +67,7 @@ pub(crate) async fn attempt(
     } else {
         Bytes::from(request.body.to_vec())
     };
-    let response = match build_request(message, request, reply, body) {
+    let response = match build_request(worker, message, request, reply, body) {
         Ok(request) => match app.call(request).await {
             Ok(response) => response,
             Err(error) => {
@@ -150,6 +150,7 @@ async fn stream_response(
 
 /// Rebuilds the `http::Request` the service sees.
 fn build_request(
+    worker: &Worker,
     message: &ChannelMessage,
     request: &HttpRequest,
     reply: &ReplyAddress,
@@ -175,6 +176,10 @@ fn build_request(
         .extension(RequestInfo {
             reply: reply.clone(),
             client,
+        })
+        .extension(WorkerRedis {
+            redis: worker.redis.clone(),
+            keys: worker.keys.clone(),
         })
         .body(Full::new(body))
 }

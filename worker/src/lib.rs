@@ -33,7 +33,7 @@ pub use async_trait::async_trait;
 pub use config::WorkerConfig;
 pub use consumer::{ConsumerResult, Message, WebSocketConsumer};
 pub use context::{Context, Scope};
-pub use http::{HttpApp, RequestBody, RequestInfo};
+pub use http::{HttpApp, RequestBody, RequestInfo, WorkerRedis};
 pub use periodic::PeriodicContext;
 pub use runtime::run;
 pub use session::Session;

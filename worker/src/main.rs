@@ -30,6 +30,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.seed_display_demo {
+        runtime.block_on(apps::display::seed::seed_at_start(&config));
+    }
     match runtime.block_on(runtime::run(config, apps)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

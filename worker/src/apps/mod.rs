@@ -3,6 +3,7 @@
 //! They are ordinary users of the consumer API, and double as its examples.
 
 pub mod chat;
+pub mod display;
 pub mod echo;
 pub mod example;
 pub mod rooms;
@@ -16,4 +17,5 @@ pub fn builtin() -> Apps {
         .with(chat::app())
         .with(rooms::app())
         .with(example::app())
+        .with(display::app())
 }

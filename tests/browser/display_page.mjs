@@ -1,0 +1,64 @@
+// Drives the /display/ page in headless Chromium for tests/tests/display_browser.rs.
+// The test sends commands on stdin, one per line, and reads one JSON line per command:
+//   wait MODE REVISION TIMEOUT_MS  → waits until <body data-mode> is MODE and #revision is
+//                                    REVISION; {"ok", "ms", "mode", "revision", "title", "rows"}
+//   shot PATH                      → a screenshot; {"ok": true}
+//   quit
+//
+// usage: node display_page.mjs PAGE_URL USER_DATA_DIR
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const [url, userDataDir] = process.argv.slice(2);
+if (!url || !userDataDir) {
+  console.error("usage: node display_page.mjs PAGE_URL USER_DATA_DIR");
+  process.exit(2);
+}
+
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1000, height: 700 },
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const page = context.pages()[0] ?? (await context.newPage());
+page.on("console", (m) => console.error(`[page] ${m.text()}`));
+await page.goto(url);
+
+const shown = () =>
+  page.evaluate(() => ({
+    mode: document.body.dataset.mode,
+    revision: document.getElementById("revision").textContent,
+    title: document.getElementById("subtitle").textContent,
+    rows: document.querySelectorAll("#schedule tr").length,
+    error: document.getElementById("error").textContent,
+  }));
+
+const reply = (object) => process.stdout.write(JSON.stringify(object) + "\n");
+
+for await (const line of createInterface({ input: process.stdin })) {
+  const [command, ...args] = line.trim().split(/\s+/);
+  if (command === "wait") {
+    const [mode, revision, timeout] = args;
+    const started = performance.now();
+    let ok = true;
+    try {
+      await page.waitForFunction(
+        ([mode, revision]) =>
+          document.body.dataset.mode === mode && document.getElementById("revision").textContent === revision,
+        [mode, revision],
+        { timeout: Number(timeout), polling: 10 },
+      );
+    } catch (e) {
+      ok = false;
+    }
+    reply({ ok, ms: Math.round(performance.now() - started), ...(await shown()) });
+  } else if (command === "shot") {
+    await page.screenshot({ path: args[0] });
+    reply({ ok: true });
+  } else if (command === "quit") {
+    break;
+  }
+}
+await context.close();

@@ -1,0 +1,150 @@
+//! The display page in headless Chromium, with its socket on one interface
+//! (A) and its HTTP on another (B): it shows the schedule, an edit arrives
+//! through the socket in under a second, with A killed it keeps updating by
+//! polling B, and when A is back it returns to the socket (`data-mode`).
+//!
+//! `scripts/browser-setup` installs Chromium and playwright-core when missing.
+
+mod display_common;
+mod http_common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use display_common::{put_schedule, ADMIN};
+use http_common::{binary, free_port, repo_root, wait_for, Options, Proc, RunDir, Stack};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout};
+
+struct Page {
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Page {
+    /// Waits (in the page) for `mode` and `revision`; returns the page's report.
+    async fn wait(&mut self, mode: &str, revision: u64, timeout_ms: u64) -> Value {
+        let command = format!("wait {mode} {revision} {timeout_ms}\n");
+        self.stdin.write_all(command.as_bytes()).await.expect("write to node");
+        let line = tokio::time::timeout(Duration::from_millis(timeout_ms + 30_000), self.lines.next_line())
+            .await
+            .expect("node answers")
+            .expect("read from node")
+            .expect("node still runs");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+}
+
+/// Interface A: the same Redis, only the display socket route.
+fn interface_a(stack: &Stack, port: u16) -> Proc {
+    let args = [
+        "--bind".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--redis-url".into(),
+        stack.redis_url.clone(),
+        "--route".into(),
+        "/ws/display/=display".into(),
+    ];
+    Proc::spawn("interface-a", &binary("switchyard-interface"), &args, &[], &stack.dir)
+}
+
+#[tokio::test]
+async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone() {
+    let root = repo_root();
+    let setup = Command::new(root.join("scripts/browser-setup"))
+        .status()
+        .expect("run scripts/browser-setup");
+    assert!(setup.success(), "scripts/browser-setup failed");
+
+    let mut interface_args = display_common::interface_args();
+    interface_args.extend([
+        "--static".to_owned(),
+        format!("/display/={}", root.join("web/display").display()),
+    ]);
+    let options = Options {
+        interface_args,
+        workers: vec![display_common::worker_args()],
+        worker_env: vec![("DISPLAY_ADMIN_TOKEN", ADMIN.to_owned())],
+    };
+    let stack = Stack::start("display-browser", options).await;
+    stack.wait_ready().await;
+    let port_a = free_port();
+    let mut a = interface_a(&stack, port_a);
+    let a_listens = || async move { tokio::net::TcpStream::connect(("127.0.0.1", port_a)).await.is_ok() };
+    assert!(wait_for(Duration::from_secs(10), a_listens).await.is_ok(), "A listens");
+
+    let url = format!(
+        "http://{b}/display/?token=demo-1&dk=browser&ws=ws://127.0.0.1:{port_a}&api=http://{b}\
+         &poll_min=0.3&poll_max=1&backoff_min=0.3&backoff_max=1",
+        b = stack.addr
+    );
+    let profile = RunDir::new("display-browser-profile");
+    let mut node = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/display_page.mjs"))
+        .arg(&url)
+        .arg(profile.path.join("profile"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut page = Page {
+        stdin: node.stdin.take().expect("stdin"),
+        lines: BufReader::new(node.stdout.take().expect("stdout")).lines(),
+    };
+
+    let shown = page.wait("ws", 1, 20_000).await;
+    assert_eq!(
+        shown["ok"], true,
+        "the page never showed revision 1 over the socket: {shown}"
+    );
+    assert_eq!(shown["title"], "Monday", "{shown}");
+    assert_eq!(shown["rows"], 4, "{shown}");
+
+    let edit =
+        |n: u64| json!({"title": format!("edit {n}"), "periods": [{"time": "09:00", "subject": format!("S{n}")}]});
+    let started = Instant::now();
+    assert_eq!(
+        put_schedule(&stack.addr, "demo", &edit(2), Some(ADMIN)).await.status,
+        200
+    );
+    let shown = page.wait("ws", 2, 1_000).await;
+    let socket_latency = started.elapsed();
+    assert_eq!(
+        shown["ok"], true,
+        "the edit did not arrive by socket within 1 s: {shown}"
+    );
+    assert!(socket_latency < Duration::from_secs(1), "{socket_latency:?}");
+    assert_eq!(shown["title"], "edit 2", "{shown}");
+
+    // A goes away: the page falls back to polling B and still follows edits.
+    a.stop();
+    let shown = page.wait("poll", 2, 10_000).await;
+    assert_eq!(shown["ok"], true, "the page did not switch to polling: {shown}");
+    let started = Instant::now();
+    assert_eq!(
+        put_schedule(&stack.addr, "demo", &edit(3), Some(ADMIN)).await.status,
+        200
+    );
+    let shown = page.wait("poll", 3, 10_000).await;
+    assert_eq!(shown["ok"], true, "the edit did not arrive by polling: {shown}");
+    let poll_latency = started.elapsed();
+
+    // A is back on the same port: the page returns to the socket.
+    let _a = interface_a(&stack, port_a);
+    let shown = page.wait("ws", 3, 15_000).await;
+    assert_eq!(shown["ok"], true, "the page did not return to the socket: {shown}");
+    let started = Instant::now();
+    assert_eq!(
+        put_schedule(&stack.addr, "demo", &edit(4), Some(ADMIN)).await.status,
+        200
+    );
+    let shown = page.wait("ws", 4, 1_000).await;
+    assert_eq!(shown["ok"], true, "no edit by socket after A came back: {shown}");
+    let back_latency = started.elapsed();
+    eprintln!("socket: {socket_latency:?}, polling: {poll_latency:?}, socket again: {back_latency:?}");
+
+    let _ = page.stdin.write_all(b"quit\n").await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
+}

@@ -1,0 +1,172 @@
+// School display client: the WebSocket only says "fetch again"; polling takes
+// over whenever the socket is down or switched off, so the screen never
+// depends on it.
+//
+// Query parameters (seconds unless noted):
+//   token      screen token (required)          dk        device key (default: one kept in localStorage)
+//   ws         WebSocket base, e.g. ws://host:port (default: this page's origin)
+//   api        HTTP base, e.g. http://host:port    (default: this page's origin)
+//   poll_min / poll_max   polling interval bounds (8 / 45); the interval grows ×1.5
+//              while nothing changes and drops back to poll_min on a change
+//   ping       keep-alive ping interval (30)
+//   backoff_min / backoff_max   reconnect backoff bounds (1 / 60), exponential with jitter
+"use strict";
+(function () {
+  const q = new URLSearchParams(location.search);
+  const num = (name, dflt) => { const v = parseFloat(q.get(name)); return v > 0 ? v : dflt; };
+  const conf = {
+    token: q.get("token") || "",
+    dk: q.get("dk") || deviceKey(),
+    ws: (q.get("ws") || location.origin.replace(/^http/, "ws")).replace(/\/$/, ""),
+    api: (q.get("api") || location.origin).replace(/\/$/, ""),
+    pollMin: num("poll_min", 8) * 1000,
+    pollMax: num("poll_max", 45) * 1000,
+    ping: num("ping", 30) * 1000,
+    backoffMin: num("backoff_min", 1) * 1000,
+    backoffMax: num("backoff_max", 60) * 1000,
+  };
+  const $ = (id) => document.getElementById(id);
+  const state = { revision: null, etag: null, wsEnabled: true, socket: null, attempts: 0,
+                  reconnectTimer: null, pingTimer: null, pollTimer: null, pollEvery: conf.pollMin, fatal: false };
+
+  function deviceKey() {
+    try {
+      let dk = localStorage.getItem("display_dk");
+      if (!dk) { dk = "dk-" + Math.random().toString(36).slice(2) + Date.now().toString(36); localStorage.setItem("display_dk", dk); }
+      return dk;
+    } catch (e) { return "dk-" + Math.random().toString(36).slice(2); }
+  }
+
+  function setMode(mode) { document.body.dataset.mode = mode; $("mode").textContent = mode; }
+  function showError(text) { $("error").textContent = text || ""; }
+
+  function render(snap) {
+    const schedule = snap.schedule || {};
+    $("title").textContent = snap.name || snap.school || "";
+    $("subtitle").textContent = schedule.title || "";
+    const body = $("schedule");
+    body.textContent = "";
+    for (const p of schedule.periods || []) {
+      const tr = document.createElement("tr");
+      for (const [cls, text] of [["time", p.time], ["subject", p.subject], ["room", p.room]]) {
+        const td = document.createElement("td"); td.className = cls; td.textContent = text || ""; tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    $("revision").textContent = String(snap.revision);
+    $("updated").textContent = new Date().toLocaleTimeString();
+  }
+
+  // GET the snapshot (conditional); returns true when it changed.
+  let fetching = null;
+  async function fetchSnapshot() {
+    if (fetching) return fetching;
+    fetching = (async () => {
+      const headers = state.etag ? { "If-None-Match": state.etag } : {};
+      const url = `${conf.api}/api/display/snapshot/${encodeURIComponent(conf.token)}/?dk=${encodeURIComponent(conf.dk)}`;
+      const res = await fetch(url, { headers, cache: "no-store" });
+      if (res.status === 304) return false;
+      if (res.status === 403 || res.status === 404) {
+        const body = await res.json().catch(() => ({}));
+        state.fatal = true; showError(body.detail || `HTTP ${res.status}`); stopSocket(); return false;
+      }
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const snap = await res.json();
+      state.etag = res.headers.get("ETag");
+      state.revision = snap.revision;
+      showError("");
+      render(snap);
+      applyFlag(!!(snap.meta && snap.meta.ws_enabled));
+      return true;
+    })();
+    try { return await fetching; } finally { fetching = null; }
+  }
+
+  function applyFlag(enabled) {
+    state.wsEnabled = enabled;
+    if (!enabled) { stopSocket(); startPolling(); }
+    else if (!state.socket && !state.reconnectTimer && !state.fatal) connect();
+  }
+
+  function connect() {
+    if (state.socket || state.fatal || !state.wsEnabled) return;
+    const url = `${conf.ws}/ws/display/?token=${encodeURIComponent(conf.token)}&dk=${encodeURIComponent(conf.dk)}`;
+    let ws;
+    try { ws = new WebSocket(url); } catch (e) { scheduleReconnect(); return; }
+    state.socket = ws;
+    ws.onopen = () => {
+      state.attempts = 0;
+      setMode("ws");
+      stopPolling();
+      clearInterval(state.pingTimer);
+      state.pingTimer = setInterval(() => send({ type: "ping" }), conf.ping);
+    };
+    ws.onmessage = (event) => {
+      let msg; try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if ((msg.type === "invalidate" || msg.type === "hello") && msg.revision !== state.revision) {
+        fetchSnapshot().catch(() => {});
+      } else if (msg.type === "config") {
+        applyFlag(!!msg.ws_enabled);
+      }
+    };
+    ws.onclose = (event) => {
+      if (state.socket !== ws) return;
+      state.socket = null;
+      clearInterval(state.pingTimer);
+      if (event.code === 4400) state.wsEnabled = false;           // switched off: poll until it is back on
+      else if (event.code === 4404 || event.code === 4408) {      // unknown screen / other device
+        state.fatal = true; showError(event.code === 4404 ? "unknown_token" : "screen_bound");
+      }
+      startPolling();
+      if (state.wsEnabled && !state.fatal) scheduleReconnect();
+    };
+  }
+
+  function send(msg) { if (state.socket && state.socket.readyState === 1) state.socket.send(JSON.stringify(msg)); }
+
+  function stopSocket() {
+    clearTimeout(state.reconnectTimer); state.reconnectTimer = null;
+    clearInterval(state.pingTimer);
+    const ws = state.socket; state.socket = null;
+    if (ws) ws.close(1000);
+  }
+
+  // Exponential backoff with full jitter between backoff_min and the cap.
+  function scheduleReconnect() {
+    if (state.reconnectTimer) return;
+    const cap = Math.min(conf.backoffMax, conf.backoffMin * Math.pow(2, state.attempts));
+    const delay = conf.backoffMin / 2 + Math.random() * (cap - conf.backoffMin / 2);
+    state.attempts += 1;
+    state.reconnectTimer = setTimeout(() => { state.reconnectTimer = null; connect(); }, delay);
+  }
+
+  function startPolling() {
+    if (state.socket && state.socket.readyState === 1) return;
+    setMode("poll");
+    if (state.pollTimer) return;
+    state.pollEvery = conf.pollMin;
+    state.pollTimer = setTimeout(poll, state.pollEvery);
+  }
+
+  function stopPolling() { clearTimeout(state.pollTimer); state.pollTimer = null; }
+
+  async function poll() {
+    state.pollTimer = null;
+    let changed = false;
+    try {
+      const url = `${conf.api}/api/display/status/${encodeURIComponent(conf.token)}/?v=${state.revision ?? ""}`;
+      const res = await fetch(url, { cache: "no-store" });
+      if (res.ok) {
+        const status = await res.json();
+        if (status.fetch_required) changed = await fetchSnapshot();
+        if (status.ws_enabled !== state.wsEnabled) applyFlag(!!status.ws_enabled);
+      }
+    } catch (e) { /* the next poll tries again */ }
+    if (state.socket && state.socket.readyState === 1) return;
+    state.pollEvery = changed ? conf.pollMin : Math.min(conf.pollMax, state.pollEvery * 1.5);
+    state.pollTimer = setTimeout(poll, state.pollEvery);
+  }
+
+  if (!conf.token) { showError("no ?token="); return; }
+  fetchSnapshot().catch(() => {}).finally(() => { if (!state.socket) { startPolling(); connect(); } });
+})();

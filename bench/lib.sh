@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# bench/lib.sh — shared helpers for scripts/bench and scripts/bench-peers.
+# bench/lib.sh — shared helpers for scripts/bench, scripts/bench-peers and scripts/bench-broadcast.
 #
 # Why it exists: both benchmark scripts start throw-away servers (redis-server, Switchyard,
 # the Django peers) on free loopback ports, run the load tool with hard time limits, and must
@@ -143,4 +143,22 @@ bench_smoke() {
   out=$(timeout -k 5 30 "$BENCH" rtt --url "$1" --connections 1 --duration 1 --warmup 0 \
     --drain-timeout 2 --json 2>/dev/null) || return 1
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["msgs"]>0 and r["order_violations"]==0 else 1)' "$out"
+}
+
+# bench_setup_venv ROOT — create or refresh ROOT/.venv-peers from bench/peers/requirements.txt
+# (Django, Channels, channels_redis, Daphne, uvicorn, matplotlib from PyPI), only when the
+# requirements changed since the last install.
+bench_setup_venv() {
+  local root=$1 venv=$1/.venv-peers want have=""
+  want=$(sha256sum "$root/bench/peers/requirements.txt" | cut -d' ' -f1)
+  [ -f "$venv/.requirements.sha256" ] && have=$(cat "$venv/.requirements.sha256")
+  if [ -x "$venv/bin/python" ] && [ "$want" = "$have" ]; then
+    return 0
+  fi
+  bench_log "creating $venv (pip install -r bench/peers/requirements.txt) …"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  # Keep the venv out of git without touching the repository's .gitignore.
+  echo '*' >"$venv/.gitignore"
+  timeout 900 "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/bench/peers/requirements.txt"
+  echo "$want" >"$venv/.requirements.sha256"
 }

@@ -1,5 +1,5 @@
 //! `switchyard-bench`: the command line over the load-tool scenarios (`rtt`, `hold`,
-//! `connect-storm`) and the reference server.
+//! `connect-storm`, `broadcast`) and the reference server.
 //!
 //! It exists to parse flags, build the multi-threaded tokio runtime with `--threads` workers,
 //! and turn a failed run into a clear message and a non-zero exit.
@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
-use switchyard_loadgen::{hold, reference, rtt, storm};
+use switchyard_loadgen::{broadcast, hold, reference, rtt, storm};
 
 /// Load tool for Switchyard and its Django Channels peers (chat-counter WebSocket protocol,
 /// loopback targets only).
@@ -30,6 +30,9 @@ enum Scenario {
     Hold(hold::HoldArgs),
     /// Connections per second: open (and close, or keep) as fast as possible.
     ConnectStorm(storm::StormArgs),
+    /// N members in one room over one or more interfaces; time from a group send to the last
+    /// member's delivery (rooms protocol).
+    Broadcast(broadcast::BroadcastArgs),
     /// Serve the chat counter from this tool (Rust, no Redis) to test or calibrate the tool.
     ReferenceServer(reference::ServeArgs),
 }
@@ -56,6 +59,7 @@ fn run(cli: Cli) -> Result<()> {
             Scenario::Rtt(args) => rtt::run(args, threads).await.map(|_| ()),
             Scenario::Hold(args) => hold::run(args, threads).await.map(|_| ()),
             Scenario::ConnectStorm(args) => storm::run(args, threads).await.map(|_| ()),
+            Scenario::Broadcast(args) => broadcast::run(args, threads).await.map(|_| ()),
             Scenario::ReferenceServer(args) => reference::run(args).await,
         }
     })

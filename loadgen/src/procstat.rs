@@ -14,6 +14,8 @@ use serde::Serialize;
 pub struct Sample {
     /// utime + stime of all its threads, in microseconds.
     pub cpu_us: u64,
+    /// stime alone (time in the kernel: syscalls, and for loopback TCP the receiver's stack).
+    pub sys_us: u64,
     /// Resident set size in KiB.
     pub rss_kib: u64,
 }
@@ -30,15 +32,15 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// Parses utime + stime (clock ticks) out of /proc/PID/stat text.
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
+/// Parses (utime, stime) (clock ticks) out of /proc/PID/stat text.
+fn parse_stat_user_sys(stat: &str) -> Option<(u64, u64)> {
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// Parses VmRSS (KiB) out of /proc/PID/status text.
@@ -87,15 +89,24 @@ impl Watched {
         self.pids
             .iter()
             .map(|&pid| {
-                let cpu_us = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                let (user, sys) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .ok()
-                    .and_then(|s| parse_stat_ticks(&s))
-                    .map_or(0, |t| t * 1_000_000 / self.ticks);
+                    .and_then(|s| parse_stat_user_sys(&s))
+                    .unwrap_or((0, 0));
+                let cpu_us = (user + sys) * 1_000_000 / self.ticks;
+                let sys_us = sys * 1_000_000 / self.ticks;
                 let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
                     .ok()
                     .and_then(|s| parse_rss_kib(&s))
                     .unwrap_or(0);
-                (pid, Sample { cpu_us, rss_kib })
+                (
+                    pid,
+                    Sample {
+                        cpu_us,
+                        sys_us,
+                        rss_kib,
+                    },
+                )
             })
             .collect()
     }
@@ -111,6 +122,7 @@ impl Watched {
                     pid: *pid,
                     name: self.names.get(pid).cloned().unwrap_or_default(),
                     cpu_us: a.cpu_us.saturating_sub(b.cpu_us),
+                    sys_cpu_us: a.sys_us.saturating_sub(b.sys_us),
                     rss_before_kib: b.rss_kib,
                     rss_after_kib: a.rss_kib,
                 }
@@ -125,6 +137,8 @@ pub struct PidDelta {
     pub pid: u32,
     pub name: String,
     pub cpu_us: u64,
+    /// Of `cpu_us`, the part spent in the kernel.
+    pub sys_cpu_us: u64,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
 }
@@ -136,7 +150,7 @@ mod tests {
     #[test]
     fn parses_stat_with_odd_comm() {
         let stat = "1234 (we ird) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0 100 1000 200";
-        assert_eq!(parse_stat_ticks(stat), Some(325));
+        assert_eq!(parse_stat_user_sys(stat), Some((250, 75)));
     }
 
     #[test]

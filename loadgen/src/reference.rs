@@ -1,22 +1,31 @@
-//! A reference chat-counter server (Rust, fastwebsockets, no Redis) for testing the load tool.
+//! A reference chat-counter and rooms server (Rust, fastwebsockets, no Redis) for testing the
+//! load tool.
 //!
 //! It exists so the scenarios can be checked — and the load tool's own ceiling on this machine
 //! measured — without Switchyard or Python: `switchyard-bench reference-server` serves the same
-//! protocol in one process, and the integration tests start it in-process. It can misbehave on
-//! purpose (skip a count, push heartbeats) to prove that those are detected or ignored.
+//! protocols in one process (`/ws/rooms/…` speaks Switchyard's rooms protocol, every other path
+//! the chat counter), and the integration tests start it in-process. Several servers can share
+//! one [`Hub`] of rooms, standing in for several interfaces on one Redis. It can misbehave on
+//! purpose (skip a count, push heartbeats, drop or repeat a broadcast) to prove that those are
+//! detected or ignored.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Args;
-use fastwebsockets::{upgrade, FragmentCollector, Frame, OpCode, Payload};
+use fastwebsockets::{upgrade, FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 /// How the reference server behaves.
 #[derive(Args, Debug, Clone, Copy, Default)]
@@ -28,6 +37,14 @@ pub struct Behaviour {
     /// Push a `{"ts": …}` heartbeat before every answer.
     #[arg(long)]
     pub heartbeat: bool,
+
+    /// Rooms: do not deliver the broadcast with this seq to this server's members.
+    #[arg(long)]
+    pub drop_seq: Option<u64>,
+
+    /// Rooms: deliver the broadcast with this seq twice to this server's members.
+    #[arg(long)]
+    pub repeat_seq: Option<u64>,
 }
 
 /// `reference-server` options.
@@ -45,14 +62,20 @@ pub struct ServeArgs {
     pub behaviour: Behaviour,
 }
 
-/// Binds `addr` (loopback only) and serves in the background; returns the bound address.
+/// Binds `addr` (loopback only) and serves in the background with rooms of its own; returns the
+/// bound address.
 pub async fn spawn(addr: SocketAddr, behaviour: Behaviour) -> Result<SocketAddr> {
+    spawn_with_hub(addr, behaviour, Arc::new(Hub::default())).await
+}
+
+/// Like [`spawn`], sharing `hub`'s rooms with every other server given the same hub.
+pub async fn spawn_with_hub(addr: SocketAddr, behaviour: Behaviour, hub: Arc<Hub>) -> Result<SocketAddr> {
     if !addr.ip().is_loopback() {
         bail!("the reference server only listens on loopback, not {addr}");
     }
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(accept_loop(listener, behaviour));
+    tokio::spawn(accept_loop(listener, behaviour, hub));
     Ok(local)
 }
 
@@ -60,7 +83,7 @@ pub async fn spawn(addr: SocketAddr, behaviour: Behaviour) -> Result<SocketAddr>
 pub async fn run(args: ServeArgs) -> Result<()> {
     let limit = crate::options::seconds("--max-seconds", args.max_seconds, 0.1, crate::options::MAX_SECONDS)?;
     let local = spawn(args.bind, args.behaviour).await?;
-    eprintln!("reference chat-counter server on ws://{local}/ws/chat/ for at most {limit:?}");
+    eprintln!("reference server on ws://{local}/ws/chat/ and ws://{local}/ws/rooms/ for at most {limit:?}");
     tokio::select! {
         _ = tokio::time::sleep(limit) => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -68,7 +91,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, behaviour: Behaviour) {
+async fn accept_loop(listener: TcpListener, behaviour: Behaviour, hub: Arc<Hub>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
@@ -77,8 +100,9 @@ async fn accept_loop(listener: TcpListener, behaviour: Behaviour) {
         };
         // Two frames in a row (heartbeat + answer) would otherwise meet Nagle + delayed ACK.
         let _ = stream.set_nodelay(true);
+        let hub = hub.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, behaviour));
+            let service = service_fn(move |req| handle(req, behaviour, hub.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
@@ -90,8 +114,17 @@ async fn accept_loop(listener: TcpListener, behaviour: Behaviour) {
 async fn handle(
     mut req: Request<Incoming>,
     behaviour: Behaviour,
+    hub: Arc<Hub>,
 ) -> Result<Response<Empty<Bytes>>, fastwebsockets::WebSocketError> {
+    let rooms = req.uri().path().starts_with("/ws/rooms/");
     let (response, fut) = upgrade::upgrade(&mut req)?;
+    if rooms {
+        tokio::spawn(async move {
+            let Ok(ws) = fut.await else { return };
+            serve_rooms(ws, behaviour, hub).await;
+        });
+        return Ok(response);
+    }
     tokio::spawn(async move {
         let Ok(ws) = fut.await else { return };
         let mut ws = FragmentCollector::new(ws);
@@ -121,4 +154,121 @@ async fn handle(
         }
     });
     Ok(response)
+}
+
+/// A member's outgoing frames and the server behaviour it was accepted under.
+struct Seat {
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    behaviour: Behaviour,
+}
+
+#[derive(Default)]
+struct Room {
+    seq: u64,
+    members: HashMap<u64, Seat>,
+}
+
+/// Rooms shared by the servers spawned with it (what Redis is to Switchyard's interfaces).
+#[derive(Default)]
+pub struct Hub {
+    rooms: Mutex<HashMap<String, Room>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    fn join(&self, room: &str, id: u64, seat: Seat) {
+        if let Ok(mut rooms) = self.rooms.lock() {
+            rooms.entry(room.to_string()).or_default().members.insert(id, seat);
+        }
+    }
+
+    fn leave(&self, room: &str, id: u64) {
+        if let Ok(mut rooms) = self.rooms.lock() {
+            if let Some(r) = rooms.get_mut(room) {
+                r.members.remove(&id);
+            }
+        }
+    }
+
+    /// One broadcast: the next seq, then the frame queued to every member.
+    fn say(&self, room: &str, text: &str) {
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let r = rooms.entry(room.to_string()).or_default();
+        r.seq += 1;
+        let seq = r.seq;
+        let frame = json!({ "room": room, "text": text, "seq": seq })
+            .to_string()
+            .into_bytes();
+        for seat in r.members.values() {
+            if seat.behaviour.drop_seq == Some(seq) {
+                continue;
+            }
+            let _ = seat.out.send(frame.clone());
+            if seat.behaviour.repeat_seq == Some(seq) {
+                let _ = seat.out.send(frame.clone());
+            }
+        }
+    }
+}
+
+/// One `/ws/rooms/` connection: a writer task fed by the hub, a reader handling commands.
+async fn serve_rooms(
+    ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
+    behaviour: Behaviour,
+    hub: Arc<Hub>,
+) {
+    let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
+    let (read, mut write) = ws.split(tokio::io::split);
+    let mut read = FragmentCollectorRead::new(read);
+    let (out, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (obligated_tx, mut obligated) = mpsc::unbounded_channel::<Frame<'static>>();
+    let writer = tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                Some(text) = queue.recv() => Frame::text(Payload::Owned(text)),
+                Some(frame) = obligated.recv() => frame,
+                else => return,
+            };
+            if write.write_frame(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut send_fn = |frame: Frame<'_>| {
+        let owned = Frame::new(frame.fin, frame.opcode, None, Payload::Owned(frame.payload.to_vec()));
+        std::future::ready(obligated_tx.send(owned).map_err(|_| "writer gone"))
+    };
+    let mut joined: Vec<String> = Vec::new();
+    while let Ok(frame) = read.read_frame(&mut send_fn).await {
+        match frame.opcode {
+            OpCode::Text => {
+                let command: Value = serde_json::from_slice(&frame.payload).unwrap_or(Value::Null);
+                let field = |k: &str| command.get(k).and_then(Value::as_str).map(str::to_owned);
+                if let Some(room) = field("join") {
+                    hub.join(
+                        &room,
+                        id,
+                        Seat {
+                            out: out.clone(),
+                            behaviour,
+                        },
+                    );
+                    let _ = out.send(json!({ "joined": room }).to_string().into_bytes());
+                    joined.push(room);
+                } else if let (Some(text), Some(room)) = (field("say"), field("room")) {
+                    hub.say(&room, &text);
+                } else {
+                    let _ = out.send(br#"{"error":"unknown command"}"#.to_vec());
+                }
+            }
+            OpCode::Close => break,
+            _ => {}
+        }
+    }
+    for room in &joined {
+        hub.leave(room, id);
+    }
+    drop(out);
+    drop(obligated_tx);
+    let _ = writer.await;
 }

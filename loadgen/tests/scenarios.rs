@@ -1,10 +1,14 @@
-//! End-to-end checks of the load tool against the in-process reference chat-counter server.
+//! End-to-end checks of the load tool against the in-process reference server.
 //!
 //! The scenarios must measure correctly against any server speaking the protocol, so they are
 //! run here against the reference server, which can also misbehave (skip a count, push
-//! heartbeats) — proving that order violations are detected and heartbeats ignored.
+//! heartbeats, drop or repeat a broadcast) — proving that order violations, missed and
+//! duplicated deliveries are detected and heartbeats ignored.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use switchyard_loadgen::broadcast::{self, BroadcastArgs, RoomsProtocol};
 
 use switchyard_loadgen::hold::{self, HoldArgs};
 use switchyard_loadgen::options::CommonArgs;
@@ -47,6 +51,7 @@ async fn closed_loop_measures_and_sees_no_violations() {
     let addr = start_server(Behaviour {
         skip_at: None,
         heartbeat: true,
+        ..Behaviour::default()
     })
     .await;
     let r = rtt::run(rtt_args(addr, 5, None), 2).await.expect("rtt runs");
@@ -64,6 +69,7 @@ async fn fixed_rate_sends_on_schedule() {
     let addr = start_server(Behaviour {
         skip_at: None,
         heartbeat: false,
+        ..Behaviour::default()
     })
     .await;
     let mut args = rtt_args(addr, 4, Some(50.0));
@@ -86,6 +92,7 @@ async fn a_skipped_count_is_an_order_violation() {
     let addr = start_server(Behaviour {
         skip_at: Some(3),
         heartbeat: false,
+        ..Behaviour::default()
     })
     .await;
     let r = rtt::run(rtt_args(addr, 3, None), 2).await.expect("rtt runs");
@@ -97,6 +104,7 @@ async fn hold_keeps_connections_and_reports_rss() {
     let addr = start_server(Behaviour {
         skip_at: None,
         heartbeat: true,
+        ..Behaviour::default()
     })
     .await;
     let args = HoldArgs {
@@ -121,6 +129,7 @@ async fn connect_storm_opens_and_closes() {
     let addr = start_server(Behaviour {
         skip_at: None,
         heartbeat: false,
+        ..Behaviour::default()
     })
     .await;
     let args = StormArgs {
@@ -144,4 +153,99 @@ async fn non_loopback_targets_are_refused_before_connecting() {
     args.common.url = "ws://192.168.1.1:8000/ws/chat/".into();
     let err = rtt::run(args, 1).await.expect_err("must refuse");
     assert!(format!("{err:#}").contains("non-loopback"));
+}
+
+/// Two reference servers sharing one hub of rooms: two "interfaces" on one "Redis".
+async fn two_interfaces(second: Behaviour) -> (SocketAddr, SocketAddr) {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let hub = Arc::new(reference::Hub::default());
+    let a = reference::spawn_with_hub(any, Behaviour::default(), hub.clone())
+        .await
+        .expect("first server starts");
+    let b = reference::spawn_with_hub(any, second, hub)
+        .await
+        .expect("second server starts");
+    (a, b)
+}
+
+fn broadcast_args(urls: Vec<String>, members: usize, broadcasts: usize) -> BroadcastArgs {
+    BroadcastArgs {
+        urls,
+        sender_url: None,
+        protocol: RoomsProtocol::SwitchyardRooms,
+        room: "bench".into(),
+        members,
+        broadcasts,
+        interval: 20,
+        settle: 0.1,
+        drain_timeout: 2.0,
+        answer_timeout: 5.0,
+        json: true,
+        label: "test".into(),
+        pids: vec![std::process::id()],
+        connect_concurrency: 50,
+        connect_timeout: 5.0,
+        setup_timeout: 30.0,
+        source_ip_offset: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_every_member_on_every_interface_once() {
+    let (a, b) = two_interfaces(Behaviour::default()).await;
+    let urls = vec![format!("ws://{a}/ws/rooms/"), format!("ws://{b}/ws/rooms/")];
+    let r = broadcast::run(broadcast_args(urls, 200, 5), 2)
+        .await
+        .expect("broadcast runs");
+    assert_eq!(r.joined, 200);
+    assert_eq!(r.joined_per_url, vec![100, 100]);
+    assert_eq!(r.sent, 5);
+    assert_eq!(r.expected, 1000);
+    assert_eq!(r.delivered, 1000);
+    assert_eq!((r.missing, r.duplicates, r.incomplete_broadcasts), (0, 0, 0));
+    assert_eq!((r.seq_gaps, r.seq_repeats, r.seq_absent), (0, 0, 0));
+    assert_eq!(
+        (r.corrupt, r.foreign, r.error_frames, r.unexpected_frames),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(r.last_delivery.samples, 5);
+    assert_eq!(r.member_latency.samples, 1000);
+    assert!(r.first_delivery.p50_us <= r.last_delivery.p50_us);
+    assert!(r.cpu_us_per_broadcast.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_and_a_repeated_broadcast_are_counted() {
+    // The second interface loses broadcast seq 2 and delivers seq 3 twice to its 50 members.
+    let (a, b) = two_interfaces(Behaviour {
+        drop_seq: Some(2),
+        repeat_seq: Some(3),
+        ..Behaviour::default()
+    })
+    .await;
+    let urls = vec![format!("ws://{a}/ws/rooms/"), format!("ws://{b}/ws/rooms/")];
+    let r = broadcast::run(broadcast_args(urls, 100, 4), 2)
+        .await
+        .expect("broadcast runs");
+    assert_eq!(r.expected, 400);
+    assert_eq!(r.missing, 50);
+    assert_eq!(r.duplicates, 50);
+    assert_eq!(r.incomplete_broadcasts, 1);
+    assert_eq!(r.seq_gaps, 50);
+    assert_eq!(r.seq_repeats, 50);
+    // A broadcast that did not reach everybody still has a last delivery (over those it reached).
+    assert_eq!(r.last_delivery.samples, 4);
+}
+
+#[tokio::test]
+async fn broadcast_refuses_more_members_than_one_process_holds() {
+    let mut args = broadcast_args(vec!["ws://127.0.0.1:9/ws/rooms/".into()], 25_000, 1);
+    args.pids.clear();
+    let err = broadcast::run(args, 1).await.expect_err("must refuse");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("several processes") || text.contains("processes"),
+        "{text}"
+    );
+    assert!(text.contains("--source-ip-offset"), "{text}");
 }

@@ -90,7 +90,7 @@ fn dispatch(shared: &Shared, id: &str, payload: Option<&[u8]>) {
         }
     };
     let conn = reply.conn;
-    if !shared.registry.deliver(conn, ConnEvent::Reply(reply)) {
+    if !shared.registry.deliver(conn, ConnEvent::Reply(Box::new(reply))) {
         tracing::debug!(conn, "reply for a connection that is gone");
     }
 }

@@ -19,13 +19,13 @@ use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use super::reader::{Inbound, POLICY_VIOLATION};
+use super::reader::{Inbound, Inbox, POLICY_VIOLATION};
 use super::WriteHalf;
 use crate::registry::ConnEvent;
 use crate::state::Shared;
 
-/// Client messages read ahead of the one in flight; when full, the reader
-/// stops reading the socket and TCP pushes back on the client.
+/// Client messages read ahead of the one in flight; when full, the inbox is
+/// not polled, the socket is not read and TCP pushes back on the client.
 const MAX_PENDING: usize = 16;
 /// How long a closed connection keeps handing its queued messages to workers.
 const LINGER: Duration = Duration::from_secs(10);
@@ -84,7 +84,7 @@ impl Connection {
     }
 
     /// Runs the connection to its end, then tells the workers it is gone.
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
+    pub async fn run(mut self, mut inbound: Inbox, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
         self.shared.metrics.connections_active.inc();
         let actions = std::mem::take(&mut self.opened.actions);
         self.apply_actions(actions).await;
@@ -95,11 +95,7 @@ impl Connection {
         self.finish(code);
     }
 
-    async fn serve(
-        &mut self,
-        inbound: &mut mpsc::Receiver<Inbound>,
-        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
-    ) -> u16 {
+    async fn serve(&mut self, inbound: &mut Inbox, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> u16 {
         let mut shutdown = self.shared.shutdown.clone();
         let mut drain_deadline: Option<Instant> = None;
         let mut drain_seq: Option<u64> = None;

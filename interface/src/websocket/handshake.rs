@@ -169,7 +169,6 @@ async fn run_connection(
     // The upgraded stream already is our TokioIo; rewrap to split it.
     let socket = WebSocket::after_handshake(socket.into_inner(), Role::Server);
     let (read, write) = socket.split(tokio::io::split);
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(reader::run(read, tx, shared.config.max_message_size));
-    Connection::new(shared, opened, write).run(rx, events).await;
+    let inbox = reader::Inbox::new(read, shared.config.max_message_size);
+    Connection::new(shared, opened, write).run(inbox, events).await;
 }

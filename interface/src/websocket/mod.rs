@@ -1,10 +1,12 @@
 //! WebSocket connections: the handshake, the frame reader and the connection task.
 //!
-//! A connection lives in two tasks: [`reader`] turns frames into complete
-//! messages (and protocol errors into close codes) and [`connection`] owns the
-//! write half, keeps one message in flight, and applies the workers' replies.
-//! The bounded queue between them is what slows a flooding client down: when
-//! it is full the reader stops reading the socket.
+//! A connection lives in one task, [`connection`]: it owns the write half,
+//! keeps one message in flight, and applies the workers' replies; its
+//! [`reader::Inbox`] turns frames into complete messages (and protocol errors
+//! into close codes). One task rather than a reader task and a queue keeps an
+//! idle connection small (see `docs/benchmarks.md`, idle connections). The
+//! pending queue is what slows a flooding client down: when it is full the
+//! inbox is not polled and the socket is not read.
 
 pub mod connection;
 pub mod handshake;

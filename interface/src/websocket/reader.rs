@@ -1,20 +1,30 @@
 //! The frame reader: socket frames in, complete client messages out.
 //!
-//! fastwebsockets parses single frames; this task reassembles fragmented
+//! fastwebsockets parses single frames; the reader reassembles fragmented
 //! messages, enforces the message size limit (1009), checks UTF-8 as the
-//! fragments arrive (1007), validates close frames (1002), and forwards pings
+//! fragments arrive (1007), validates close frames (1002), and hands pings on
 //! so the connection task can answer them. It stops at the first close or
 //! error: nothing is read after that.
+//!
+//! It runs inside the connection task, not in a task of its own: a second task
+//! and the channel between them cost about 2 KiB per idle connection, which
+//! matters at 100,000 connections. fastwebsockets' `read_frame` is not
+//! cancel-safe (a frame half read when its future is dropped is lost), so
+//! [`Inbox`] never drops a read: the read in progress is a boxed future kept
+//! across the connection task's `select!` rounds, and only a finished read
+//! starts the next one. Not polling the inbox is the back-pressure: the
+//! socket is not read and TCP pushes back on the client.
 //!
 //! The frame logic is kept free of the socket (`on_frame`, `Assembler`, `close_frame`)
 //! so it can be tested without one; [`fuzzing`] exposes exactly that to the
 //! fuzz targets in `fuzz/`.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, WebSocketError, WebSocketRead};
 use switchyard_protocol::Payload;
-use tokio::sync::mpsc;
 
 use super::ReadHalf;
 
@@ -43,32 +53,81 @@ const NO_STATUS: u16 = 1005;
 /// Control frames carry at most 125 bytes (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// Reads until close, error or end of stream. A `None` from the channel tells
-/// the connection task the socket is gone without a close frame.
-pub async fn run(mut socket: WebSocketRead<ReadHalf>, tx: mpsc::Sender<Inbound>, max_message_size: usize) {
-    socket.set_auto_close(false);
-    socket.set_auto_pong(false);
-    // fastwebsockets refuses frames of `>= limit` bytes.
-    socket.set_max_message_size(max_message_size.saturating_add(1));
-    let mut assembler = Assembler::new(max_message_size);
-    let mut no_obligated_sends = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
-    loop {
-        let item = match socket.read_frame(&mut no_obligated_sends).await {
-            Ok(frame) => match on_frame(&mut assembler, frame) {
-                Some(item) => item,
-                None => continue,
-            },
-            Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
-            Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
-                return
-            }
-            Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
-        };
-        let last = matches!(item, Inbound::Close { .. } | Inbound::Fail { .. });
-        if tx.send(item).await.is_err() || last {
-            return;
+/// The socket's read half with its reassembly state.
+struct Reader {
+    socket: WebSocketRead<ReadHalf>,
+    assembler: Assembler,
+}
+
+impl Reader {
+    /// The next complete message or control event; `None` at end of stream
+    /// or on a broken socket.
+    async fn next(&mut self) -> Option<Inbound> {
+        let mut no_obligated_sends = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+        loop {
+            return Some(match self.socket.read_frame(&mut no_obligated_sends).await {
+                Ok(frame) => match on_frame(&mut self.assembler, frame) {
+                    Some(item) => item,
+                    None => continue,
+                },
+                Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
+                Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
+                Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
+                    return None
+                }
+                Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
+            });
         }
+    }
+}
+
+type Reading = Pin<Box<dyn Future<Output = (Reader, Option<Inbound>)> + Send>>;
+
+/// What the client sends, one item at a time; see the module doc for why
+/// this is cancel-safe.
+pub struct Inbox {
+    /// The read in progress, if one was started and has not finished.
+    reading: Option<Reading>,
+    /// The reader between reads; `None` while a read is in progress and
+    /// for good after a close, an error or the end of the stream.
+    idle: Option<Reader>,
+}
+
+impl Inbox {
+    pub fn new(mut socket: WebSocketRead<ReadHalf>, max_message_size: usize) -> Inbox {
+        socket.set_auto_close(false);
+        socket.set_auto_pong(false);
+        // fastwebsockets refuses frames of `>= limit` bytes.
+        socket.set_max_message_size(max_message_size.saturating_add(1));
+        Inbox {
+            reading: None,
+            idle: Some(Reader {
+                socket,
+                assembler: Assembler::new(max_message_size),
+            }),
+        }
+    }
+
+    /// The next item; `None` once the socket is gone without a close frame,
+    /// or after the client's close (or a protocol error) was handed out.
+    ///
+    /// Cancel-safe: dropping this future keeps the read in progress for the
+    /// next call, and an item is only taken once it is complete.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        if self.reading.is_none() {
+            let mut reader = self.idle.take()?;
+            self.reading = Some(Box::pin(async move {
+                let item = reader.next().await;
+                (reader, item)
+            }));
+        }
+        let reading = self.reading.as_mut()?;
+        let (reader, item) = reading.as_mut().await;
+        self.reading = None;
+        if matches!(item, Some(Inbound::Message(_) | Inbound::Ping(_))) {
+            self.idle = Some(reader);
+        }
+        item
     }
 }
 
@@ -187,7 +246,7 @@ fn finish(opcode: OpCode, bytes: Vec<u8>) -> Result<Payload, Inbound> {
 
 /// The socket-free frame logic for the fuzz targets in `fuzz/`; not an API.
 ///
-/// [`fuzzing::Reader::frame`] is what the reader task does with one frame that
+/// [`fuzzing::Reader::frame`] is what the reader does with one frame that
 /// fastwebsockets let through. fastwebsockets itself refuses, before that:
 /// frames of more than the message size limit, fragmented control frames,
 /// pings over 125 bytes, and unfragmented text that is not UTF-8.

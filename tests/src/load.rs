@@ -1,58 +1,68 @@
 //! Continuous chat load that checks exactly-once, in-order delivery.
 //!
-//! Why this exists: the worker restart guarantees (kill -9, SIGTERM, rolling restarts) only
-//! mean something under load. Each connection keeps a small window of messages in flight
-//! and checks that the answers carry the counts 1, 2, 3, … with no gap (a lost message), no
-//! repeat (a message applied twice) and no close. Counting lives in the chat app's Redis
-//! session, so a message applied twice shows up as a skipped count even if the interface
-//! suppresses the duplicate reply.
+//! Why this exists: the restart guarantees (kill -9, SIGTERM, rolling restarts, supervisord)
+//! only mean something under load. Each connection keeps a small window of messages in
+//! flight and checks that the answers carry the counts 1, 2, 3, … with no gap (a lost
+//! message), no repeat (a message applied twice) and no close. Counting lives in the chat
+//! app's Redis session, so a message applied twice shows up as a skipped count even if the
+//! interface suppresses the duplicate reply. Round-trip times are kept for percentiles.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::stack::Stack;
-use crate::ws::WsClient;
+use crate::ws::{self, WsClient};
 
-/// A running set of chat load connections.
-pub struct ChatLoad {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    handles: Vec<JoinHandle<Result<u64>>>,
+/// What one load connection did.
+#[derive(Debug, Default)]
+pub struct ConnReport {
+    /// Messages answered (with counts 1..=answered, in order).
+    pub answered: u64,
+    /// (when the answer arrived, round-trip time) per message.
+    pub samples: Vec<(Instant, Duration)>,
 }
 
-impl ChatLoad {
-    /// Connects `conns` chat clients (all before any sends) and starts them, each keeping
-    /// up to `window` messages unanswered. A reply slower than `reply_timeout` fails that
-    /// connection.
-    pub async fn start(stack: &Stack, conns: usize, window: u64, reply_timeout: Duration) -> ChatLoad {
-        let mut clients = Vec::with_capacity(conns);
-        for _ in 0..conns {
-            clients.push(stack.ws("/ws/chat/").await);
-        }
+/// Chat load over many connections: each keeps up to `window` messages unanswered and
+/// checks that the answers carry the counts 1, 2, 3, … (no gap, no repeat, no close).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    handles: Vec<JoinHandle<Result<ConnReport>>>,
+}
+
+impl Load {
+    /// Opens `conns` connections to `url` (32 handshakes at a time), then starts them all.
+    pub async fn start(url: &str, conns: usize, window: u64, reply_timeout: Duration) -> Result<Load> {
+        let clients: Vec<Result<WsClient>> = futures::stream::iter(0..conns)
+            .map(|_| ws::connect_retry(url, Duration::from_secs(60)))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let clients = clients.into_iter().collect::<Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let handles = clients
             .into_iter()
             .enumerate()
             .map(|(i, client)| {
-                let stop = stop.clone();
-                let answered = answered.clone();
+                let (stop, answered) = (stop.clone(), answered.clone());
                 tokio::spawn(async move {
-                    run_connection(i, client, window, reply_timeout, stop, answered)
+                    run_connection(client, window, reply_timeout, stop, answered)
                         .await
-                        .with_context(|| format!("load connection {i}"))
+                        .with_context(|| format!("connection {i}"))
                 })
             })
             .collect();
-        ChatLoad {
+        Ok(Load {
             stop,
             answered,
             handles,
-        }
+        })
     }
 
     /// Messages answered so far, over all connections.
@@ -67,62 +77,114 @@ impl ChatLoad {
             .is_some()
     }
 
-    /// Stops sending, waits for every outstanding answer, closes the sockets normally and
-    /// returns each connection's result (its number of answered messages).
-    pub async fn finish(self) -> Vec<Result<u64>> {
+    /// Answers per second over the next `window`.
+    pub async fn rate(&self, window: Duration) -> f64 {
+        let (n0, t0) = (self.answered(), Instant::now());
+        tokio::time::sleep(window).await;
+        (self.answered() - n0) as f64 / t0.elapsed().as_secs_f64()
+    }
+
+    /// Stops sending, waits for every outstanding answer, closes the sockets (1000).
+    pub async fn finish(self) -> LoadReport {
         self.stop.store(true, Ordering::SeqCst);
-        let mut out = Vec::new();
+        let mut conns = Vec::new();
         for h in self.handles {
-            out.push(match h.await {
+            conns.push(match h.await {
                 Ok(r) => r,
-                Err(e) => Err(anyhow::anyhow!("load task panicked: {e}")),
+                Err(e) => Err(anyhow!("load task panicked: {e}")),
             });
         }
-        out
+        LoadReport { conns }
+    }
+}
+
+/// The outcome of a [`Load`].
+pub struct LoadReport {
+    pub conns: Vec<Result<ConnReport>>,
+}
+
+impl LoadReport {
+    /// One line per failed connection (empty when none failed).
+    pub fn failures(&self) -> Vec<String> {
+        self.conns
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+            .collect()
+    }
+
+    /// Messages answered over all connections.
+    pub fn total(&self) -> u64 {
+        self.conns.iter().flatten().map(|c| c.answered).sum()
+    }
+
+    /// Connections that got no answer at all.
+    pub fn idle_connections(&self) -> usize {
+        self.conns.iter().flatten().filter(|c| c.answered == 0).count()
+    }
+
+    /// The `q` quantile (0..1) of the round-trip times of answers that arrived in
+    /// `[from, to]`, with the number of such answers.
+    pub fn quantile(&self, from: Instant, to: Instant, q: f64) -> Option<(Duration, usize)> {
+        let mut rtts: Vec<Duration> = self
+            .conns
+            .iter()
+            .flatten()
+            .flat_map(|c| c.samples.iter())
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, rtt)| *rtt)
+            .collect();
+        if rtts.is_empty() {
+            return None;
+        }
+        rtts.sort();
+        let index = ((rtts.len() as f64 * q).ceil() as usize).clamp(1, rtts.len()) - 1;
+        Some((rtts[index], rtts.len()))
     }
 }
 
 async fn run_connection(
-    conn: usize,
     mut client: WsClient,
     window: u64,
     reply_timeout: Duration,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
-) -> Result<u64> {
+) -> Result<ConnReport> {
+    let mut report = ConnReport::default();
+    let mut in_flight: VecDeque<Instant> = VecDeque::new();
     let mut sent = 0u64;
-    let mut received = 0u64;
     loop {
-        let stopping = stop.load(Ordering::SeqCst);
-        if !stopping && sent - received < window {
+        if !stop.load(Ordering::SeqCst) && (in_flight.len() as u64) < window {
             sent += 1;
             client
-                .send_text(format!("conn {conn} message {sent}"))
+                .send_text(format!("message {sent}"))
                 .await
                 .with_context(|| format!("sending message {sent}"))?;
+            in_flight.push_back(Instant::now());
             continue;
         }
-        if received == sent {
+        let Some(sent_at) = in_flight.pop_front() else {
             break;
-        }
+        };
+        let expected = report.answered + 1;
         let count = client
             .recv_count(reply_timeout)
             .await
-            .with_context(|| format!("waiting for the answer to message {} ({sent} sent)", received + 1))?;
-        if count != received + 1 {
+            .with_context(|| format!("waiting for the answer to message {expected} ({sent} sent)"))?;
+        if count != expected {
             bail!(
-                "expected count {} but got {count} ({}) after {received} answers",
-                received + 1,
-                if count > received + 1 {
-                    "gap or double apply"
+                "expected count {expected} but got {count} ({})",
+                if count > expected {
+                    "a gap: lost or applied twice"
                 } else {
-                    "repeat"
+                    "a repeat"
                 }
             );
         }
-        received += 1;
+        let now = Instant::now();
+        report.samples.push((now, now - sent_at));
+        report.answered = expected;
         answered.fetch_add(1, Ordering::Relaxed);
     }
     client.close().await;
-    Ok(received)
+    Ok(report)
 }

@@ -15,24 +15,21 @@
 //! rolling restart), and a sampler of the channel group's pending entries that tells which
 //! consumers handled messages.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures::StreamExt;
 use redis::Value;
 use serde_json::Value as Json;
-use tokio::task::JoinHandle;
 
 use crate::ports::free_port;
 use crate::process::Proc;
 use crate::stack::{channel_stream, value_to_string};
 use crate::testdir::TestDir;
-use crate::ws::{self, WsClient};
 use crate::{bin_dir, binary, http, INTERFACE_BIN, OPS_BIN, WORKER_BIN};
 
 /// The heavy supervisord tests take this lock so that, under `cargo test` (threads), they
@@ -440,177 +437,6 @@ impl Drop for Supervised {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }
-}
-
-/// What one load connection did.
-#[derive(Debug, Default)]
-pub struct ConnReport {
-    /// Messages answered (with counts 1..=answered, in order).
-    pub answered: u64,
-    /// (when the answer arrived, round-trip time) per message.
-    pub samples: Vec<(Instant, Duration)>,
-}
-
-/// Chat load over many connections: each keeps up to `window` messages unanswered and
-/// checks that the answers carry the counts 1, 2, 3, … (no gap, no repeat, no close).
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    handles: Vec<JoinHandle<Result<ConnReport>>>,
-}
-
-impl Load {
-    /// Opens `conns` connections to `url` (32 handshakes at a time), then starts them all.
-    pub async fn start(url: &str, conns: usize, window: u64, reply_timeout: Duration) -> Result<Load> {
-        let clients: Vec<Result<WsClient>> = futures::stream::iter(0..conns)
-            .map(|_| ws::connect_retry(url, Duration::from_secs(60)))
-            .buffer_unordered(32)
-            .collect()
-            .await;
-        let clients = clients.into_iter().collect::<Result<Vec<_>>>()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let handles = clients
-            .into_iter()
-            .enumerate()
-            .map(|(i, client)| {
-                let (stop, answered) = (stop.clone(), answered.clone());
-                tokio::spawn(async move {
-                    run_connection(client, window, reply_timeout, stop, answered)
-                        .await
-                        .with_context(|| format!("connection {i}"))
-                })
-            })
-            .collect();
-        Ok(Load {
-            stop,
-            answered,
-            handles,
-        })
-    }
-
-    /// Messages answered so far, over all connections.
-    pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
-    }
-
-    /// Waits until at least `n` messages have been answered in total; false on timeout.
-    pub async fn wait_answered(&self, n: u64, timeout: Duration) -> bool {
-        crate::eventually(timeout, || async { (self.answered() >= n).then_some(()) })
-            .await
-            .is_some()
-    }
-
-    /// Answers per second over the next `window`.
-    pub async fn rate(&self, window: Duration) -> f64 {
-        let (n0, t0) = (self.answered(), Instant::now());
-        tokio::time::sleep(window).await;
-        (self.answered() - n0) as f64 / t0.elapsed().as_secs_f64()
-    }
-
-    /// Stops sending, waits for every outstanding answer, closes the sockets (1000).
-    pub async fn finish(self) -> LoadReport {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut conns = Vec::new();
-        for h in self.handles {
-            conns.push(match h.await {
-                Ok(r) => r,
-                Err(e) => Err(anyhow!("load task panicked: {e}")),
-            });
-        }
-        LoadReport { conns }
-    }
-}
-
-/// The outcome of a [`Load`].
-pub struct LoadReport {
-    pub conns: Vec<Result<ConnReport>>,
-}
-
-impl LoadReport {
-    /// One line per failed connection (empty when none failed).
-    pub fn failures(&self) -> Vec<String> {
-        self.conns
-            .iter()
-            .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
-            .collect()
-    }
-
-    /// Messages answered over all connections.
-    pub fn total(&self) -> u64 {
-        self.conns.iter().flatten().map(|c| c.answered).sum()
-    }
-
-    /// Connections that got no answer at all.
-    pub fn idle_connections(&self) -> usize {
-        self.conns.iter().flatten().filter(|c| c.answered == 0).count()
-    }
-
-    /// The `q` quantile (0..1) of the round-trip times of answers that arrived in
-    /// `[from, to]`, with the number of such answers.
-    pub fn quantile(&self, from: Instant, to: Instant, q: f64) -> Option<(Duration, usize)> {
-        let mut rtts: Vec<Duration> = self
-            .conns
-            .iter()
-            .flatten()
-            .flat_map(|c| c.samples.iter())
-            .filter(|(at, _)| *at >= from && *at <= to)
-            .map(|(_, rtt)| *rtt)
-            .collect();
-        if rtts.is_empty() {
-            return None;
-        }
-        rtts.sort();
-        let index = ((rtts.len() as f64 * q).ceil() as usize).clamp(1, rtts.len()) - 1;
-        Some((rtts[index], rtts.len()))
-    }
-}
-
-async fn run_connection(
-    mut client: WsClient,
-    window: u64,
-    reply_timeout: Duration,
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-) -> Result<ConnReport> {
-    let mut report = ConnReport::default();
-    let mut in_flight: VecDeque<Instant> = VecDeque::new();
-    let mut sent = 0u64;
-    loop {
-        if !stop.load(Ordering::SeqCst) && (in_flight.len() as u64) < window {
-            sent += 1;
-            client
-                .send_text(format!("message {sent}"))
-                .await
-                .with_context(|| format!("sending message {sent}"))?;
-            in_flight.push_back(Instant::now());
-            continue;
-        }
-        let Some(sent_at) = in_flight.pop_front() else {
-            break;
-        };
-        let expected = report.answered + 1;
-        let count = client
-            .recv_count(reply_timeout)
-            .await
-            .with_context(|| format!("waiting for the answer to message {expected} ({sent} sent)"))?;
-        if count != expected {
-            bail!(
-                "expected count {expected} but got {count} ({})",
-                if count > expected {
-                    "a gap: lost or applied twice"
-                } else {
-                    "a repeat"
-                }
-            );
-        }
-        let now = Instant::now();
-        report.samples.push((now, now - sent_at));
-        report.answered = expected;
-        answered.fetch_add(1, Ordering::Relaxed);
-    }
-    client.close().await;
-    Ok(report)
 }
 
 /// Samples `XPENDING <channel stream> workers` (the summary form) every few

@@ -15,9 +15,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use switchyard_tests::load::{Load, LoadReport};
 use switchyard_tests::ports::free_port;
 use switchyard_tests::stack::{Probe, PREFIX};
-use switchyard_tests::supervisor::{exclusive, pending_of, run_binary, Load, LoadReport, PendingSampler, Supervised};
+use switchyard_tests::supervisor::{exclusive, pending_of, run_binary, PendingSampler, Supervised};
 use switchyard_tests::{binary, bounded, eventually, http, ws, Proc, Stack, INTERFACE_BIN, WORKER_BIN};
 
 /// Generous: the machine is small and shared, and a killed worker's messages wait ~4 s.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchyard_tests::load::ChatLoad;
+use switchyard_tests::load::{Load, LoadReport};
 use switchyard_tests::{bounded, Stack};
 
 const CONNS: usize = 50;
@@ -11,32 +11,25 @@ const WINDOW: u64 = 4;
 /// Long enough for a killed worker's pending messages to be claimed by the others.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(25);
 
-fn check_results(results: Vec<anyhow::Result<u64>>) -> u64 {
-    let mut failures = Vec::new();
-    let mut total = 0;
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(n) => {
-                assert!(n > 0, "connection {i} got no answer at all");
-                total += n;
-            }
-            Err(e) => failures.push(format!("connection {i}: {e:#}")),
-        }
-    }
+fn check_results(report: LoadReport) -> u64 {
+    let failures = report.failures();
     assert!(
         failures.is_empty(),
         "{} of {CONNS} connections failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
-    total
+    assert_eq!(report.idle_connections(), 0, "a connection got no answer at all");
+    report.total()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_worker_under_load_loses_nothing() {
     bounded(Duration::from_secs(60), async {
         let mut stack = Stack::builder("kill9").workers(3).start().await;
-        let load = ChatLoad::start(&stack, CONNS, WINDOW, REPLY_TIMEOUT).await;
+        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, REPLY_TIMEOUT)
+            .await
+            .expect("load connections");
         assert!(
             load.wait_answered(500, Duration::from_secs(20)).await,
             "load did not get going: {} answers",
@@ -68,7 +61,9 @@ async fn kill9_worker_under_load_loses_nothing() {
 async fn sigterm_worker_under_load_loses_nothing() {
     bounded(Duration::from_secs(60), async {
         let mut stack = Stack::builder("sigterm-worker").workers(3).start().await;
-        let load = ChatLoad::start(&stack, CONNS, WINDOW, REPLY_TIMEOUT).await;
+        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, REPLY_TIMEOUT)
+            .await
+            .expect("load connections");
         assert!(
             load.wait_answered(500, Duration::from_secs(20)).await,
             "load did not get going: {} answers",
@@ -96,7 +91,9 @@ async fn sigterm_worker_under_load_loses_nothing() {
 async fn rolling_restart_of_every_worker_under_load_loses_nothing() {
     bounded(Duration::from_secs(60), async {
         let mut stack = Stack::builder("rolling").workers(2).start().await;
-        let load = ChatLoad::start(&stack, CONNS, WINDOW, REPLY_TIMEOUT).await;
+        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, REPLY_TIMEOUT)
+            .await
+            .expect("load connections");
         assert!(
             load.wait_answered(300, Duration::from_secs(20)).await,
             "load did not get going: {} answers",

@@ -57,36 +57,47 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
     }
     let groups = group_sizes(con, keys).await?;
     let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "groups": groups, "healthy": healthy});
+    // One write, errors ignored: `switchyard status | head` must not panic.
+    let mut out: Vec<String> = Vec::new();
     if as_json {
-        println!("{report:#}");
+        out.push(format!("{report:#}"));
     } else {
-        println!("{:<20} {:>8} {:>8} {:>8}", "CHANNEL", "BACKLOG", "PENDING", "WORKERS");
+        out.push(format!(
+            "{:<20} {:>8} {:>8} {:>8}",
+            "CHANNEL", "BACKLOG", "PENDING", "WORKERS"
+        ));
         for (name, c) in &channels {
-            println!(
+            out.push(format!(
                 "{:<20} {:>8} {:>8} {:>8}",
                 name,
                 c["backlog"].to_string(),
                 c["pending"].to_string(),
                 c["workers_alive"].to_string()
-            );
+            ));
         }
-        println!("\n{:<20} {:>12} {:>10}", "INTERFACE", "CONNECTIONS", "DRAINING");
+        out.push(format!(
+            "\n{:<20} {:>12} {:>10}",
+            "INTERFACE", "CONNECTIONS", "DRAINING"
+        ));
         for (id, info) in &interfaces {
-            println!(
+            out.push(format!(
                 "{:<20} {:>12} {:>10}",
                 id,
                 info["connections"].to_string(),
                 info["draining"].to_string()
-            );
+            ));
         }
-        println!("\n{:<20} {:>8}", "GROUP", "MEMBERS");
+        out.push(format!("\n{:<20} {:>8}", "GROUP", "MEMBERS"));
         for (group, members) in &groups {
-            println!("{group:<20} {members:>8}");
+            out.push(format!("{group:<20} {members:>8}"));
         }
         if !healthy {
-            println!("\nWARNING: a channel has no live worker");
+            out.push("\nWARNING: a channel has no live worker".to_owned());
         }
     }
+    let mut text = out.join("\n");
+    text.push('\n');
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

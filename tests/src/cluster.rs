@@ -35,9 +35,16 @@ pub struct ClusterBuilder {
     workers: usize,
     interface_args: Vec<String>,
     worker_env: Vec<(String, String)>,
+    persistent_redis: bool,
 }
 
 impl ClusterBuilder {
+    /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
+    pub fn persistent_redis(mut self) -> Self {
+        self.persistent_redis = true;
+        self
+    }
+
     /// Number of interfaces (default 3).
     pub fn interfaces(mut self, n: usize) -> Self {
         self.interfaces = n;
@@ -70,7 +77,12 @@ impl ClusterBuilder {
         binary(WORKER_BIN);
         binary(OPS_BIN);
         let dir = TestDir::new(&self.name);
-        let redis = RedisServer::start(dir.path()).await.expect("start redis-server");
+        let redis = if self.persistent_redis {
+            RedisServer::start_persistent(dir.path()).await
+        } else {
+            RedisServer::start(dir.path()).await
+        }
+        .expect("start redis-server");
         let mut cluster = Cluster {
             workers: Vec::new(),
             interfaces: Vec::new(),
@@ -116,6 +128,7 @@ impl Cluster {
             workers: 1,
             interface_args: Vec::new(),
             worker_env: Vec::new(),
+            persistent_redis: false,
         }
     }
 

@@ -3,7 +3,9 @@
 //! Why this exists: the guarantees are about Redis streams, consumer groups and outages, so
 //! the tests run against the real server, not a mock. Each test gets its own server on a free
 //! port (never 6379) with its data dir in the test's temp dir, no persistence
-//! (`--save '' --appendonly no`). It can be stopped, killed and restarted on the same port
+//! (`--save '' --appendonly no`) unless started with [`RedisServer::start_persistent`]
+//! (append-only file, fsync on every write: a restart keeps the streams, as a production
+//! Redis with AOF would). It can be stopped, paused, killed and restarted on the same port
 //! (to test outages) and is killed on drop.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use crate::process::Proc;
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    persistent: bool,
     proc: Option<Proc>,
 }
 
@@ -25,11 +28,22 @@ impl RedisServer {
     /// Starts a server on a free port, with `dir` as its working directory; waits until it
     /// answers PING.
     pub async fn start(dir: &Path) -> Result<RedisServer> {
+        RedisServer::start_with(dir, false).await
+    }
+
+    /// Like [`RedisServer::start`], with an append-only file fsynced on every write, so
+    /// data survives `stop`/`restart` (not `kill`, which may lose the last write).
+    pub async fn start_persistent(dir: &Path) -> Result<RedisServer> {
+        RedisServer::start_with(dir, true).await
+    }
+
+    async fn start_with(dir: &Path, persistent: bool) -> Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
             let mut server = RedisServer {
                 port: free_port(),
                 dir: dir.to_path_buf(),
+                persistent,
                 proc: None,
             };
             match server.launch().await {
@@ -44,6 +58,11 @@ impl RedisServer {
         let program = which("redis-server").context(
             "redis-server not found on PATH: install it (`apt-get install -y redis-server`) or run scripts/test",
         )?;
+        let (appendonly, fsync) = if self.persistent {
+            ("yes", "always")
+        } else {
+            ("no", "everysec")
+        };
         let args: Vec<String> = [
             "--port",
             &self.port.to_string(),
@@ -52,7 +71,9 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "no",
+            appendonly,
+            "--appendfsync",
+            fsync,
             "--dir",
             &self.dir.display().to_string(),
             "--daemonize",
@@ -109,13 +130,28 @@ impl RedisServer {
         self.proc.as_mut().is_some_and(|p| p.is_running())
     }
 
-    /// Graceful stop (SIGTERM; with `--save ''` nothing is written), waits for exit.
+    /// Graceful stop (SIGTERM; a persistent server has its append-only file), waits for exit.
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.sigterm();
             if p.wait_exit(Duration::from_secs(10)).await.is_none() {
                 p.kill9();
             }
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, like a
+    /// Redis stuck or cut off by the network. [`RedisServer::resume`] thaws it.
+    pub fn pause(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.signal(libc::SIGSTOP);
+        }
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.signal(libc::SIGCONT);
         }
     }
 
@@ -126,7 +162,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (after `stop` or `kill`); data is gone.
+    /// Starts the server again on the same port (after `stop` or `kill`); data is gone
+    /// unless the server is persistent.
     /// Retries for a while in case the port is still held.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await;

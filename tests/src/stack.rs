@@ -46,6 +46,7 @@ pub struct StackBuilder {
     interface_args: Vec<String>,
     interface_env: Vec<(String, String)>,
     probe: Probe,
+    persistent_redis: bool,
 }
 
 impl StackBuilder {
@@ -59,7 +60,14 @@ impl StackBuilder {
             interface_args: Vec::new(),
             interface_env: Vec::new(),
             probe: Probe::Echo,
+            persistent_redis: false,
         }
+    }
+
+    /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
+    pub fn persistent_redis(mut self) -> Self {
+        self.persistent_redis = true;
+        self
     }
 
     /// Number of worker processes to start.
@@ -106,7 +114,12 @@ impl StackBuilder {
             binary(WORKER_BIN);
         }
         let dir = TestDir::new(&self.name);
-        let redis = RedisServer::start(dir.path()).await.expect("start redis-server");
+        let redis = if self.persistent_redis {
+            RedisServer::start_persistent(dir.path()).await
+        } else {
+            RedisServer::start(dir.path()).await
+        }
+        .expect("start redis-server");
         let mut stack = Stack {
             workers: Vec::new(),
             interface: None,

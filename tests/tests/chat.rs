@@ -60,3 +60,39 @@ async fn chat_session_resumes_by_session_uuid() {
     })
     .await
 }
+
+/// The commit script sets expiries once per batch; every key it writes must still get one, or
+/// sessions, reply streams and sequence tables would pile up in Redis forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reply_stream_and_sequence_table_expire() {
+    bounded(Duration::from_secs(60), async {
+        let stack = Stack::builder("chat-expiry").workers(1).start().await;
+        let session = "0b6f2a1c-8f3e-4d7a-9c21-6e5d4b3a2f10";
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(stack.ws(&format!("/ws/chat/?session_uuid={session}")).await);
+        }
+        for round in 0..20 {
+            for c in clients.iter_mut() {
+                c.send_text(format!("burst {round}")).await.unwrap();
+            }
+        }
+        for c in clients.iter_mut() {
+            for _ in 0..20 {
+                c.recv_count(REPLY_TIMEOUT).await.unwrap();
+            }
+        }
+        let mut redis = stack.redis_conn().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("switchyard:*").query(&mut redis).unwrap();
+        let expiring = ["switchyard:session:", "switchyard:reply:", "switchyard:connseq:"];
+        for prefix in expiring {
+            let matching: Vec<&String> = keys.iter().filter(|k| k.starts_with(prefix)).collect();
+            assert!(!matching.is_empty(), "no {prefix}* key written; keys: {keys:?}");
+            for key in matching {
+                let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut redis).unwrap();
+                assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
+            }
+        }
+    })
+    .await
+}

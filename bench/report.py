@@ -243,37 +243,77 @@ Raw JSON lines: `docs/benchmarks-peers.jsonl`.
             print("report.py: matplotlib not available, plot skipped", file=sys.stderr)
 
 
+def cpu_per_msg_of(row, prefix):
+    """CPU µs per answered message of the row's processes whose name starts with `prefix`."""
+    msgs = row.get("msgs") or 0
+    pids = [p for p in row.get("pids", []) if p["name"].startswith(prefix)]
+    if not msgs or not pids:
+        return None
+    return sum(p["cpu_us"] for p in pids) / msgs
+
+
 def backbone(args):
     rows = load(args.results)
     out = [
-        "| connections | msgs/s | p50 ms | p99 ms | answered | Redis commands | commands per message "
-        "| top commands per message | CPU µs/msg (interface+workers+redis) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| system | connections | msgs/s | p50 ms | p99 ms | CPU µs/msg, all | interface | workers | Redis "
+        "| Redis commands per message | top commands per message |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    by_key = {}
     for r in rows:
         if r.get("failed"):
-            out.append(f"| {r.get('args', '')} | failed ({r['failed']}) | | | | | | | |")
+            out.append(f"| {r.get('label', '')} | {r.get('args', '')} | failed ({r['failed']}) | | | | | | | | |")
             continue
-        cs = r.get("redis_commandstats", {})
-        total = sum(cs.values())
+        by_key[(r["label"], r["connections"])] = r
+        cs = r.get("redis_commandstats")
         answered = r.get("answered_total") or 0
-        per = total / answered if answered else None
-        top = sorted(cs.items(), key=lambda kv: -kv[1])[:6]
-        top_s = ", ".join(f"{k} {v / answered:.2f}" for k, v in top) if answered else "–"
+        if cs and answered:
+            total = sum(cs.values())
+            top = sorted(cs.items(), key=lambda kv: -kv[1])[:6]
+            per = num(total / answered, "{:.2f}")
+            top_s = ", ".join(f"{k} {v / answered:.2f}" for k, v in top)
+        else:
+            per, top_s = "–", "–"
         out.append(
-            f"| {r['connections']:,} | {num(r['msgs_per_sec'])} | {ms(r['p50_us'])} | {ms(r['p99_us'])} "
-            f"| {answered:,} | {total:,} | {num(per, '{:.2f}')} | {top_s} | {num(r.get('cpu_us_per_msg'), '{:.0f}')} |"
+            f"| {r['label']} | {r['connections']:,} | {num(r['msgs_per_sec'])} | {ms(r['p50_us'])} | {ms(r['p99_us'])} "
+            f"| {num(r.get('cpu_us_per_msg'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'switchyard-inte'), '{:.1f}')} "
+            f"| {num(cpu_per_msg_of(r, 'switchyard-work'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'redis'), '{:.1f}')} "
+            f"| {per} | {top_s} |"
+        )
+    hops = []
+    for (label, conns), r in sorted(by_key.items(), key=lambda kv: kv[0][1]):
+        ref = by_key.get(("reference", conns))
+        if label != "switchyard" or ref is None:
+            continue
+        sy_cpu, ref_cpu = r.get("cpu_us_per_msg"), ref.get("cpu_us_per_msg")
+        if sy_cpu is None or ref_cpu is None or not ref.get("msgs_per_sec"):
+            continue
+        hops.append(
+            f"- {conns:,} connections: the broker hop costs {sy_cpu - ref_cpu:.1f} µs of CPU per message "
+            f"({sy_cpu:.1f} vs {ref_cpu:.1f}, {sy_cpu / ref_cpu:.1f}×); throughput "
+            f"{r['msgs_per_sec'] / ref['msgs_per_sec']:.2f}× the reference's; p50 {ms(r['p50_us'])} vs "
+            f"{ms(ref['p50_us'])} ms"
         )
     notes = "\n".join(f"- {n}" for n in args.note)
-    body = f"""## Backbone: Switchyard alone (closed-loop round trips)
+    body = f"""## Backbone: cost per message, and the price of the broker hop
 
 {meta_lines(args)}
 
-Redis commands per message = all commands counted by `INFO commandstats` (reset before each
-run) divided by messages answered over the whole run (warm-up and the connects/disconnects
-included, so it slightly overstates the per-message steady state).
+"CPU µs/msg" = utime+stime of the processes over the measured window divided by the messages
+answered in it, per side (interface; the 2 workers together; redis-server) and summed. Redis
+commands per message = all commands counted by `INFO commandstats` (reset before each run)
+divided by messages answered over the whole run (warm-up and the connects/disconnects included,
+so it slightly overstates the per-message steady state). "reference" is the same chat counter
+answered inside one Rust process (fastwebsockets, no Redis, no workers): what a message costs
+without the broker hop that lets workers restart under open sockets.
 
 {chr(10).join(out)}
+
+Price of the broker hop, same run:
+
+{chr(10).join(hops) if hops else "- (no reference run)"}
+
+Where the CPU goes (perf, same build): `docs/benchmarks-profile.txt`.
 
 {notes}
 """

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub handshakes_refused: Family<ReasonLabel, Counter>,
     /// TCP connections closed because a request head did not arrive in time.
     pub header_timeouts: Counter,
+    /// Requests answered 431 (or 414) by hyper: head over --max-header-size.
+    pub headers_too_large: Counter,
     pub messages: Family<DirectionLabel, Counter>,
     pub errors: Family<KindLabel, Counter>,
     /// Enqueue → done, per client message.
@@ -60,6 +62,7 @@ impl Metrics {
         let connections_limit = Gauge::default();
         let handshakes_refused = Family::<ReasonLabel, Counter>::default();
         let header_timeouts = Counter::default();
+        let headers_too_large = Counter::default();
         let messages = Family::<DirectionLabel, Counter>::default();
         let errors = Family::<KindLabel, Counter>::default();
         let message_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -86,6 +89,11 @@ impl Metrics {
             "http_header_timeouts",
             "TCP connections closed because the request head did not arrive within --header-read-timeout",
             header_timeouts.clone(),
+        );
+        registry.register(
+            "http_headers_too_large",
+            "Requests refused with 431 (or 414 for a long URI): request head over --max-header-size",
+            headers_too_large.clone(),
         );
         registry.register(
             "websocket_messages",
@@ -116,6 +124,7 @@ impl Metrics {
             connections_limit,
             handshakes_refused,
             header_timeouts,
+            headers_too_large,
             messages,
             errors,
             message_duration,

@@ -9,6 +9,7 @@
 //! `--max-header-size` gets 431, and a connection that has not sent a whole
 //! head within `--header-read-timeout` (slowloris, or idle keep-alive) is
 //! closed without an answer, so a silent socket cannot hold a descriptor.
+//! Neither reaches our service, so both are counted from the connection's end.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -94,6 +95,10 @@ where
         Err(error) if error.is_timeout() => {
             metrics.header_timeouts.inc();
             tracing::debug!("request head not received in time; connection closed");
+        }
+        Err(error) if error.is_parse_too_large() => {
+            metrics.headers_too_large.inc();
+            tracing::debug!(%error, "request head too large; answered 431");
         }
         Err(error) => tracing::debug!(%error, "HTTP connection ended with an error"),
         Ok(()) => {}

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use switchyard_protocol::logging::LogFormat;
 
+use crate::admission::OriginPattern;
 use crate::router::{Route, Routes};
 use crate::static_files::Mount;
 
@@ -27,6 +28,37 @@ pub struct Config {
     /// spreads new connections over them.
     #[arg(long, env = "SWITCHYARD_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Most WebSocket connections open at once; an upgrade beyond it gets 503
+    /// with Retry-After and no worker hears of it. 0 = unlimited. Default: the
+    /// open-files limit (`ulimit -n`) minus 256, so the process keeps
+    /// descriptors for accepting, Redis and plain HTTP.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most WebSocket connections open at once from one client IP address;
+    /// more get 429 with Retry-After. 0 = unlimited. Behind a reverse proxy
+    /// every client has the proxy's address: leave it at 0 there.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds a client has to send a complete request head (request line and
+    /// headers) before its TCP connection is closed: the slowloris guard. An
+    /// idle keep-alive connection is closed after this long too.
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub header_read_timeout: f64,
+
+    /// Largest request head (request line and headers) in bytes; a larger one
+    /// gets 431 Request Header Fields Too Large. Range 1024..=262144.
+    #[arg(long, env = "SWITCHYARD_MAX_HEADER_SIZE", default_value_t = 16384)]
+    pub max_header_size: usize,
+
+    /// Origin allowed to open WebSockets, repeatable or comma-separated:
+    /// `https://app.example.com`, or `https://*.example.com` for its subdomains.
+    /// An upgrade from another Origin gets 403. Default: any origin. Requests
+    /// without an Origin header (not from a browser) are always allowed.
+    #[arg(long = "allowed-origin", env = "SWITCHYARD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub allowed_origins: Vec<OriginPattern>,
 
     /// Redis URL (`redis://[user:password@]host:port/db`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
@@ -116,12 +148,21 @@ const DEFAULT_ROUTES: [&str; 4] = [
 /// The HTTP routes used when no route of either kind is given.
 const DEFAULT_HTTP_ROUTES: [&str; 2] = ["/api/example/=http.example", "/api/display/=http.display"];
 
+/// Bounds of --max-header-size: below 1 KiB ordinary browser requests fail;
+/// above 256 KiB hyper's own read buffer limit would answer first.
+const MIN_HEADER_SIZE: usize = 1024;
+const MAX_HEADER_SIZE: usize = 256 << 10;
+
 fn parse_route(text: &str) -> Result<Route, String> {
     Route::parse(text)
 }
 
 fn parse_mount(text: &str) -> Result<Mount, String> {
     Mount::parse(text)
+}
+
+fn parse_origin(text: &str) -> Result<OriginPattern, String> {
+    OriginPattern::parse(text)
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -209,6 +250,12 @@ impl Config {
                 self.max_message_size
             );
         }
+        if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&self.max_header_size) {
+            bail!(
+                "--max-header-size: {} is out of range [{MIN_HEADER_SIZE}, {MAX_HEADER_SIZE}] bytes",
+                self.max_header_size
+            );
+        }
         if let Some(id) = &self.id {
             if id.is_empty() || id.contains(['!', '{', '}', ' ']) {
                 bail!("--id: `{id}` may not be empty or contain '!', '{{', '}}' or spaces");
@@ -224,6 +271,19 @@ impl Config {
         }
         self.route_tables()?;
         Ok(())
+    }
+
+    /// The WebSocket connection ceiling in force: `None` = unlimited.
+    pub fn effective_max_connections(&self) -> Option<usize> {
+        match self.max_connections {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => crate::admission::default_max_connections(),
+        }
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_read_timeout)
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -253,4 +313,74 @@ struct ConfigFile {
     routes: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     http_routes: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod admission_flag_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["switchyard-interface"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    fn config(args: &[&str]) -> Config {
+        parse(args).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]);
+        assert_eq!(c.max_connections_per_ip, 0);
+        assert_eq!(c.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(c.max_header_size, 16384);
+        assert!(c.allowed_origins.is_empty());
+        assert_eq!(
+            c.effective_max_connections(),
+            crate::admission::default_max_connections()
+        );
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn max_connections_zero_is_unlimited() {
+        assert_eq!(config(&["--max-connections", "0"]).effective_max_connections(), None);
+        assert_eq!(config(&["--max-connections", "7"]).effective_max_connections(), Some(7));
+    }
+
+    #[test]
+    fn origins_repeat_and_split_on_commas() {
+        let c = config(&[
+            "--allowed-origin",
+            "https://a.example.com,https://*.example.org",
+            "--allowed-origin",
+            "http://localhost:8000",
+        ]);
+        assert_eq!(c.allowed_origins.len(), 3);
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_flag() {
+        for (flag, value) in [
+            ("--max-connections", "-1"),
+            ("--max-connections", "many"),
+            ("--max-connections-per-ip", "-3"),
+            ("--header-read-timeout", "0"),
+            ("--header-read-timeout", "soon"),
+            ("--max-header-size", "big"),
+            ("--allowed-origin", "example.com"),
+            ("--allowed-origin", "https://example.com/app"),
+        ] {
+            let error = parse(&[&format!("{flag}={value}")]).expect_err(value).to_string();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        for size in ["100", "1023", "262145"] {
+            let error = config(&["--max-header-size", size]).validate().unwrap_err().to_string();
+            assert!(error.contains("--max-header-size"), "{error}");
+        }
+        config(&["--max-header-size", "1024"])
+            .validate()
+            .expect("lower bound is valid");
+    }
 }

@@ -12,6 +12,7 @@
 //!    [`presence`]: liveness and readiness,
 //! 6. [`shutdown`]: graceful draining.
 
+pub mod admission;
 pub mod config;
 pub mod groups;
 pub mod http;
@@ -44,6 +45,11 @@ use crate::outbound::Outbound;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::static_files::StaticFiles;
+
+/// A connection ceiling for people: `unlimited` or the number.
+pub fn describe_limit(limit: Option<usize>) -> String {
+    limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+}
 
 /// Runs the interface until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -92,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routes = ?describe(&shared.routes),
         http_routes = ?describe(&shared.http_routes),
         statics = ?statics,
+        max_connections = %describe_limit(shared.config.effective_max_connections()),
         "interface listening"
     );
 

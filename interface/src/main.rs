@@ -14,6 +14,10 @@ fn main() -> ExitCode {
     }
     if config.check {
         println!("{config:#?}");
+        println!(
+            "effective max connections: {}",
+            switchyard_interface::describe_limit(config.effective_max_connections())
+        );
         if let Ok((websocket, http)) = config.route_tables() {
             println!("effective routes:");
             for (kind, routes) in [("websocket", &websocket), ("http", &http)] {

@@ -22,6 +22,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `max_connections`, `per_ip` or `origin` (see [`crate::admission::Refusal`]).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
 }
@@ -29,6 +35,14 @@ pub struct StatusLabel {
 pub struct Metrics {
     pub registry: Registry,
     pub connections_active: Gauge,
+    /// The WebSocket connection ceiling in force (0 = unlimited).
+    pub connections_limit: Gauge,
+    /// Upgrades turned away by admission, by reason.
+    pub handshakes_refused: Family<ReasonLabel, Counter>,
+    /// TCP connections closed because a request head did not arrive in time.
+    pub header_timeouts: Counter,
+    /// Requests answered 431 (or 414) by hyper: head over --max-header-size.
+    pub headers_too_large: Counter,
     pub messages: Family<DirectionLabel, Counter>,
     pub errors: Family<KindLabel, Counter>,
     /// Enqueue → done, per client message.
@@ -45,6 +59,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let connections_active = Gauge::default();
+        let connections_limit = Gauge::default();
+        let handshakes_refused = Family::<ReasonLabel, Counter>::default();
+        let header_timeouts = Counter::default();
+        let headers_too_large = Counter::default();
         let messages = Family::<DirectionLabel, Counter>::default();
         let errors = Family::<KindLabel, Counter>::default();
         let message_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -56,6 +74,26 @@ impl Metrics {
             "websocket_connections_active",
             "Open WebSocket connections",
             connections_active.clone(),
+        );
+        registry.register(
+            "websocket_connections_limit",
+            "Most WebSocket connections admitted at once (0 = unlimited)",
+            connections_limit.clone(),
+        );
+        registry.register(
+            "websocket_handshakes_refused",
+            "WebSocket upgrades refused before any worker was asked, by reason",
+            handshakes_refused.clone(),
+        );
+        registry.register(
+            "http_header_timeouts",
+            "TCP connections closed because the request head did not arrive within --header-read-timeout",
+            header_timeouts.clone(),
+        );
+        registry.register(
+            "http_headers_too_large",
+            "Requests refused with 431 (or 414 for a long URI): request head over --max-header-size",
+            headers_too_large.clone(),
         );
         registry.register(
             "websocket_messages",
@@ -83,6 +121,10 @@ impl Metrics {
         Metrics {
             registry,
             connections_active,
+            connections_limit,
+            handshakes_refused,
+            header_timeouts,
+            headers_too_large,
             messages,
             errors,
             message_duration,
@@ -95,6 +137,10 @@ impl Metrics {
 
     pub fn message(&self, direction: &'static str) {
         self.messages.get_or_create(&DirectionLabel { direction }).inc();
+    }
+
+    pub fn handshake_refused(&self, reason: &'static str) {
+        self.handshakes_refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -4,6 +4,12 @@
 //! requests' log lines name the client too. When draining starts it stops
 //! accepting; idle keep-alive connections are told to close, and upgraded
 //! WebSockets are left to their own tasks, which close them with 1001.
+//!
+//! hyper enforces the request-head limits: a head larger than
+//! `--max-header-size` gets 431, and a connection that has not sent a whole
+//! head within `--header-read-timeout` (slowloris, or idle keep-alive) is
+//! closed without an answer, so a silent socket cannot hold a descriptor.
+//! Neither reaches our service, so both are counted from the connection's end.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,11 +18,12 @@ use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
 
@@ -37,6 +44,10 @@ pub fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListene
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout())
+        .max_header_size(shared.config.max_header_size);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -52,13 +63,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
                 };
                 let _ = tcp.set_nodelay(true);
                 let drained = shared.shutdown.clone();
+                let metrics = shared.metrics.clone();
                 let shared = shared.clone();
                 let service = service_fn(move |request| crate::http::handle(shared.clone(), request, remote));
-                let connection = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
+                let connection = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
                 let span = tracing::info_span!("tcp", remote = %remote);
-                tokio::spawn(serve_until_drained(connection, drained).instrument(span));
+                tokio::spawn(serve_until_drained(connection, drained, metrics).instrument(span));
             }
             _ = shutdown.draining() => break,
         }
@@ -69,7 +79,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Serves one HTTP connection; when draining starts, an idle keep-alive
 /// connection is closed and a busy one finishes its request first.
-async fn serve_until_drained<F>(connection: F, mut shutdown: Shutdown)
+async fn serve_until_drained<F>(connection: F, mut shutdown: Shutdown, metrics: Arc<Metrics>)
 where
     F: Future<Output = hyper::Result<()>> + GracefulClose,
 {
@@ -81,8 +91,17 @@ where
             connection.await
         }
     };
-    if let Err(error) = result {
-        tracing::debug!(%error, "HTTP connection ended with an error");
+    match result {
+        Err(error) if error.is_timeout() => {
+            metrics.header_timeouts.inc();
+            tracing::debug!("request head not received in time; connection closed");
+        }
+        Err(error) if error.is_parse_too_large() => {
+            metrics.headers_too_large.inc();
+            tracing::debug!(%error, "request head too large; answered 431");
+        }
+        Err(error) => tracing::debug!(%error, "HTTP connection ended with an error"),
+        Ok(()) => {}
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use redis::aio::ConnectionManager;
 use switchyard_protocol::Keys;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::groups::Groups;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct Shared {
     pub groups: Arc<Groups>,
     pub outbound: Outbound,
     pub metrics: Arc<Metrics>,
+    /// Connection ceilings and the Origin allowlist, from the config.
+    pub admission: Arc<Admission>,
     pub shutdown: Shutdown,
     pub started: Instant,
     /// Set by the presence loop from its last Redis round trip.
@@ -56,6 +59,15 @@ impl Shared {
         shutdown: Shutdown,
     ) -> Shared {
         let keys = Keys::new(config.prefix.clone());
+        let max_connections = config.effective_max_connections();
+        metrics
+            .connections_limit
+            .set(max_connections.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+        let admission = Admission::new(
+            max_connections,
+            config.max_connections_per_ip,
+            config.allowed_origins.clone(),
+        );
         Shared {
             config,
             id,
@@ -68,6 +80,7 @@ impl Shared {
             groups,
             outbound,
             metrics,
+            admission,
             shutdown,
             started: Instant::now(),
             redis_ok: AtomicBool::new(true),

@@ -5,6 +5,12 @@
 //! HTTP upgrade until a worker answers. Accept → 101 and the connection task
 //! starts; close before accept → 403; no answer within `--connect-timeout` →
 //! 503 (and a disconnect, so a late worker can clean up).
+//!
+//! Before a worker is asked, [`crate::admission`] may turn the upgrade away:
+//! Origin not allowed → 403, connection ceiling → 503, per-IP ceiling → 429
+//! (both with Retry-After). The admitted connection's slot lives as long as
+//! its task. The 101 must reach the client within `--header-read-timeout`,
+//! so no stage from accept to an open socket waits without bound.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::reader;
+use crate::admission::{Refusal, Slot};
 use crate::http::{header_pairs, text_response, Body};
 use crate::registry::ConnEvent;
 use crate::router::{Entered, Target};
@@ -34,6 +41,10 @@ pub async fn handle(
     if shared.shutdown.is_draining() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
     }
+    let slot = match admit(&shared, &request, remote) {
+        Ok(slot) => slot,
+        Err(refusal) => return refused(&shared, refusal),
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
@@ -76,7 +87,7 @@ pub async fn handle(
                 actions,
             };
             let span = tracing::info_span!(parent: None, "ws", conn = id, channel = %target.channel);
-            let connection = run_connection(shared, opened, upgrade, events, target.enter());
+            let connection = run_connection(shared, opened, upgrade, events, target.enter(), slot);
             tokio::spawn(connection.instrument(span));
             response
         }
@@ -97,6 +108,41 @@ pub async fn handle(
             )
         }
     }
+}
+
+/// Seconds a refused client is told to wait before trying again.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Origin allowlist, then the connection ceilings.
+fn admit(shared: &Shared, request: &Request<Incoming>, remote: SocketAddr) -> Result<Slot, Refusal> {
+    if !shared.admission.origin_allowed(request.headers()) {
+        return Err(Refusal::Origin);
+    }
+    shared.admission.admit(remote.ip())
+}
+
+/// The answer to a refused upgrade, counted by reason.
+fn refused(shared: &Shared, refusal: Refusal) -> Response<Body> {
+    shared.metrics.handshake_refused(refusal.reason());
+    tracing::debug!(reason = refusal.reason(), "WebSocket upgrade refused");
+    let (status, text) = match refusal {
+        Refusal::Origin => (StatusCode::FORBIDDEN, "origin not allowed\n"),
+        Refusal::MaxConnections => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections on this server; try again later\n",
+        ),
+        Refusal::PerIp => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address; try again later\n",
+        ),
+    };
+    let mut response = text_response(status, text);
+    if refusal != Refusal::Origin {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
+    response
 }
 
 enum Verdict {
@@ -157,11 +203,19 @@ async fn run_connection(
     events: mpsc::UnboundedReceiver<ConnEvent>,
     // Counts the connection on its route for as long as it lives.
     _entered: Entered,
+    // Holds its admission slot for as long as it lives.
+    _slot: Slot,
 ) {
-    let socket = match upgrade.await {
-        Ok(socket) => socket,
-        Err(error) => {
+    let socket = match tokio::time::timeout(shared.config.header_read_timeout(), upgrade).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
             tracing::debug!(%error, "upgrade did not complete");
+            shared.registry.close(opened.id);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("the 101 did not reach the client in time");
+            shared.metrics.error("upgrade_timeout");
             shared.registry.close(opened.id);
             return;
         }

@@ -188,12 +188,11 @@ async fn read_to_end(raw: &mut RawWs, timeout: Duration) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_interface_pings_every_client() {
     bounded(Duration::from_secs(60), async {
+        // Through the environment, as a platform would set them.
         let stack = Stack::builder("ping")
             .workers(1)
-            .interface_arg("--ping-interval")
-            .interface_arg("0.5")
-            .interface_arg("--idle-timeout")
-            .interface_arg("0")
+            .interface_env("SWITCHYARD_PING_INTERVAL", "0.5")
+            .interface_env("SWITCHYARD_IDLE_TIMEOUT", "0")
             .start()
             .await;
         let mut raw = RawWs::connect(&stack.addr, "/ws/echo/").await.unwrap();

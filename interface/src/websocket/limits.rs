@@ -159,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn environment_variables_work() {
+    fn every_flag_has_an_environment_variable() {
         let config = Config::try_parse_from(["switchyard-interface"]).unwrap();
         // Names only: setting them would race with the other tests.
         let help = <Config as clap::CommandFactory>::command()

@@ -7,8 +7,7 @@
 //!   write stays blocked for `--send-timeout`), and the interface's memory stays flat while
 //!   far more than that is pushed at it; other members keep getting every broadcast;
 //! - a client over `--max-message-rate` is closed with 1008, its messages before the limit
-//!   reach the worker in order, none after.
-//!
+//!   reach the worker in order, none after;
 //! - a message over `--max-message-size` (1009, tested in `limits.rs`) is counted.
 //!
 //! Each checks its Prometheus counter too.

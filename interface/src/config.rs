@@ -14,6 +14,7 @@ use switchyard_protocol::logging::LogFormat;
 use crate::admission::OriginPattern;
 use crate::router::{Route, Routes};
 use crate::static_files::Mount;
+use crate::websocket::limits::{self, ConnLimits};
 
 /// Switchyard interface server: terminates HTTP and WebSocket connections and
 /// hands every client event to workers over Redis streams.
@@ -110,6 +111,37 @@ pub struct Config {
     /// Largest WebSocket message (and frame) in bytes; larger ones close with 1009.
     #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
     pub max_message_size: usize,
+
+    /// Seconds between the pings the interface sends on every WebSocket, so
+    /// proxies and load balancers do not cut quiet sockets (0: no pings).
+    #[arg(long, env = "SWITCHYARD_PING_INTERVAL", default_value_t = 20.0, value_parser = limits::parse_seconds_or_off)]
+    pub ping_interval: f64,
+
+    /// Seconds without any frame from a client (data, ping, pong or close)
+    /// after which its WebSocket is closed with 1001 "idle timeout": a client
+    /// that no longer answers pings is gone. Must exceed --ping-interval (0: never).
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = limits::parse_seconds_or_off)]
+    pub idle_timeout: f64,
+
+    /// Messages that may wait for one client that reads too slowly; one more
+    /// closes its WebSocket with 1008 "send queue full" (0: unbounded).
+    #[arg(long, env = "SWITCHYARD_MAX_SEND_QUEUE", default_value_t = 1024)]
+    pub max_send_queue: usize,
+
+    /// Seconds one write to a client may stay blocked before its WebSocket is
+    /// dropped as a slow reader, without a close frame (0: no limit).
+    #[arg(long, env = "SWITCHYARD_SEND_TIMEOUT", default_value_t = 30.0, value_parser = limits::parse_seconds_or_off)]
+    pub send_timeout: f64,
+
+    /// Messages per second one client may send on average; a client over it is
+    /// closed with 1008 "message rate exceeded" (0: no limit).
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_RATE", default_value_t = 0.0, value_parser = limits::parse_rate)]
+    pub max_message_rate: f64,
+
+    /// Messages one client may send at once before --max-message-rate applies
+    /// (0: as many as the rate, at least 1).
+    #[arg(long, env = "SWITCHYARD_MESSAGE_BURST", default_value_t = 0)]
+    pub message_burst: u32,
 
     /// Seconds a graceful shutdown may take before every socket is closed anyway.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT", default_value_t = 8.0, value_parser = parse_seconds)]
@@ -256,6 +288,7 @@ impl Config {
                 self.max_header_size
             );
         }
+        ConnLimits::validate(self)?;
         if let Some(id) = &self.id {
             if id.is_empty() || id.contains(['!', '{', '}', ' ']) {
                 bail!("--id: `{id}` may not be empty or contain '!', '{{', '}}' or spaces");

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub http_requests: Family<StatusLabel, Counter>,
     /// Request start → response head.
     pub http_duration: Histogram,
+    /// Pings the interface sent to keep WebSockets alive (`--ping-interval`).
+    pub pings_sent: Counter,
 }
 
 impl Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
         let redis_batches = Counter::default();
         let http_requests = Family::<StatusLabel, Counter>::default();
         let http_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let pings_sent = Counter::default();
         registry.register(
             "websocket_connections_active",
             "Open WebSocket connections",
@@ -118,6 +121,11 @@ impl Metrics {
             "Time from an HTTP request's arrival to its response head",
             http_duration.clone(),
         );
+        registry.register(
+            "websocket_pings_sent",
+            "Pings sent to WebSocket clients to keep their connections alive",
+            pings_sent.clone(),
+        );
         Metrics {
             registry,
             connections_active,
@@ -132,6 +140,7 @@ impl Metrics {
             redis_batches,
             http_requests,
             http_duration,
+            pings_sent,
         }
     }
 

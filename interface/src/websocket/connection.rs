@@ -9,19 +9,29 @@
 //! action, a broken socket, or the interface's drain (drain notice → worker's
 //! goodbye → close 1001). Messages the client sent before closing still reach
 //! the workers, in order; only then is the disconnect sent.
+//!
+//! And it enforces the per-connection limits (`limits.rs`, `docs/limits.md`):
+//! it pings, closes a client not heard from for the idle timeout (1001), one
+//! over its message rate (1008), and one that does not read (1008): its
+//! mailbox overflowed or a write stayed blocked for the send timeout. A write
+//! is abandoned half-way in that case, so the socket is dropped without a
+//! close frame; a connection blocked in a write must not block its task for
+//! good, or its mailbox could never be drained.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{CloseCode, Frame, Payload as FramePayload, WebSocketWrite};
+use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload, WebSocketWrite};
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
+use super::limits::ConnLimits;
+use super::rate::TokenBucket;
 use super::reader::{Inbound, Inbox, POLICY_VIOLATION};
 use super::WriteHalf;
-use crate::registry::ConnEvent;
+use crate::registry::{Backlog, ConnEvent, Events};
 use crate::state::Shared;
 
 /// Client messages read ahead of the one in flight; when full, the inbox is
@@ -64,14 +74,28 @@ pub struct Connection {
     closed: Option<(u16, Instant)>,
     /// We sent the first close frame and owe the client a moment to answer.
     awaiting_close_reply: bool,
+    /// The fill level of our mailbox; says when a client reads too slowly.
+    backlog: Arc<Backlog>,
+    /// The message rate limit, when there is one.
+    rate: Option<TokenBucket>,
 }
 
 impl Connection {
-    pub fn new(shared: Arc<Shared>, opened: Opened, writer: WebSocketWrite<WriteHalf>) -> Connection {
+    pub fn new(
+        shared: Arc<Shared>,
+        opened: Opened,
+        writer: WebSocketWrite<WriteHalf>,
+        backlog: Arc<Backlog>,
+    ) -> Connection {
+        let rate = ConnLimits::of(&shared.config)
+            .message_rate
+            .map(|(rate, burst)| TokenBucket::new(rate, burst, Instant::now()));
         Connection {
             shared,
             opened,
             writer,
+            backlog,
+            rate,
             next_seq: 2,
             in_flight: None,
             appended: None,
@@ -84,7 +108,7 @@ impl Connection {
     }
 
     /// Runs the connection to its end, then tells the workers it is gone.
-    pub async fn run(mut self, mut inbound: Inbox, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
+    pub async fn run(mut self, mut inbound: Inbox, mut events: Events) {
         self.shared.metrics.connections_active.inc();
         let actions = std::mem::take(&mut self.opened.actions);
         self.apply_actions(actions).await;
@@ -95,10 +119,16 @@ impl Connection {
         self.finish(code);
     }
 
-    async fn serve(&mut self, inbound: &mut Inbox, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> u16 {
+    async fn serve(&mut self, inbound: &mut Inbox, events: &mut Events) -> u16 {
         let mut shutdown = self.shared.shutdown.clone();
         let mut drain_deadline: Option<Instant> = None;
         let mut drain_seq: Option<u64> = None;
+        let limits = ConnLimits::of(&self.shared.config);
+        let mut next_ping = limits.ping_interval.map(|interval| Instant::now() + interval);
+        // While the inbox is not polled nothing can be heard; the idle clock
+        // starts again when reading resumes.
+        let mut was_reading = true;
+        let mut resumed = Instant::now();
         loop {
             if self.in_flight.is_none() {
                 if let Some(event) = self.pending.pop_front() {
@@ -113,9 +143,23 @@ impl Connection {
                 }
             }
             let reading = self.closed.is_none() && drain_deadline.is_none() && self.pending.len() < MAX_PENDING;
+            if reading && !was_reading {
+                resumed = Instant::now();
+            }
+            was_reading = reading;
+            let idle_at = limits
+                .idle_timeout
+                .filter(|_| reading)
+                .map(|timeout| inbound.last_heard().max(resumed) + timeout);
+            let timer = [idle_at, next_ping].into_iter().flatten().min();
             let linger_until = self.closed.map(|(_, until)| until);
             tokio::select! {
                 biased;
+                _ = self.backlog.overflow(), if self.closed.is_none() => {
+                    self.shared.metrics.error("slow_reader");
+                    tracing::info!(conn = self.opened.id, "client does not read: its send queue is full");
+                    self.close(POLICY_VIOLATION, "send queue full").await;
+                }
                 _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() && self.closed.is_none() => {
                     self.close(GOING_AWAY, "server shutting down").await;
                     self.pending.clear();
@@ -132,6 +176,32 @@ impl Connection {
                         self.close(TRY_AGAIN_LATER, "message could not be queued").await;
                         self.pending.clear();
                         self.in_flight = None;
+                    }
+                }
+                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() && self.closed.is_none() => {
+                    let now = Instant::now();
+                    if idle_at.is_some_and(|at| at <= now) {
+                        // A busy mailbox may have kept the inbox from being polled: look once more.
+                        if let Ok(item) = tokio::time::timeout(Duration::ZERO, inbound.recv()).await {
+                            match item {
+                                Some(item) => self.on_inbound(item).await,
+                                None => self.mark_closed(ABNORMAL),
+                            }
+                            continue;
+                        }
+                        if limits.idle_timeout.is_some_and(|timeout| inbound.last_heard() + timeout > now) {
+                            continue;
+                        }
+                        self.shared.metrics.error("idle_timeout");
+                        tracing::info!(conn = self.opened.id, "nothing heard from the client: closing");
+                        self.close(GOING_AWAY, "idle timeout").await;
+                    } else if let (Some(at), Some(interval)) = (next_ping, limits.ping_interval) {
+                        if at <= now {
+                            next_ping = Some(now + interval);
+                            if self.write(Frame::new(true, OpCode::Ping, None, FramePayload::Borrowed(&[]))).await {
+                                self.shared.metrics.pings_sent.inc();
+                            }
+                        }
                     }
                 }
                 event = events.recv() => match event {
@@ -172,7 +242,16 @@ impl Connection {
 
     async fn on_inbound(&mut self, item: Inbound) {
         match item {
-            Inbound::Message(payload) => self.pending.push_back(Event::Receive(payload)),
+            Inbound::Message(payload) => {
+                let now = Instant::now();
+                if self.rate.as_mut().is_some_and(|bucket| !bucket.take(now)) {
+                    self.shared.metrics.error("rate_limited");
+                    tracing::info!(conn = self.opened.id, "client over its message rate: closing");
+                    self.close(POLICY_VIOLATION, "message rate exceeded").await;
+                    return;
+                }
+                self.pending.push_back(Event::Receive(payload));
+            }
             Inbound::Ping(data) => {
                 let _ = self.write(Frame::pong(FramePayload::Owned(data))).await;
             }
@@ -292,16 +371,41 @@ impl Connection {
         }
     }
 
-    /// Writes a frame; a failed write means the socket is gone.
+    /// Writes a frame; a failed write means the socket is gone. A write
+    /// that blocks past the send timeout, or until the mailbox overflows, is
+    /// abandoned (the frame may be half written) and the socket dropped.
     async fn write(&mut self, frame: Frame<'_>) -> bool {
         if self.closed.is_some() {
             return false;
         }
-        match self.writer.write_frame(frame).await {
-            Ok(()) => true,
-            Err(error) => {
+        // After an overflow only our close frame is written, if the socket takes it soon.
+        let overflowed = self.backlog.is_overflowed();
+        let limit = if overflowed {
+            Some(CLOSE_WAIT)
+        } else {
+            ConnLimits::of(&self.shared.config).send_timeout
+        };
+        let deadline = limit.map(|limit| Instant::now() + limit);
+        let written = tokio::select! {
+            biased;
+            result = self.writer.write_frame(frame) => Some(result),
+            _ = self.backlog.overflow(), if !overflowed => None,
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => None,
+        };
+        match written {
+            Some(Ok(())) => true,
+            Some(Err(error)) => {
                 tracing::debug!(conn = self.opened.id, %error, "socket write failed");
                 self.mark_closed(ABNORMAL);
+                false
+            }
+            None => {
+                if !overflowed {
+                    self.shared.metrics.error("slow_reader");
+                }
+                tracing::info!(conn = self.opened.id, "client does not read: dropping the connection");
+                self.awaiting_close_reply = false;
+                self.mark_closed(POLICY_VIOLATION);
                 false
             }
         }

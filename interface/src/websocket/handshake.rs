@@ -19,7 +19,6 @@ use fastwebsockets::{Role, WebSocket};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use switchyard_protocol::{encode, Action, ChannelMessage, ConnectScope, Event, ReplyAddress};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -27,7 +26,7 @@ use super::connection::{Connection, Opened};
 use super::reader;
 use crate::admission::{Refusal, Slot};
 use crate::http::{header_pairs, text_response, Body};
-use crate::registry::ConnEvent;
+use crate::registry::{ConnEvent, Events};
 use crate::router::{Entered, Target};
 use crate::state::Shared;
 
@@ -49,7 +48,7 @@ pub async fn handle(
         Ok(pair) => pair,
         Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
     };
-    let (id, mut events) = shared.registry.open();
+    let (id, mut events) = shared.registry.open(shared.config.max_send_queue);
     let reply = ReplyAddress::new(shared.id.clone(), id).to_string();
     let stream: Arc<str> = shared.keys.channel_stream(&target.channel).into();
     let path = request.uri().path().to_owned();
@@ -155,7 +154,7 @@ enum Verdict {
 }
 
 /// Waits for the reply that completes the connect (sequence number 1).
-async fn wait_for_verdict(events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> Verdict {
+async fn wait_for_verdict(events: &mut Events) -> Verdict {
     let mut early = Vec::new();
     while let Some(event) = events.recv().await {
         let ConnEvent::Reply(reply) = event else {
@@ -200,7 +199,7 @@ async fn run_connection(
     shared: Arc<Shared>,
     opened: Opened,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
-    events: mpsc::UnboundedReceiver<ConnEvent>,
+    events: Events,
     // Counts the connection on its route for as long as it lives.
     _entered: Entered,
     // Holds its admission slot for as long as it lives.
@@ -224,5 +223,7 @@ async fn run_connection(
     let socket = WebSocket::after_handshake(socket.into_inner(), Role::Server);
     let (read, write) = socket.split(tokio::io::split);
     let inbox = reader::Inbox::new(read, shared.config.max_message_size);
-    Connection::new(shared, opened, write).run(inbox, events).await;
+    Connection::new(shared, opened, write, events.backlog().clone())
+        .run(inbox, events)
+        .await;
 }

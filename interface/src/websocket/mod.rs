@@ -10,6 +10,8 @@
 
 pub mod connection;
 pub mod handshake;
+pub mod limits;
+pub mod rate;
 pub mod reader;
 
 use hyper::upgrade::Upgraded;

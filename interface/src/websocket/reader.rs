@@ -15,6 +15,10 @@
 //! starts the next one. Not polling the inbox is the back-pressure: the
 //! socket is not read and TCP pushes back on the client.
 //!
+//! The inbox also remembers when the client was last heard from, any frame
+//! counting (a pong or one fragment of a long message too), for the idle
+//! timeout: the peer is alive as long as frames arrive.
+//!
 //! The frame logic is kept free of the socket (`on_frame`, `Assembler`, `close_frame`)
 //! so it can be tested without one; [`fuzzing`] exposes exactly that to the
 //! fuzz targets in `fuzz/`.
@@ -25,6 +29,7 @@ use std::pin::Pin;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, WebSocketError, WebSocketRead};
 use switchyard_protocol::Payload;
+use tokio::time::Instant;
 
 use super::ReadHalf;
 
@@ -59,29 +64,35 @@ struct Reader {
     assembler: Assembler,
 }
 
+/// What one read of the socket gave.
+enum Read {
+    /// A complete message or control event; `None` at end of stream or on a
+    /// broken socket.
+    Item(Option<Inbound>),
+    /// A frame that completes nothing yet (a pong, a fragment).
+    Heard,
+}
+
 impl Reader {
-    /// The next complete message or control event; `None` at end of stream
-    /// or on a broken socket.
-    async fn next(&mut self) -> Option<Inbound> {
+    /// Reads one frame.
+    async fn next(&mut self) -> Read {
         let mut no_obligated_sends = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
-        loop {
-            return Some(match self.socket.read_frame(&mut no_obligated_sends).await {
-                Ok(frame) => match on_frame(&mut self.assembler, frame) {
-                    Some(item) => item,
-                    None => continue,
-                },
-                Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
-                Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
-                Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
-                    return None
-                }
-                Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
-            });
-        }
+        Read::Item(Some(match self.socket.read_frame(&mut no_obligated_sends).await {
+            Ok(frame) => match on_frame(&mut self.assembler, frame) {
+                Some(item) => item,
+                None => return Read::Heard,
+            },
+            Err(WebSocketError::InvalidUTF8) => fail(INVALID_DATA, "invalid UTF-8 in text message"),
+            Err(WebSocketError::FrameTooLarge) => fail(TOO_BIG, "message too big"),
+            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
+                return Read::Item(None)
+            }
+            Err(_) => fail(PROTOCOL_ERROR, "protocol error"),
+        }))
     }
 }
 
-type Reading = Pin<Box<dyn Future<Output = (Reader, Option<Inbound>)> + Send>>;
+type Reading = Pin<Box<dyn Future<Output = (Reader, Read)> + Send>>;
 
 /// What the client sends, one item at a time; see the module doc for why
 /// this is cancel-safe.
@@ -91,6 +102,8 @@ pub struct Inbox {
     /// The reader between reads; `None` while a read is in progress and
     /// for good after a close, an error or the end of the stream.
     idle: Option<Reader>,
+    /// When the last frame arrived (or the inbox was made).
+    last_heard: Instant,
 }
 
 impl Inbox {
@@ -105,7 +118,13 @@ impl Inbox {
                 socket,
                 assembler: Assembler::new(max_message_size),
             }),
+            last_heard: Instant::now(),
         }
+    }
+
+    /// When the client's last frame arrived.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
     }
 
     /// The next item; `None` once the socket is gone without a close frame,
@@ -114,20 +133,33 @@ impl Inbox {
     /// Cancel-safe: dropping this future keeps the read in progress for the
     /// next call, and an item is only taken once it is complete.
     pub async fn recv(&mut self) -> Option<Inbound> {
-        if self.reading.is_none() {
-            let mut reader = self.idle.take()?;
-            self.reading = Some(Box::pin(async move {
-                let item = reader.next().await;
-                (reader, item)
-            }));
+        loop {
+            if self.reading.is_none() {
+                let mut reader = self.idle.take()?;
+                self.reading = Some(Box::pin(async move {
+                    let read = reader.next().await;
+                    (reader, read)
+                }));
+            }
+            let reading = self.reading.as_mut()?;
+            let (reader, read) = reading.as_mut().await;
+            self.reading = None;
+            let item = match read {
+                Read::Heard => {
+                    self.last_heard = Instant::now();
+                    self.idle = Some(reader);
+                    continue;
+                }
+                Read::Item(item) => item,
+            };
+            if item.is_some() {
+                self.last_heard = Instant::now();
+            }
+            if matches!(item, Some(Inbound::Message(_) | Inbound::Ping(_))) {
+                self.idle = Some(reader);
+            }
+            return item;
         }
-        let reading = self.reading.as_mut()?;
-        let (reader, item) = reading.as_mut().await;
-        self.reading = None;
-        if matches!(item, Some(Inbound::Message(_) | Inbound::Ping(_))) {
-            self.idle = Some(reader);
-        }
-        item
     }
 }
 

@@ -68,6 +68,14 @@ fn memory(cluster: &mut Cluster) -> BTreeMap<String, u64> {
     out
 }
 
+/// The 1-minute load average (the machine may be shared; it explains slow rounds).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn echo_stream() -> String {
     format!("{PREFIX}:chan:{{echo}}")
 }
@@ -130,6 +138,7 @@ async fn chaos_under_load_keeps_every_invariant() {
         let mut faults = Faults::default();
         let mut failures: Vec<String> = Vec::new();
         let chaos_start = Instant::now();
+        let load_before = load_average();
         'rounds: loop {
             for kind in ["kill -9 worker", "redis restart", "interface restart"] {
                 let before = load.progress();
@@ -195,6 +204,7 @@ async fn chaos_under_load_keeps_every_invariant() {
             }
         }
         let chaos_time = chaos_start.elapsed();
+        let load_after = load_average();
         let answered_under_chaos = load.answered() - warm_answers;
 
         let reports = load.finish().await;
@@ -275,7 +285,12 @@ async fn chaos_under_load_keeps_every_invariant() {
         let _ = writeln!(out, "  interface SIGTERM → exit: [{}] s", drains.join(", "));
         let _ = writeln!(
             out,
-            "messages: {sent} sent, {answered} answered ({answered_under_chaos} during the faults)"
+            "  machine load average (1 min) at the start / end of the faults: {load_before} / {load_after}"
+        );
+        let _ = writeln!(
+            out,
+            "messages: {sent} sent, {answered} answered ({answered_under_chaos} during the faults, {:.0}/s)",
+            answered_under_chaos as f64 / chaos_time.as_secs_f64()
         );
         let _ = writeln!(
             out,

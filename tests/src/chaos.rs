@@ -379,6 +379,9 @@ pub struct StreamFigures {
     pub pending: u64,
     /// Entries after the group's last-delivered id: never handed to a consumer.
     pub undelivered: u64,
+    /// What Redis itself says is undelivered (`XINFO GROUPS` lag; `None` when it cannot
+    /// tell). `switchyard status` shows this as the backlog.
+    pub redis_lag: Option<String>,
 }
 
 /// Length, pending and undelivered entries of `stream` for consumer group `group`.
@@ -402,6 +405,7 @@ pub fn stream_figures(con: &mut redis::Connection, stream: &str, group: &str) ->
         length,
         pending,
         undelivered: after.len() as u64,
+        redis_lag: group_field(&groups, group, "lag"),
     })
 }
 

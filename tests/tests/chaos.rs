@@ -33,6 +33,9 @@ const RSS_SLACK_KIB: u64 = 32 * 1024;
 /// Normal load between two faults.
 const GAP: Duration = Duration::from_secs(1);
 const ECHO_STREAM_GROUP: &str = "workers";
+/// The interface's default `--shutdown-timeout`: a drain that long was cut short, closing
+/// sockets with a message still in flight.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -83,6 +86,29 @@ fn echo_stream() -> String {
 fn echo_figures(cluster: &Cluster) -> anyhow::Result<StreamFigures> {
     let mut con = cluster.redis.conn()?;
     stream_figures(&mut con, &echo_stream(), ECHO_STREAM_GROUP)
+}
+
+/// One kind of fault, applied in this order every round.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// `kill -9` of the oldest running worker, and a replacement started at once.
+    KillWorker,
+    /// Redis SIGTERM, one second down, started again on the same port and data.
+    RestartRedis,
+    /// SIGTERM of interface 1 (drain, 1001), a new process on the same port and id.
+    RestartInterface,
+}
+
+impl Fault {
+    const ROUND: [Fault; 3] = [Fault::KillWorker, Fault::RestartRedis, Fault::RestartInterface];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillWorker => "kill -9 worker",
+            Fault::RestartRedis => "redis restart",
+            Fault::RestartInterface => "interface restart",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -140,11 +166,12 @@ async fn chaos_under_load_keeps_every_invariant() {
         let chaos_start = Instant::now();
         let load_before = load_average();
         'rounds: loop {
-            for kind in ["kill -9 worker", "redis restart", "interface restart"] {
+            for fault in Fault::ROUND {
+                let kind = fault.name();
                 let before = load.progress();
                 let t0 = Instant::now();
-                match kind {
-                    "kill -9 worker" => {
+                match fault {
+                    Fault::KillWorker => {
                         let Some(victim) = (0..cluster.workers.len()).find(|&i| cluster.workers[i].is_running()) else {
                             failures.push("no running worker left to kill".into());
                             break 'rounds;
@@ -154,7 +181,7 @@ async fn chaos_under_load_keeps_every_invariant() {
                         cluster.spawn_worker();
                         faults.worker_kills += 1;
                     }
-                    "redis restart" => {
+                    Fault::RestartRedis => {
                         cluster.redis.stop().await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         if let Err(e) = cluster.redis.restart().await {
@@ -163,7 +190,7 @@ async fn chaos_under_load_keeps_every_invariant() {
                         }
                         faults.redis_restarts += 1;
                     }
-                    _ => {
+                    Fault::RestartInterface => {
                         let iface = cluster.interface(RESTARTED);
                         iface.sigterm();
                         match iface.wait_exit(Duration::from_secs(15)).await {
@@ -388,6 +415,11 @@ async fn chaos_under_load_keeps_every_invariant() {
         check(
             settled.is_some(),
             format!("memory not back within the bound: baseline {baseline:?}, after {after:?}"),
+        );
+        let slowest_drain = faults.drains.iter().max().copied().unwrap_or_default();
+        check(
+            slowest_drain < DRAIN_DEADLINE,
+            format!("an interface drain took {slowest_drain:?}: it hit its deadline with a message in flight"),
         );
         check(
             cluster.interface(0).is_running(),

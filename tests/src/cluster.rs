@@ -495,3 +495,56 @@ impl Drop for Member {
         }
     }
 }
+
+impl Cluster {
+    /// Starts interface `index` again (after it has exited) on the same address and with the
+    /// same id, as a supervisor would; waits (up to 30 s) for `/healthz`, retrying while the
+    /// port is still held. `extra` are its extra arguments.
+    pub async fn restart_interface(&mut self, index: usize, extra: &[String]) {
+        let addr = self.addrs[index].clone();
+        let mut args = vec![
+            "--bind".to_string(),
+            addr.clone(),
+            "--redis-url".to_string(),
+            self.redis.url(),
+            "--prefix".to_string(),
+            PREFIX.to_string(),
+            "--id".to_string(),
+            Cluster::interface_id(index),
+        ];
+        args.extend(extra.iter().cloned());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut proc = Proc::spawn(
+            &format!("interface-{index}"),
+            &binary(INTERFACE_BIN),
+            &args,
+            &[],
+            self.dir.path(),
+        )
+        .expect("spawn switchyard-interface");
+        loop {
+            if http::status(&addr, "/healthz").await == Some(200) {
+                self.interfaces[index] = proc;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "interface-{index} not back on {addr} within 30 s:\n{}",
+                proc.log_tail(40)
+            );
+            if proc.try_status().is_some() {
+                // Most likely the port is not free yet: try again.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                proc = Proc::spawn(
+                    &format!("interface-{index}"),
+                    &binary(INTERFACE_BIN),
+                    &args,
+                    &[],
+                    self.dir.path(),
+                )
+                .expect("spawn switchyard-interface");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

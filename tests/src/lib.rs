@@ -8,6 +8,7 @@
 //! The binaries are looked up next to the test executable (`target/<profile>/`); build them
 //! first with `cargo build --bins` (`scripts/test` does).
 
+pub mod chaos;
 pub mod cluster;
 pub mod http;
 pub mod load;

@@ -2,13 +2,20 @@
 //!
 //! One `XREADGROUP` on a dedicated connection reads every served stream at
 //! once, never more messages than there are free permits, and hands each to
-//! its own task. The first reads ask for this consumer's own pending entries
-//! (id `0`): a worker restarted under the same `--name` picks up what its
-//! previous life left unacknowledged before it reads anything new. When the worker is stopping it simply does not read again;
-//! its last blocking read ends by itself within the block time, so no message
-//! is ever delivered to a reader that is no longer there.
+//! its own task. The first reads on every connection ask for this consumer's
+//! own pending entries (id `0`): a worker restarted under the same `--name`
+//! picks up what its previous life left unacknowledged, and after a reconnect
+//! the worker picks up entries Redis delivered to it whose reply the broken
+//! connection swallowed (a Redis restart does that) — otherwise they would
+//! wait for the `--claim-idle` backstop. Entries still in hand from before the
+//! reconnect are skipped, so none is handled twice at once.
+//!
+//! When the worker is stopping it simply does not read again; its last
+//! blocking read ends by itself within the block time, so no message is ever
+//! delivered to a reader that is no longer there.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use switchyard_protocol::redis_conn::{self, Backoff};
 use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
@@ -25,6 +32,8 @@ pub async fn run(worker: Arc<Worker>) {
     // Per stream: an id = our own pending entries after it (history);
     // ">" = new entries.
     let mut positions: Vec<String> = streams.iter().map(|_| "0".to_owned()).collect();
+    // (stream, entry id) of every message being handled.
+    let in_hand: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
     while !worker.stopping() {
         let mut con = match redis_conn::blocking(&worker.client, READ_BLOCK).await {
             Ok(con) => con,
@@ -39,6 +48,7 @@ pub async fn run(worker: Arc<Worker>) {
             backoff.wait().await;
             continue;
         }
+        positions.iter_mut().for_each(|p| *p = "0".to_owned());
         while !worker.stopping() {
             // Wait for at least one free permit, then read as many as are free.
             let first = match worker.permits.clone().acquire_owned().await {
@@ -76,6 +86,10 @@ pub async fn run(worker: Arc<Worker>) {
             let mut first = Some(first);
             for batch in batches {
                 for entry in batch.entries {
+                    let key = (batch.stream.clone(), entry.id.clone());
+                    if !lock(&in_hand).insert(key.clone()) {
+                        continue; // read again from our history while still in hand
+                    }
                     let permit = match first.take() {
                         Some(permit) => permit,
                         None => match worker.permits.clone().acquire_owned().await {
@@ -84,9 +98,10 @@ pub async fn run(worker: Arc<Worker>) {
                         },
                     };
                     let worker = worker.clone();
-                    let stream = batch.stream.clone();
+                    let in_hand = in_hand.clone();
                     tokio::spawn(async move {
-                        handler::handle(&worker, &stream, entry).await;
+                        handler::handle(&worker, &key.0, entry).await;
+                        lock(&in_hand).remove(&key);
                         drop(permit);
                     });
                 }
@@ -94,6 +109,10 @@ pub async fn run(worker: Arc<Worker>) {
         }
         backoff.wait().await;
     }
+}
+
+fn lock<T>(set: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Moves each stream's history position past what was just read; a stream

@@ -123,10 +123,27 @@ impl Events {
 }
 
 /// Live connections of this interface.
-#[derive(Default)]
 pub struct Registry {
     next_id: AtomicU64,
     connections: Mutex<HashMap<u64, Mailbox>>,
+}
+
+impl Default for Registry {
+    /// Connection ids start at the current time in microseconds, not at 1: an
+    /// interface restarted under the same `--id` (after `kill -9`, or when a
+    /// drain ran out of time) must not reuse an id whose replies or sequence
+    /// record are still in Redis — a new connection would get an old one's
+    /// late replies, or have its messages taken for repeats. Ids stay below
+    /// 2^53, so they survive JSON and JavaScript numbers.
+    fn default() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
+        Registry {
+            next_id: AtomicU64::new(micros),
+            connections: Mutex::default(),
+        }
+    }
 }
 
 impl Registry {

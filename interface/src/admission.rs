@@ -153,12 +153,41 @@ impl Drop for Slot {
 }
 
 /// The ceiling used when `--max-connections` is not given: the open-files
-/// soft limit minus [`FD_HEADROOM`] (at least half the limit), `None` when
-/// the limit is unknown or infinite.
+/// soft limit (raised to the hard limit at start-up, see
+/// [`raise_open_files_limit`]) minus [`FD_HEADROOM`] (at least half the
+/// limit), `None` when the limit is unknown or infinite.
 pub fn default_max_connections() -> Option<usize> {
     let limit = open_files_limit()?;
     let derived = limit.saturating_sub(FD_HEADROOM).max(limit / 2);
     usize::try_from(derived).ok().filter(|&n| n > 0)
+}
+
+/// Raises this process's open-files soft limit to its hard limit, as nginx
+/// (`worker_rlimit_nofile`) and Go programs do: every socket is a descriptor,
+/// and a distribution's default soft limit (often 1,024) would cap the
+/// interface far below what the machine allows. Returns the new soft limit.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    #[allow(clippy::useless_conversion)] // rlim_t is not u64 on every platform
+    u64::try_from(limit.rlim_cur).ok()
 }
 
 /// The soft `RLIMIT_NOFILE` of this process.

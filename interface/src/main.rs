@@ -7,6 +7,8 @@ use switchyard_interface::config::Config;
 use switchyard_protocol::logging;
 
 fn main() -> ExitCode {
+    // Before the limits are derived from it (`--max-connections`' default).
+    switchyard_interface::admission::raise_open_files_limit();
     let config = Config::parse();
     if let Err(error) = config.validate() {
         eprintln!("switchyard-interface: {error:#}");

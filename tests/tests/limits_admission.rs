@@ -331,3 +331,44 @@ async fn origin_allowlist_refuses_other_origins_with_403() {
     })
     .await
 }
+
+/// A low open-files soft limit (a distribution default of 1,024) does not cap the interface:
+/// it raises its soft limit to the hard one before deriving `--max-connections`.
+#[test]
+fn the_interface_raises_its_open_files_limit_before_deriving_max_connections() {
+    use std::os::unix::process::CommandExt;
+
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    if limit.rlim_max == libc::RLIM_INFINITY || limit.rlim_max <= 2048 {
+        eprintln!(
+            "hard open-files limit {} leaves nothing to raise; skipped",
+            limit.rlim_max
+        );
+        return;
+    }
+    let hard = limit.rlim_max;
+    let mut command = std::process::Command::new(switchyard_tests::binary(switchyard_tests::INTERFACE_BIN));
+    command.arg("--check");
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            let low = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &low) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().expect("run switchyard-interface --check");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let expected = format!("effective max connections: {}", hard - 256);
+    assert!(text.contains(&expected), "wanted `{expected}` in:\n{text}");
+}

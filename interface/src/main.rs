@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if config.check {
-        println!("{config:#?}");
+        println!("{:#?}", config.redacted());
         if let Ok((websocket, http)) = config.route_tables() {
             println!("effective routes:");
             for (kind, routes) in [("websocket", &websocket), ("http", &http)] {

@@ -3,8 +3,10 @@
 //! Connection tasks hand their messages to one batcher task. It takes all that
 //! is queued (up to a batch size), sends the XADDs as one pipeline, and tells
 //! each sender whether its message is on the stream. While Redis is away it
-//! holds the batch and retries, in order, up to `--redis-hold`; then it
-//! gives up on those messages so their connections can close with 1013.
+//! holds the batch and retries, in order, until its oldest message has waited
+//! `--redis-hold`; then it gives up on those messages so their connections can
+//! close with 1013. Each attempt is cut at that deadline too: a frozen Redis
+//! (no answer at all) would otherwise stretch the hold to the response timeout.
 //!
 //! A retried batch may append a message twice; workers detect the repeated
 //! sequence number and apply it once (see docs/protocol.md).
@@ -21,12 +23,15 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 
 const MAX_BATCH: usize = 512;
+/// Shortest attempt at appending a batch, however late it is.
+const MIN_ATTEMPT: Duration = Duration::from_millis(200);
 
 struct Item {
     /// `None` marks a flush request: acknowledged once everything before it is sent.
     stream: Option<Arc<str>>,
     payload: Vec<u8>,
     ack: Option<oneshot::Sender<bool>>,
+    queued: Instant,
 }
 
 /// Handle for enqueueing messages.
@@ -56,6 +61,7 @@ impl Outbound {
             stream: Some(stream),
             payload,
             ack: Some(ack),
+            queued: Instant::now(),
         });
         done
     }
@@ -66,6 +72,7 @@ impl Outbound {
             stream: Some(stream),
             payload,
             ack: None,
+            queued: Instant::now(),
         });
     }
 
@@ -76,6 +83,7 @@ impl Outbound {
             stream: None,
             payload: Vec::new(),
             ack: Some(ack),
+            queued: Instant::now(),
         };
         if self.tx.send(marker).is_ok() {
             let _ = done.await;
@@ -97,7 +105,8 @@ async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, 
                     .ignore();
             }
         }
-        let ok = pipe.is_empty() || send_with_retry(&mut con, &pipe, hold, &metrics).await;
+        let oldest = batch.iter().map(|item| item.queued).min().unwrap_or_else(Instant::now);
+        let ok = pipe.is_empty() || send_with_retry(&mut con, &pipe, oldest + hold, &metrics).await;
         metrics.redis_batches.inc();
         for item in batch.drain(..) {
             if let Some(ack) = item.ack {
@@ -110,13 +119,15 @@ async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, 
 async fn send_with_retry(
     con: &mut ConnectionManager,
     pipe: &redis::Pipeline,
-    hold: Duration,
+    give_up: Instant,
     metrics: &Metrics,
 ) -> bool {
-    let give_up = Instant::now() + hold;
     let mut backoff = Backoff::default();
     loop {
-        match pipe.query_async::<()>(con).await {
+        // Always one real attempt, even when the messages waited in the queue past the deadline.
+        let limit = give_up.max(Instant::now() + MIN_ATTEMPT);
+        let attempt = tokio::time::timeout_at(limit, pipe.query_async::<()>(con)).await;
+        match attempt.unwrap_or_else(|_| Err(timed_out())) {
             Ok(_) => return true,
             Err(error) => {
                 metrics.redis_errors.inc();
@@ -129,4 +140,8 @@ async fn send_with_retry(
             }
         }
     }
+}
+
+fn timed_out() -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer before --redis-hold ran out").into()
 }

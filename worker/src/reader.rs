@@ -7,8 +7,20 @@
 //! previous life left unacknowledged before it reads anything new. When the worker is stopping it simply does not read again;
 //! its last blocking read ends by itself within the block time, so no message
 //! is ever delivered to a reader that is no longer there.
+//!
+//! After a failed read it reads its own pending entries again, twice: at once
+//! and [`RECHECK`] later. A read whose answer was lost (Redis frozen, a network
+//! cut: the client gave up, but Redis ran the command when it came back) has
+//! put entries into this consumer's pending list that no task holds; without
+//! the re-read they would wait for the `--claim-idle` backstop. Redis may run
+//! the lost read only after the first re-read, hence the second. Entries still
+//! in a handler's hands are skipped.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use switchyard_protocol::redis_conn::{self, Backoff};
 use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
@@ -18,6 +30,39 @@ use crate::handler;
 use crate::runtime::{Worker, READ_BLOCK};
 
 const MAX_READ: usize = 256;
+/// When, after the first good read past a failure, the pending list is read again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// Entries (stream, id) handed to a handler task and not yet finished.
+#[derive(Default, Clone)]
+struct InHand(Arc<Mutex<HashSet<(String, String)>>>);
+
+impl InHand {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        // A panic while holding this lock cannot leave the set inconsistent.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks an entry as in hand until the returned guard drops (even by a
+    /// panicking handler); `None` if it already is.
+    fn take(&self, key: (String, String)) -> Option<Held> {
+        self.set().insert(key.clone()).then(|| Held {
+            in_hand: self.clone(),
+            key,
+        })
+    }
+}
+
+struct Held {
+    in_hand: InHand,
+    key: (String, String),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.in_hand.set().remove(&self.key);
+    }
+}
 
 pub async fn run(worker: Arc<Worker>) {
     let streams = worker.streams();
@@ -25,6 +70,10 @@ pub async fn run(worker: Arc<Worker>) {
     // Per stream: an id = our own pending entries after it (history);
     // ">" = new entries.
     let mut positions: Vec<String> = streams.iter().map(|_| "0".to_owned()).collect();
+    let in_hand = InHand::default();
+    // Set by a failed read: read the pending list again after the next good read.
+    let mut recheck = false;
+    let mut recheck_at: Option<Instant> = None;
     while !worker.stopping() {
         let mut con = match redis_conn::blocking(&worker.client, READ_BLOCK).await {
             Ok(con) => con,
@@ -45,6 +94,10 @@ pub async fn run(worker: Arc<Worker>) {
                 Ok(permit) => permit,
                 Err(_) => return,
             };
+            if recheck_at.is_some_and(|at| Instant::now() >= at) {
+                recheck_at = None;
+                positions.iter_mut().for_each(|p| *p = "0".to_owned());
+            }
             let count = (worker.permits.available_permits() + 1).min(MAX_READ);
             let mut command = redis::cmd("XREADGROUP");
             command
@@ -64,10 +117,15 @@ pub async fn run(worker: Arc<Worker>) {
                 Err(error) => {
                     tracing::warn!(%error, "read failed; reconnecting");
                     drop(first);
+                    positions.iter_mut().for_each(|p| *p = "0".to_owned());
+                    recheck = true;
                     break;
                 }
             };
             backoff.reset();
+            if std::mem::take(&mut recheck) {
+                recheck_at = Some(Instant::now() + RECHECK);
+            }
             if worker.mark_reading() {
                 crate::maintenance::announce(&worker).await;
             }
@@ -76,6 +134,9 @@ pub async fn run(worker: Arc<Worker>) {
             let mut first = Some(first);
             for batch in batches {
                 for entry in batch.entries {
+                    let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
+                        continue;
+                    };
                     let permit = match first.take() {
                         Some(permit) => permit,
                         None => match worker.permits.clone().acquire_owned().await {
@@ -87,7 +148,7 @@ pub async fn run(worker: Arc<Worker>) {
                     let stream = batch.stream.clone();
                     tokio::spawn(async move {
                         handler::handle(&worker, &stream, entry).await;
-                        drop(permit);
+                        drop((held, permit));
                     });
                 }
             }

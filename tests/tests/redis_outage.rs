@@ -192,7 +192,8 @@ async fn load_rides_out_a_stopped_redis() {
 
 /// With `--redis-hold 2` (below the outage): a connection whose message could not be
 /// appended in time is closed with 1013, and nothing it sent is silently lost — every
-/// message was either answered or its connection got 1013. Idle connections stay open.
+/// message was either answered or its connection got 1013. Idle connections stay open;
+/// connections that first send during the outage all get 1013 after the hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_hold_closes_senders_with_1013() {
     bounded(Duration::from_secs(120), async {
@@ -203,15 +204,20 @@ async fn short_hold_closes_senders_with_1013() {
             .start()
             .await;
         let pids: Vec<u32> = stack.workers.iter().map(|w| w.pid()).collect();
-        let mut idle = Vec::new();
-        for i in 0..20 {
+        // Idle through the outage, and sending first during it: 20 each.
+        let (mut idle, mut late) = (Vec::new(), Vec::new());
+        for i in 0..40 {
             let mut c = stack.ws("/ws/echo/").await;
             c.send_text(format!("idle {i}")).await.unwrap();
             assert_eq!(
                 c.recv(REPLY_TIMEOUT).await.unwrap(),
                 Incoming::Text(format!("idle {i}"))
             );
-            idle.push(c);
+            if i % 2 == 0 {
+                idle.push(c);
+            } else {
+                late.push(c);
+            }
         }
         let load = Load::start_echo(&stack.ws_url("/ws/echo/"), CONNS, WINDOW, Duration::from_secs(45))
             .await
@@ -222,7 +228,21 @@ async fn short_hold_closes_senders_with_1013() {
         );
         assert_ready(&stack).await;
         let down = Instant::now();
-        let (_, back) = redis_down(&mut stack, Outage::Frozen).await;
+        stack.redis.pause();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A message sent into a frozen Redis: held --redis-hold, then 1013.
+        let late_closes = futures::future::join_all(late.iter_mut().enumerate().map(|(i, c)| async move {
+            let sent = Instant::now();
+            c.send_text(format!("late {i}")).await.unwrap();
+            match c.recv(OUTAGE - Duration::from_secs(2)).await {
+                Ok(Incoming::Close(Some(1013), _)) => sent.elapsed(),
+                other => panic!("late sender {i}: expected close 1013 during the outage, got {other:?}"),
+            }
+        }))
+        .await;
+        tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
+        stack.redis.resume();
+        let back = Instant::now();
         let at_return = load.answered();
         // Let the connections that were not closed carry on a little (all may have been
         // closed); `finish` then waits for every answer they are owed.
@@ -258,10 +278,6 @@ async fn short_hold_closes_senders_with_1013() {
                 }
             }
         }
-        assert!(
-            closed > 0,
-            "no connection got 1013 in a {OUTAGE:?} outage with --redis-hold 2"
-        );
         for (i, c) in idle.iter_mut().enumerate() {
             c.send_text(format!("after {i}")).await.unwrap();
             assert_eq!(
@@ -274,8 +290,11 @@ async fn short_hold_closes_senders_with_1013() {
         eprintln!(
             "[redis-outage-hold] {closed} of {CONNS} loaded connections closed with 1013 \
              ({first_close:?}..{last_close:?} after Redis froze; {unanswered} messages unanswered on them); \
-             the rest and 20 idle connections carried on {:?} after Redis came back",
-            back.elapsed()
+             the rest and 20 idle connections carried on {:?} after Redis came back; \
+             20 late senders got 1013 {:?}..{:?} after sending",
+            back.elapsed(),
+            late_closes.iter().min(),
+            late_closes.iter().max()
         );
     })
     .await

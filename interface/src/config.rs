@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use switchyard_protocol::logging::LogFormat;
+use switchyard_protocol::redis_conn;
 
 use crate::admission::OriginPattern;
 use crate::router::{Route, Routes};
@@ -64,6 +65,19 @@ pub struct Config {
     /// Redis URL (`redis://[user:password@]host:port/db`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
+
+    /// PEM file of the CA that signs the Redis server's certificate (for a
+    /// private CA; needs a rediss:// URL). Default: the system's trusted roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
+    #[arg(long, env = "REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Prefix of every Redis key, so deployments can share one Redis.
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
@@ -262,17 +276,7 @@ impl Config {
 
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.redis_url.starts_with("redis://")
-            || self.redis_url.starts_with("rediss://")
-            || self.redis_url.starts_with("unix://"))
-        {
-            bail!(
-                "--redis-url: `{}` must start with redis://, rediss:// or unix://",
-                self.redis_url
-            );
-        }
-        redis::Client::open(self.redis_url.as_str())
-            .with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        self.redis_client()?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
@@ -317,6 +321,24 @@ impl Config {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.header_read_timeout)
+    }
+
+    /// The Redis client from --redis-url and the TLS files.
+    pub fn redis_client(&self) -> anyhow::Result<redis::Client> {
+        let tls = redis_conn::TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert: self.redis_client_cert.clone(),
+            client_key: self.redis_client_key.clone(),
+        };
+        Ok(redis_conn::open(&self.redis_url, &tls)?)
+    }
+
+    /// The configuration as `--check` prints it: the Redis password hidden.
+    pub fn redacted(&self) -> Config {
+        Config {
+            redis_url: redis_conn::redacted(&self.redis_url),
+            ..self.clone()
+        }
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if config.check {
-        println!("{config:#?}");
+        println!("{:#?}", config.redacted());
         println!(
             "effective max connections: {}",
             switchyard_interface::describe_limit(config.effective_max_connections())

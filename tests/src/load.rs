@@ -6,6 +6,10 @@
 //! message), no repeat (a message applied twice) and no close. Counting lives in the chat
 //! app's Redis session, so a message applied twice shows up as a skipped count even if the
 //! interface suppresses the duplicate reply. Round-trip times are kept for percentiles.
+//!
+//! [`Load::start_echo`] runs the same on `/ws/echo/` (answers must repeat `message N` in
+//! order) and, for Redis outage tests, takes a close from the server as an outcome, not an
+//! error: the report says how many messages were sent and answered before which close code.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,13 +20,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::ws::{self, WsClient};
+use crate::ws::{self, Incoming, WsClient};
 
 /// What one load connection did.
 #[derive(Debug, Default)]
 pub struct ConnReport {
+    /// Messages sent.
+    pub sent: u64,
     /// Messages answered (with counts 1..=answered, in order).
     pub answered: u64,
+    /// Echo load only: the server closed the connection with this code, at this time.
+    pub closed: Option<(u16, Instant)>,
     /// (when the answer arrived, round-trip time) per message.
     pub samples: Vec<(Instant, Duration)>,
 }
@@ -38,6 +46,16 @@ pub struct Load {
 impl Load {
     /// Opens `conns` connections to `url` (32 handshakes at a time), then starts them all.
     pub async fn start(url: &str, conns: usize, window: u64, reply_timeout: Duration) -> Result<Load> {
+        Load::start_kind(url, conns, window, reply_timeout, false).await
+    }
+
+    /// Echo load on `url` (a `/ws/echo/` route): the answers must be `message 1`,
+    /// `message 2`, … in order; a close from the server ends the connection's run.
+    pub async fn start_echo(url: &str, conns: usize, window: u64, reply_timeout: Duration) -> Result<Load> {
+        Load::start_kind(url, conns, window, reply_timeout, true).await
+    }
+
+    async fn start_kind(url: &str, conns: usize, window: u64, reply_timeout: Duration, echo: bool) -> Result<Load> {
         let clients: Vec<Result<WsClient>> = futures::stream::iter(0..conns)
             .map(|_| ws::connect_retry(url, Duration::from_secs(60)))
             .buffer_unordered(32)
@@ -52,9 +70,12 @@ impl Load {
             .map(|(i, client)| {
                 let (stop, answered) = (stop.clone(), answered.clone());
                 tokio::spawn(async move {
-                    run_connection(client, window, reply_timeout, stop, answered)
-                        .await
-                        .with_context(|| format!("connection {i}"))
+                    let run = if echo {
+                        run_echo_connection(client, window, reply_timeout, stop, answered).await
+                    } else {
+                        run_connection(client, window, reply_timeout, stop, answered).await
+                    };
+                    run.with_context(|| format!("connection {i}"))
                 })
             })
             .collect();
@@ -184,6 +205,61 @@ async fn run_connection(
         report.samples.push((now, now - sent_at));
         report.answered = expected;
         answered.fetch_add(1, Ordering::Relaxed);
+    }
+    report.sent = sent;
+    client.close().await;
+    Ok(report)
+}
+
+async fn run_echo_connection(
+    mut client: WsClient,
+    window: u64,
+    reply_timeout: Duration,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> Result<ConnReport> {
+    let mut report = ConnReport::default();
+    let mut in_flight: VecDeque<Instant> = VecDeque::new();
+    // False once a send failed: the server is closing, read why.
+    let mut sending = true;
+    loop {
+        if sending && !stop.load(Ordering::SeqCst) && (in_flight.len() as u64) < window {
+            match client.send_text(format!("message {}", report.sent + 1)).await {
+                Ok(()) => {
+                    report.sent += 1;
+                    in_flight.push_back(Instant::now());
+                    continue;
+                }
+                Err(_) => sending = false,
+            }
+        }
+        if sending && in_flight.is_empty() {
+            break;
+        }
+        let expected = report.answered + 1;
+        let incoming = client
+            .recv(reply_timeout)
+            .await
+            .with_context(|| format!("waiting for the answer to message {expected} ({} sent)", report.sent))?;
+        match incoming {
+            Incoming::Text(text) => {
+                let Some(sent_at) = in_flight.pop_front() else {
+                    bail!("answer {text:?} to nothing ({} sent, all answered)", report.sent);
+                };
+                if text != format!("message {expected}") {
+                    bail!("expected `message {expected}` but got {text:?}");
+                }
+                let now = Instant::now();
+                report.samples.push((now, now - sent_at));
+                report.answered = expected;
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Incoming::Close(code, _) => {
+                report.closed = Some((code.unwrap_or(1005), Instant::now()));
+                return Ok(report);
+            }
+            other => bail!("{other:?} after {} answers of {} sent", report.answered, report.sent),
+        }
     }
     client.close().await;
     Ok(report)

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// Environment variables of ours that must not leak from the caller's environment into a
 /// child (every setting a test relies on is passed explicitly): these names, and every name
 /// starting with one of `SCRUBBED_PREFIXES`.
-const SCRUBBED_ENV: &[&str] = &["REDIS_URL"];
+const SCRUBBED_ENV: &[&str] = &["REDIS_URL", "REDIS_CA_FILE", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"];
 const SCRUBBED_PREFIXES: &[&str] = &["SWITCHYARD_", "CHAT_"];
 
 /// How many log lines to print per process when a test fails.

@@ -6,7 +6,9 @@
 //! (`--save '' --appendonly no`) unless started with [`RedisServer::start_persistent`]
 //! (append-only file, fsync on every write: a restart keeps the streams, as a production
 //! Redis with AOF would). It can be stopped, paused, killed and restarted on the same port
-//! (to test outages) and is killed on drop.
+//! (to test outages) and is killed on drop. [`RedisServer::start_with_options`] adds TLS
+//! (the port then speaks only TLS) and an ACL user (the default user disabled), as managed
+//! Redis services run; [`RedisServer::client_args`] gives the binaries the matching flags.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,11 +18,36 @@ use anyhow::{bail, Context, Result};
 use crate::ports::free_port;
 use crate::process::Proc;
 
+/// PEM files for a TLS-only server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed `cert` (and any client certificate).
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Mutual TLS: the server demands a client certificate, and the harness and the
+    /// binaries present this one (certificate, key).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How to run the server; `Default` is what [`RedisServer::start`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Append-only file fsynced on every write.
+    pub persistent: bool,
+    /// TLS only (`--port 0 --tls-port P`).
+    pub tls: Option<TlsFiles>,
+    /// An ACL user `(name, password)` with every right; the default user is disabled, so
+    /// nothing works without these credentials.
+    pub user: Option<(String, String)>,
+}
+
 /// A redis-server child process.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
-    persistent: bool,
+    options: RedisOptions,
     proc: Option<Proc>,
 }
 
@@ -28,22 +55,27 @@ impl RedisServer {
     /// Starts a server on a free port, with `dir` as its working directory; waits until it
     /// answers PING.
     pub async fn start(dir: &Path) -> Result<RedisServer> {
-        RedisServer::start_with(dir, false).await
+        RedisServer::start_with_options(dir, RedisOptions::default()).await
     }
 
     /// Like [`RedisServer::start`], with an append-only file fsynced on every write, so
     /// data survives `stop`/`restart` (not `kill`, which may lose the last write).
     pub async fn start_persistent(dir: &Path) -> Result<RedisServer> {
-        RedisServer::start_with(dir, true).await
+        let options = RedisOptions {
+            persistent: true,
+            ..RedisOptions::default()
+        };
+        RedisServer::start_with_options(dir, options).await
     }
 
-    async fn start_with(dir: &Path, persistent: bool) -> Result<RedisServer> {
+    /// Starts a server run as `options` say.
+    pub async fn start_with_options(dir: &Path, options: RedisOptions) -> Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
             let mut server = RedisServer {
                 port: free_port(),
                 dir: dir.to_path_buf(),
-                persistent,
+                options: options.clone(),
                 proc: None,
             };
             match server.launch().await {
@@ -58,14 +90,12 @@ impl RedisServer {
         let program = which("redis-server").context(
             "redis-server not found on PATH: install it (`apt-get install -y redis-server`) or run scripts/test",
         )?;
-        let (appendonly, fsync) = if self.persistent {
+        let (appendonly, fsync) = if self.options.persistent {
             ("yes", "always")
         } else {
             ("no", "everysec")
         };
-        let args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
+        let mut args: Vec<String> = [
             "--bind",
             "127.0.0.1",
             "--save",
@@ -84,6 +114,28 @@ impl RedisServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let port = self.port.to_string();
+        match &self.options.tls {
+            None => args.extend(["--port".to_string(), port]),
+            Some(tls) => {
+                let auth_clients = if tls.client.is_some() { "yes" } else { "no" };
+                for (flag, value) in [
+                    ("--port", "0".to_string()),
+                    ("--tls-port", port),
+                    ("--tls-cert-file", tls.cert.display().to_string()),
+                    ("--tls-key-file", tls.key.display().to_string()),
+                    ("--tls-ca-cert-file", tls.ca.display().to_string()),
+                    ("--tls-auth-clients", auth_clients.to_string()),
+                ] {
+                    args.extend([flag.to_string(), value]);
+                }
+            }
+        }
+        if let Some((user, password)) = &self.options.user {
+            // One word per argument: redis-server quotes an argument holding spaces.
+            let rule = format!("--user {user} on >{password} ~* &* +@all --user default off");
+            args.extend(rule.split(' ').map(str::to_string));
+        }
         let mut proc = Proc::spawn(&format!("redis-{}", self.port), &program, &args, &[], &self.dir)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
@@ -94,7 +146,7 @@ impl RedisServer {
                     proc.log_tail(20)
                 );
             }
-            if ping(&self.url()).is_ok() {
+            if self.ping().is_ok() {
                 self.proc = Some(proc);
                 return Ok(());
             }
@@ -114,20 +166,69 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/`
+    /// `redis://127.0.0.1:<port>/`; `rediss://` with TLS, with the user's credentials if
+    /// it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.options.tls.is_some() { "rediss" } else { "redis" };
+        let credentials = match &self.options.user {
+            Some((user, password)) => format!("{user}:{password}@"),
+            None => String::new(),
+        };
+        format!("{scheme}://{credentials}127.0.0.1:{}/", self.port)
+    }
+
+    /// The flags that point one of our binaries at this server: `--redis-url`, and the TLS
+    /// files it needs.
+    pub fn client_args(&self) -> Vec<String> {
+        let mut args = vec!["--redis-url".to_string(), self.url()];
+        if let Some(tls) = &self.options.tls {
+            args.extend(["--redis-ca-file".to_string(), tls.ca.display().to_string()]);
+            if let Some((cert, key)) = &tls.client {
+                args.extend(["--redis-client-cert".to_string(), cert.display().to_string()]);
+                args.extend(["--redis-client-key".to_string(), key.display().to_string()]);
+            }
+        }
+        args
+    }
+
+    /// A client for the test's own use (TLS and credentials as the server needs).
+    pub fn client(&self) -> Result<redis::Client> {
+        let Some(tls) = &self.options.tls else {
+            return Ok(redis::Client::open(self.url())?);
+        };
+        // rustls needs a crypto provider; the first call installs it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client_tls = match &tls.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(cert)?,
+                client_key: std::fs::read(key)?,
+            }),
+            None => None,
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls,
+            root_cert: Some(std::fs::read(&tls.ca)?),
+        };
+        Ok(redis::Client::build_with_tls(self.url(), certificates)?)
     }
 
     /// A new synchronous connection (for test assertions; keep calls short).
     pub fn conn(&self) -> Result<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
-        Ok(client.get_connection_with_timeout(Duration::from_secs(5))?)
+        Ok(self.client()?.get_connection_with_timeout(Duration::from_secs(5))?)
     }
 
     /// True while the server process runs.
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    fn ping(&self) -> Result<()> {
+        let mut con = self.client()?.get_connection_with_timeout(Duration::from_millis(500))?;
+        let pong: String = redis::cmd("PING").query(&mut con)?;
+        if pong != "PONG" {
+            bail!("unexpected PING answer {pong:?}");
+        }
+        Ok(())
     }
 
     /// Graceful stop (SIGTERM; a persistent server has its append-only file), waits for exit.
@@ -181,16 +282,6 @@ impl RedisServer {
             .unwrap()
             .context(format!("restarting redis-server on port {}", self.port)))
     }
-}
-
-fn ping(url: &str) -> Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut con = client.get_connection_with_timeout(Duration::from_millis(500))?;
-    let pong: String = redis::cmd("PING").query(&mut con)?;
-    if pong != "PONG" {
-        bail!("unexpected PING answer {pong:?}");
-    }
-    Ok(())
 }
 
 /// Looks a program up on PATH.

@@ -15,7 +15,7 @@ use redis::Value;
 use crate::http;
 use crate::ports::free_port;
 use crate::process::Proc;
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisOptions, RedisServer};
 use crate::testdir::TestDir;
 use crate::ws::{self, WsClient};
 use crate::{binary, INTERFACE_BIN, WORKER_BIN};
@@ -46,7 +46,7 @@ pub struct StackBuilder {
     interface_args: Vec<String>,
     interface_env: Vec<(String, String)>,
     probe: Probe,
-    persistent_redis: bool,
+    redis: RedisOptions,
 }
 
 impl StackBuilder {
@@ -60,13 +60,20 @@ impl StackBuilder {
             interface_args: Vec::new(),
             interface_env: Vec::new(),
             probe: Probe::Echo,
-            persistent_redis: false,
+            redis: RedisOptions::default(),
         }
     }
 
     /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
     pub fn persistent_redis(mut self) -> Self {
-        self.persistent_redis = true;
+        self.redis.persistent = true;
+        self
+    }
+
+    /// Runs Redis as `options` say (TLS, an ACL user; see [`RedisOptions`]); the binaries
+    /// get the matching flags.
+    pub fn redis_options(mut self, options: RedisOptions) -> Self {
+        self.redis = options;
         self
     }
 
@@ -114,12 +121,9 @@ impl StackBuilder {
             binary(WORKER_BIN);
         }
         let dir = TestDir::new(&self.name);
-        let redis = if self.persistent_redis {
-            RedisServer::start_persistent(dir.path()).await
-        } else {
-            RedisServer::start(dir.path()).await
-        }
-        .expect("start redis-server");
+        let redis = RedisServer::start_with_options(dir.path(), self.redis)
+            .await
+            .expect("start redis-server");
         let mut stack = Stack {
             workers: Vec::new(),
             interface: None,
@@ -167,14 +171,9 @@ impl Stack {
         for attempt in 1..=5 {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
-            let mut args = vec![
-                "--bind".to_string(),
-                addr.clone(),
-                "--redis-url".to_string(),
-                self.redis.url(),
-                "--prefix".to_string(),
-                PREFIX.to_string(),
-            ];
+            let mut args = vec!["--bind".to_string(), addr.clone()];
+            args.extend(self.redis.client_args());
+            args.extend(["--prefix".to_string(), PREFIX.to_string()]);
             args.extend(extra.iter().cloned());
             let mut proc =
                 Proc::spawn("interface", &program, &args, env, self.dir.path()).expect("spawn switchyard-interface");
@@ -220,12 +219,8 @@ impl Stack {
     /// Starts one more worker with extra arguments and environment.
     pub fn spawn_worker_with(&mut self, extra_args: &[&str], extra_env: &[(&str, &str)]) -> usize {
         let program = binary(WORKER_BIN);
-        let mut args = vec![
-            "--redis-url".to_string(),
-            self.redis.url(),
-            "--prefix".to_string(),
-            PREFIX.to_string(),
-        ];
+        let mut args = self.redis.client_args();
+        args.extend(["--prefix".to_string(), PREFIX.to_string()]);
         args.extend(self.worker_args.iter().cloned());
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let mut env = self.worker_env.clone();

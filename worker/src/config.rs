@@ -1,11 +1,13 @@
 //! Worker flags (each also an environment variable) and their checks.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use switchyard_protocol::logging::LogFormat;
+use switchyard_protocol::redis_conn;
 
 /// Switchyard worker: runs the consumers of the channels it serves, reading
 /// them from Redis streams. Stop it with SIGTERM: it finishes what it holds
@@ -16,6 +18,19 @@ pub struct WorkerConfig {
     /// Redis URL (`redis://[user:password@]host:port/db`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
+
+    /// PEM file of the CA that signs the Redis server's certificate (for a
+    /// private CA; needs a rediss:// URL). Default: the system's trusted roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
+    #[arg(long, env = "REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Prefix of every Redis key (must match the interfaces').
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
@@ -79,8 +94,7 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        redis::Client::open(self.redis_url.as_str())
-            .with_context(|| format!("--redis-url: `{}` is not a valid Redis URL", self.redis_url))?;
+        self.redis_client()?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
@@ -118,6 +132,24 @@ impl WorkerConfig {
             let random = uuid::Uuid::new_v4().simple().to_string();
             format!("{host}-{}-{}", std::process::id(), &random[..6])
         })
+    }
+
+    /// The Redis client from --redis-url and the TLS files.
+    pub fn redis_client(&self) -> anyhow::Result<redis::Client> {
+        let tls = redis_conn::TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert: self.redis_client_cert.clone(),
+            client_key: self.redis_client_key.clone(),
+        };
+        Ok(redis_conn::open(&self.redis_url, &tls)?)
+    }
+
+    /// The configuration as `--check` prints it: the Redis password hidden.
+    pub fn redacted(&self) -> WorkerConfig {
+        WorkerConfig {
+            redis_url: redis_conn::redacted(&self.redis_url),
+            ..self.clone()
+        }
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -158,5 +190,22 @@ mod tests {
         assert!(error.contains("--concurrency"), "{error}");
         let error = config(&["--only-channels", "a[b"]).validate().unwrap_err().to_string();
         assert!(error.contains("--only-channels"), "{error}");
+        let error = config(&["--redis-url", "redis://u:secret@h:1/", "--redis-ca-file", "ca.pem"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("--redis-ca-file:") && !error.contains("secret"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn check_output_hides_the_redis_password() {
+        let shown = format!("{:?}", config(&["--redis-url", "redis://sy:secret@h:1/"]).redacted());
+        assert!(
+            shown.contains("redis://sy:***@h:1/") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 }

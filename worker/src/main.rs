@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     if config.check {
         let served = runtime::select(&config, &apps)
             .map(|(channels, _)| channels.into_iter().map(|(c, _)| c).collect::<Vec<_>>());
-        println!("{config:#?}\nchannels served: {served:?}");
+        println!("{:#?}\nchannels served: {served:?}", config.redacted());
         return ExitCode::SUCCESS;
     }
     logging::init(config.log_format);

@@ -2,20 +2,28 @@
 //!
 //! One `XREADGROUP` on a dedicated connection reads every served stream at
 //! once, never more messages than there are free permits, and hands each to
-//! its own task. The first reads on every connection ask for this consumer's
-//! own pending entries (id `0`): a worker restarted under the same `--name`
-//! picks up what its previous life left unacknowledged, and after a reconnect
-//! the worker picks up entries Redis delivered to it whose reply the broken
-//! connection swallowed (a Redis restart does that) — otherwise they would
-//! wait for the `--claim-idle` backstop. Entries still in hand from before the
-//! reconnect are skipped, so none is handled twice at once.
+//! its own task. The first reads ask for this consumer's own pending entries
+//! (id `0`): a worker restarted under the same `--name` picks up what its
+//! previous life left unacknowledged before it reads anything new. When the
+//! worker is stopping it simply does not read again; its last blocking read
+//! ends by itself within the block time, so no message is ever delivered to a
+//! reader that is no longer there.
 //!
-//! When the worker is stopping it simply does not read again; its last
-//! blocking read ends by itself within the block time, so no message is ever
-//! delivered to a reader that is no longer there.
+//! After a failed read (and on every new connection) it reads its own pending
+//! entries again, twice: at once and [`RECHECK`] later. A read whose answer
+//! was lost (Redis frozen or restarted, a network cut: the client gave up, but
+//! Redis ran the command) has put entries into this consumer's pending list
+//! that no task holds; without the re-read they would wait for the
+//! `--claim-idle` backstop. Redis may run the lost read only after the first
+//! re-read, hence the second. Entries still in a handler's hands are skipped,
+//! so none is handled twice at once. (Regression tests: `worker_reconnect`,
+//! `redis_outage`.)
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use switchyard_protocol::redis_conn::{self, Backoff};
 use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
@@ -25,6 +33,39 @@ use crate::handler;
 use crate::runtime::{Worker, READ_BLOCK};
 
 const MAX_READ: usize = 256;
+/// When, after the first good read past a failure, the pending list is read again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// Entries (stream, id) handed to a handler task and not yet finished.
+#[derive(Default, Clone)]
+struct InHand(Arc<Mutex<HashSet<(String, String)>>>);
+
+impl InHand {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        // A panic while holding this lock cannot leave the set inconsistent.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks an entry as in hand until the returned guard drops (even by a
+    /// panicking handler); `None` if it already is.
+    fn take(&self, key: (String, String)) -> Option<Held> {
+        self.set().insert(key.clone()).then(|| Held {
+            in_hand: self.clone(),
+            key,
+        })
+    }
+}
+
+struct Held {
+    in_hand: InHand,
+    key: (String, String),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.in_hand.set().remove(&self.key);
+    }
+}
 
 pub async fn run(worker: Arc<Worker>) {
     let streams = worker.streams();
@@ -32,8 +73,10 @@ pub async fn run(worker: Arc<Worker>) {
     // Per stream: an id = our own pending entries after it (history);
     // ">" = new entries.
     let mut positions: Vec<String> = streams.iter().map(|_| "0".to_owned()).collect();
-    // (stream, entry id) of every message being handled.
-    let in_hand: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
+    let in_hand = InHand::default();
+    // Set by a failed read: read the pending list again after the next good read.
+    let mut recheck = false;
+    let mut recheck_at: Option<Instant> = None;
     while !worker.stopping() {
         let mut con = match redis_conn::blocking(&worker.client, READ_BLOCK).await {
             Ok(con) => con,
@@ -55,6 +98,10 @@ pub async fn run(worker: Arc<Worker>) {
                 Ok(permit) => permit,
                 Err(_) => return,
             };
+            if recheck_at.is_some_and(|at| Instant::now() >= at) {
+                recheck_at = None;
+                positions.iter_mut().for_each(|p| *p = "0".to_owned());
+            }
             let count = (worker.permits.available_permits() + 1).min(MAX_READ);
             let mut command = redis::cmd("XREADGROUP");
             command
@@ -74,10 +121,15 @@ pub async fn run(worker: Arc<Worker>) {
                 Err(error) => {
                     tracing::warn!(%error, "read failed; reconnecting");
                     drop(first);
+                    positions.iter_mut().for_each(|p| *p = "0".to_owned());
+                    recheck = true;
                     break;
                 }
             };
             backoff.reset();
+            if std::mem::take(&mut recheck) {
+                recheck_at = Some(Instant::now() + RECHECK);
+            }
             if worker.mark_reading() {
                 crate::maintenance::announce(&worker).await;
             }
@@ -86,10 +138,9 @@ pub async fn run(worker: Arc<Worker>) {
             let mut first = Some(first);
             for batch in batches {
                 for entry in batch.entries {
-                    let key = (batch.stream.clone(), entry.id.clone());
-                    if !lock(&in_hand).insert(key.clone()) {
-                        continue; // read again from our history while still in hand
-                    }
+                    let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
+                        continue;
+                    };
                     let permit = match first.take() {
                         Some(permit) => permit,
                         None => match worker.permits.clone().acquire_owned().await {
@@ -98,21 +149,16 @@ pub async fn run(worker: Arc<Worker>) {
                         },
                     };
                     let worker = worker.clone();
-                    let in_hand = in_hand.clone();
+                    let stream = batch.stream.clone();
                     tokio::spawn(async move {
-                        handler::handle(&worker, &key.0, entry).await;
-                        lock(&in_hand).remove(&key);
-                        drop(permit);
+                        handler::handle(&worker, &stream, entry).await;
+                        drop((held, permit));
                     });
                 }
             }
         }
         backoff.wait().await;
     }
-}
-
-fn lock<T>(set: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Moves each stream's history position past what was just read; a stream

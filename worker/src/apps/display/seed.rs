@@ -67,9 +67,9 @@ pub async fn seed_demo(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<
 pub async fn seed_at_start(config: &WorkerConfig) {
     let keys = Keys::new(config.prefix.clone());
     let seeded = async {
-        let client = redis::Client::open(config.redis_url.as_str())?;
+        let client = config.redis_client()?;
         let mut con = ConnectionManager::new(client).await?;
-        seed_demo(&mut con, &keys).await
+        anyhow::Ok(seed_demo(&mut con, &keys).await?)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), seeded).await {
         Ok(Ok(true)) => tracing::info!("display: demo school seeded"),

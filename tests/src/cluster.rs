@@ -257,11 +257,8 @@ impl Cluster {
     pub async fn ops(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = tokio::process::Command::new(binary(OPS_BIN));
         cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k == "REDIS_URL" || k.starts_with("SWITCHYARD_") {
-                cmd.env_remove(&key);
-            }
+        for key in crate::process::scrubbed_env() {
+            cmd.env_remove(key);
         }
         cmd.env("REDIS_URL", self.redis.url()).env("SWITCHYARD_PREFIX", PREFIX);
         tokio::time::timeout(Duration::from_secs(30), cmd.output())

@@ -19,6 +19,17 @@ use std::time::Duration;
 const SCRUBBED_ENV: &[&str] = &["REDIS_URL", "REDIS_CA_FILE", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"];
 const SCRUBBED_PREFIXES: &[&str] = &["SWITCHYARD_", "CHAT_"];
 
+/// The names in this process's environment that a child of ours must not inherit.
+pub fn scrubbed_env() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(key, _)| key)
+        .filter(|key| {
+            let k = key.to_string_lossy();
+            SCRUBBED_ENV.contains(&k.as_ref()) || SCRUBBED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .collect()
+}
+
 /// How many log lines to print per process when a test fails.
 const TAIL_LINES_ON_FAILURE: usize = 60;
 
@@ -47,11 +58,8 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if SCRUBBED_ENV.contains(&k.as_ref()) || SCRUBBED_PREFIXES.iter().any(|p| k.starts_with(p)) {
-                cmd.env_remove(&key);
-            }
+        for key in scrubbed_env() {
+            cmd.env_remove(key);
         }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");

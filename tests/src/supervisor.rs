@@ -505,11 +505,8 @@ pub fn pending_of(con: &mut redis::Connection, channel: &str, consumer: &str) ->
 pub async fn run_binary(name: &str, args: &[&str]) -> Result<Output> {
     let mut cmd = tokio::process::Command::new(binary(name));
     cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k == "REDIS_URL" || k.starts_with("SWITCHYARD_") {
-            cmd.env_remove(&key);
-        }
+    for key in crate::process::scrubbed_env() {
+        cmd.env_remove(key);
     }
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await

@@ -92,7 +92,12 @@ async fn run(
                 return "repeated";
             }
             Ok(Outcome::NotOwned) => {
-                tracing::info!(entry = %entry.id, "message was taken over by another worker; result dropped");
+                // Either another worker claimed it, or an earlier attempt of ours committed
+                // it and the answer was lost (a Redis outage): either way it is done once.
+                tracing::info!(
+                    entry = %entry.id,
+                    "message no longer pending to this worker (claimed by another, or committed by an attempt whose answer was lost); result dropped"
+                );
                 return "not_owned";
             }
             Err(error) => {

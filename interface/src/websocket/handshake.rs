@@ -98,8 +98,7 @@ pub async fn handle(
         Verdict::Unavailable => {
             shared.registry.close(id);
             shared.metrics.error("handshake_timeout");
-            let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: 1006 });
-            shared.outbound.send_detached(stream, encode(&gone));
+            disconnect_before_open(&shared, reply, stream, path, query);
             tracing::warn!(channel = %target.channel, "no worker answered the handshake in time");
             text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -210,12 +209,14 @@ async fn run_connection(
         Ok(Err(error)) => {
             tracing::debug!(%error, "upgrade did not complete");
             shared.registry.close(opened.id);
+            disconnect_before_open(&shared, opened.reply, opened.stream, opened.path, opened.query);
             return;
         }
         Err(_) => {
             tracing::debug!("the 101 did not reach the client in time");
             shared.metrics.error("upgrade_timeout");
             shared.registry.close(opened.id);
+            disconnect_before_open(&shared, opened.reply, opened.stream, opened.path, opened.query);
             return;
         }
     };
@@ -226,4 +227,12 @@ async fn run_connection(
     Connection::new(shared, opened, write, events.backlog().clone())
         .run(inbox, events)
         .await;
+}
+
+/// Tells the workers that a connection whose connect (sequence 1) they may
+/// have answered never opened, so a consumer that accepted it runs its
+/// disconnect and cleans up (sessions, groups) as for any other connection.
+fn disconnect_before_open(shared: &Shared, reply: String, stream: Arc<str>, path: String, query: String) {
+    let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: 1006 });
+    shared.outbound.send_detached(stream, encode(&gone));
 }

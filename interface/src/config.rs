@@ -62,22 +62,8 @@ pub struct Config {
     #[arg(long = "allowed-origin", env = "SWITCHYARD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub allowed_origins: Vec<OriginPattern>,
 
-    /// Redis URL (`redis://[user:password@]host:port/db`).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
-
-    /// PEM file of the CA that signs the Redis server's certificate (for a
-    /// private CA; needs a rediss:// URL). Default: the system's trusted roots.
-    #[arg(long, env = "REDIS_CA_FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-
-    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
-    #[arg(long, env = "REDIS_CLIENT_CERT")]
-    pub redis_client_cert: Option<PathBuf>,
-
-    /// PEM private key of --redis-client-cert.
-    #[arg(long, env = "REDIS_CLIENT_KEY")]
-    pub redis_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub redis: redis_conn::RedisArgs,
 
     /// Prefix of every Redis key, so deployments can share one Redis.
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
@@ -276,7 +262,7 @@ impl Config {
 
     /// Checks what clap cannot; the error names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.redis_client()?;
+        self.redis.client()?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             bail!("--prefix: must be non-empty without spaces");
         }
@@ -323,20 +309,10 @@ impl Config {
         Duration::from_secs_f64(self.header_read_timeout)
     }
 
-    /// The Redis client from --redis-url and the TLS files.
-    pub fn redis_client(&self) -> anyhow::Result<redis::Client> {
-        let tls = redis_conn::TlsFiles {
-            ca_file: self.redis_ca_file.clone(),
-            client_cert: self.redis_client_cert.clone(),
-            client_key: self.redis_client_key.clone(),
-        };
-        Ok(redis_conn::open(&self.redis_url, &tls)?)
-    }
-
     /// The configuration as `--check` prints it: the Redis password hidden.
     pub fn redacted(&self) -> Config {
         Config {
-            redis_url: redis_conn::redacted(&self.redis_url),
+            redis: self.redis.redacted(),
             ..self.clone()
         }
     }

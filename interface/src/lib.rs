@@ -55,14 +55,7 @@ pub fn describe_limit(limit: Option<usize>) -> String {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let routes = config.route_tables()?;
     let statics = StaticFiles::new(config.static_mounts(), config.static_max_age)?;
-    let client = config.redis_client()?;
-    let redis_url = redis_conn::redacted(&config.redis_url);
-    match redis_conn::check_at_start(&client).await? {
-        redis_conn::Contact::Ready => tracing::info!(redis = %redis_url, "redis reachable"),
-        redis_conn::Contact::Unreachable(error) => {
-            tracing::warn!(redis = %redis_url, %error, "redis unreachable at start: retrying in the background")
-        }
-    }
+    let client = config.redis.open_at_start().await?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let id = config
         .id

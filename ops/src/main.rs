@@ -6,7 +6,6 @@
 
 mod status;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,21 +16,8 @@ use switchyard_protocol::{redis_conn, Keys};
 #[derive(Parser)]
 #[command(name = "switchyard", version)]
 struct Cli {
-    /// Redis URL of the deployment.
-    #[arg(long, global = true, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    redis_url: String,
-
-    /// PEM file of the CA that signs the Redis server's certificate (needs a rediss:// URL).
-    #[arg(long, global = true, env = "REDIS_CA_FILE")]
-    redis_ca_file: Option<PathBuf>,
-
-    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
-    #[arg(long, global = true, env = "REDIS_CLIENT_CERT")]
-    redis_client_cert: Option<PathBuf>,
-
-    /// PEM private key of --redis-client-cert.
-    #[arg(long, global = true, env = "REDIS_CLIENT_KEY")]
-    redis_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    redis: redis_conn::RedisArgs,
 
     /// Key prefix of the deployment.
     #[arg(long, global = true, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
@@ -78,16 +64,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let tls = redis_conn::TlsFiles {
-        ca_file: cli.redis_ca_file,
-        client_cert: cli.redis_client_cert,
-        client_key: cli.redis_client_key,
-    };
-    let client = redis_conn::open(&cli.redis_url, &tls)?;
+    let client = cli.redis.client()?;
     if let redis_conn::Contact::Unreachable(error) = redis_conn::check_at_start(&client).await? {
         anyhow::bail!(
             "--redis-url: cannot reach Redis at {}: {error}",
-            redis_conn::redacted(&cli.redis_url)
+            redis_conn::redacted(&cli.redis.url)
         );
     }
     let mut con = redis_conn::shared(&client)?;

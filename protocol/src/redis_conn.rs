@@ -30,15 +30,76 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The Redis flags of every binary (interface, worker, `switchyard`), written
+/// once and flattened into each one's command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL: `redis://[user:password@]host:port/db`, or `rediss://…` for TLS.
+    #[arg(
+        long = "redis-url",
+        global = true,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub url: String,
+
+    #[command(flatten)]
+    pub tls: TlsFiles,
+}
+
+impl RedisArgs {
+    /// The client for these flags (see [`open`]).
+    pub fn client(&self) -> Result<Client, ConfigError> {
+        open(&self.url, &self.tls)
+    }
+
+    /// The URL with its password hidden, for logs and `--check`.
+    pub fn redacted(&self) -> RedisArgs {
+        RedisArgs {
+            url: redacted(&self.url),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Opens the client and tries Redis once ([`check_at_start`]), logging the
+    /// outcome: refused credentials or certificates are an error, a Redis that
+    /// is merely unreachable is logged and left to the connections' retries.
+    pub async fn open_at_start(&self) -> Result<Client, ConfigError> {
+        let client = self.client()?;
+        let shown = redacted(&self.url);
+        match check_at_start(&client).await? {
+            Contact::Ready => tracing::info!(redis = %shown, "redis reachable"),
+            Contact::Unreachable(error) => {
+                tracing::warn!(redis = %shown, %error, "redis unreachable at start: retrying in the background")
+            }
+        }
+        Ok(client)
+    }
+}
+
 /// TLS files for a `rediss://` URL; all optional (without a CA file the
 /// system's trusted roots are used).
-#[derive(Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct TlsFiles {
-    /// `--redis-ca-file`: PEM certificate(s) that sign the server's certificate.
+    /// PEM file of the CA that signs the Redis server's certificate (for a
+    /// private CA; needs a rediss:// URL). Default: the system's trusted roots.
+    #[arg(long = "redis-ca-file", value_name = "PATH", global = true, env = "REDIS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// `--redis-client-cert`: PEM certificate chain for mutual TLS.
+    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
+    #[arg(
+        long = "redis-client-cert",
+        value_name = "PATH",
+        global = true,
+        env = "REDIS_CLIENT_CERT"
+    )]
     pub client_cert: Option<PathBuf>,
-    /// `--redis-client-key`: PEM private key of `client_cert`.
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long = "redis-client-key",
+        value_name = "PATH",
+        global = true,
+        env = "REDIS_CLIENT_KEY"
+    )]
     pub client_key: Option<PathBuf>,
 }
 

@@ -102,14 +102,7 @@ pub async fn run(config: WorkerConfig, apps: Apps) -> anyhow::Result<()> {
         );
     }
     let keys = Keys::new(config.prefix.clone());
-    let client = config.redis_client()?;
-    let redis_url = redis_conn::redacted(&config.redis_url);
-    match redis_conn::check_at_start(&client).await? {
-        redis_conn::Contact::Ready => tracing::info!(redis = %redis_url, "redis reachable"),
-        redis_conn::Contact::Unreachable(error) => {
-            tracing::warn!(redis = %redis_url, %error, "redis unreachable at start: retrying in the background")
-        }
-    }
+    let client = config.redis.open_at_start().await?;
     let redis = redis_conn::shared(&client).context("--redis-url")?;
     let consumer = config.consumer_name();
     let metrics_listener = match config.metrics_bind {

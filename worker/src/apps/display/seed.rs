@@ -67,7 +67,7 @@ pub async fn seed_demo(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<
 pub async fn seed_at_start(config: &WorkerConfig) {
     let keys = Keys::new(config.prefix.clone());
     let seeded = async {
-        let client = config.redis_client()?;
+        let client = config.redis.client()?;
         let mut con = ConnectionManager::new(client).await?;
         anyhow::Ok(seed_demo(&mut con, &keys).await?)
     };

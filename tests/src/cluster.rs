@@ -137,21 +137,27 @@ impl Cluster {
         format!("iface-{index}")
     }
 
+    /// The command line of interface `index` on `addr`.
+    fn interface_args(&self, index: usize, addr: &str, extra: &[String]) -> Vec<String> {
+        let mut args = vec![
+            "--bind".to_string(),
+            addr.to_string(),
+            "--redis-url".to_string(),
+            self.redis.url(),
+            "--prefix".to_string(),
+            PREFIX.to_string(),
+            "--id".to_string(),
+            Cluster::interface_id(index),
+        ];
+        args.extend(extra.iter().cloned());
+        args
+    }
+
     async fn start_interface(&mut self, index: usize, extra: &[String]) {
         let program = binary(INTERFACE_BIN);
         for attempt in 1..=5 {
             let addr = format!("127.0.0.1:{}", free_port());
-            let mut args = vec![
-                "--bind".to_string(),
-                addr.clone(),
-                "--redis-url".to_string(),
-                self.redis.url(),
-                "--prefix".to_string(),
-                PREFIX.to_string(),
-                "--id".to_string(),
-                Cluster::interface_id(index),
-            ];
-            args.extend(extra.iter().cloned());
+            let args = self.interface_args(index, &addr, extra);
             let mut proc = Proc::spawn(&format!("interface-{index}"), &program, &args, &[], self.dir.path())
                 .expect("spawn switchyard-interface");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -499,17 +505,7 @@ impl Cluster {
     /// port is still held. `extra` are its extra arguments.
     pub async fn restart_interface(&mut self, index: usize, extra: &[String]) {
         let addr = self.addrs[index].clone();
-        let mut args = vec![
-            "--bind".to_string(),
-            addr.clone(),
-            "--redis-url".to_string(),
-            self.redis.url(),
-            "--prefix".to_string(),
-            PREFIX.to_string(),
-            "--id".to_string(),
-            Cluster::interface_id(index),
-        ];
-        args.extend(extra.iter().cloned());
+        let args = self.interface_args(index, &addr, extra);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut proc = Proc::spawn(
             &format!("interface-{index}"),

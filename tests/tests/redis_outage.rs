@@ -19,15 +19,8 @@ async fn sockets_survive_a_redis_restart() {
 
         stack.redis.kill();
         let addr = stack.addr.clone();
-        let not_ready = eventually(Duration::from_secs(15), || {
-            let addr = addr.clone();
-            async move { (http::status(&addr, "/readyz").await == Some(503)).then_some(()) }
-        })
-        .await;
-        assert!(
-            not_ready.is_some(),
-            "/readyz did not turn 503 within 15 s of Redis dying"
-        );
+        let not_ready = readyz_becomes(&addr, 503, Duration::from_secs(15)).await;
+        assert!(not_ready, "/readyz did not turn 503 within 15 s of Redis dying");
         assert_eq!(
             http::status(&stack.addr, "/healthz").await,
             Some(200),
@@ -36,15 +29,8 @@ async fn sockets_survive_a_redis_restart() {
 
         tokio::time::sleep(Duration::from_secs(1)).await;
         stack.redis.restart().await.unwrap();
-        let ready = eventually(Duration::from_secs(20), || {
-            let addr = addr.clone();
-            async move { (http::status(&addr, "/readyz").await == Some(200)).then_some(()) }
-        })
-        .await;
-        assert!(
-            ready.is_some(),
-            "/readyz did not return to 200 within 20 s of Redis coming back"
-        );
+        let ready = readyz_becomes(&addr, 200, Duration::from_secs(20)).await;
+        assert!(ready, "/readyz did not return to 200 within 20 s of Redis coming back");
 
         // The same socket works again (the restarted Redis is empty: groups and streams must
         // be recreated by the processes themselves).
@@ -86,12 +72,9 @@ async fn redis_down(stack: &mut Stack, outage: Outage) -> (Option<Duration>, Ins
         Outage::Frozen => stack.redis.pause(),
         Outage::Stopped => stack.redis.stop().await,
     }
-    let not_ready = eventually(OUTAGE - Duration::from_secs(1), || {
-        let addr = addr.clone();
-        async move { (http::status(&addr, "/readyz").await == Some(503)).then_some(()) }
-    })
-    .await
-    .map(|()| start.elapsed());
+    let not_ready = readyz_becomes(&addr, 503, OUTAGE - Duration::from_secs(1))
+        .await
+        .then(|| start.elapsed());
     tokio::time::sleep(OUTAGE.saturating_sub(start.elapsed())).await;
     match outage {
         Outage::Frozen => stack.redis.resume(),
@@ -101,13 +84,17 @@ async fn redis_down(stack: &mut Stack, outage: Outage) -> (Option<Duration>, Ins
 }
 
 async fn assert_ready(stack: &Stack) {
-    let addr = stack.addr.clone();
-    let ready = eventually(Duration::from_secs(15), || {
-        let addr = addr.clone();
-        async move { (http::status(&addr, "/readyz").await == Some(200)).then_some(()) }
+    let ready = readyz_becomes(&stack.addr, 200, Duration::from_secs(15)).await;
+    assert!(ready, "/readyz not 200 under load before the outage");
+}
+
+/// Polls the interface's `/readyz` until it answers `status`; false if `timeout` passes first.
+async fn readyz_becomes(addr: &str, status: u16, timeout: Duration) -> bool {
+    eventually(timeout, || async move {
+        (http::status(addr, "/readyz").await == Some(status)).then_some(())
     })
-    .await;
-    assert!(ready.is_some(), "/readyz not 200 under load before the outage");
+    .await
+    .is_some()
 }
 
 /// No process panicked or restarted: same worker PIDs, all running, no panic in any log.

@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
     pub prefix: String,
 
+    /// Shards of each channel's stream (`P:chan:{CHANNEL:N}`): a connection's
+    /// messages all go to one shard, so a busy channel spreads over the masters
+    /// of a Redis Cluster. 0 = one per master (1 on a single Redis).
+    #[arg(long = "channel-shards", env = "SWITCHYARD_CHANNEL_SHARDS", default_value_t = 0)]
+    pub channel_shards: u16,
+
     /// WebSocket route `PATH_PREFIX=CHANNEL`, repeatable; the longest matching
     /// prefix wins. Default: /ws/echo/=echo, /ws/chat/=chat, /ws/rooms/=rooms, /ws/display/=display.
     #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]
@@ -279,6 +285,13 @@ impl Config {
             );
         }
         ConnLimits::validate(self)?;
+        if self.channel_shards > switchyard_protocol::shards::MAX_SHARDS {
+            bail!(
+                "--channel-shards: {} is above the limit of {}",
+                self.channel_shards,
+                switchyard_protocol::shards::MAX_SHARDS
+            );
+        }
         if let Some(id) = &self.id {
             if id.is_empty() || id.contains(['!', '{', '}', ' ']) {
                 bail!("--id: `{id}` may not be empty or contain '!', '{{', '}}' or spaces");

@@ -1,20 +1,20 @@
 //! Group membership and broadcast fan-out at the interface.
 //!
-//! A group send is one Redis PUBLISH whatever the group's size. Each interface
+//! A group send is one Redis publish whatever the group's size. Each interface
 //! keeps its members in memory, subscribes to a group's pub/sub channel while
 //! it has at least one local member, and fans every broadcast out to them.
-//! After a Redis reconnect it subscribes again to every group it still has.
-//! Joins and leaves are also recorded in Redis for presence (`membership.rs`).
+//! After a Redis reconnect it subscribes again to every group it still has (on
+//! a Redis Cluster, where groups use sharded pub/sub, `protocol/src/pubsub.rs`
+//! also follows failovers and slot moves). Joins and leaves are also recorded
+//! in Redis for presence (`membership.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::Client;
-use switchyard_protocol::redis_conn::Backoff;
+use switchyard_protocol::pubsub::{self, Delivery};
+use switchyard_protocol::redis_conn::{Backoff, Redis, RedisClient};
 use switchyard_protocol::{decode, GroupMessage, Keys};
 use tokio::sync::mpsc;
 
@@ -36,8 +36,8 @@ pub struct Groups {
 impl Groups {
     /// Creates the membership table, its subscriber task and its recorder task.
     pub fn start(
-        client: Client,
-        redis: ConnectionManager,
+        client: RedisClient,
+        redis: Redis,
         keys: Keys,
         interface: String,
         expiry: Duration,
@@ -121,7 +121,7 @@ impl Groups {
 }
 
 async fn subscriber(
-    client: Client,
+    client: RedisClient,
     keys: Keys,
     registry: Arc<Registry>,
     groups: std::sync::Weak<Groups>,
@@ -129,21 +129,20 @@ async fn subscriber(
 ) {
     let mut backoff = Backoff::default();
     loop {
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(pubsub) => pubsub,
+        let (mut subscriptions, mut messages) = match pubsub::connect(&client).await {
+            Ok(halves) => halves,
             Err(error) => {
                 tracing::warn!(%error, "group subscriber cannot reach Redis; retrying");
                 backoff.wait().await;
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
         let Some(current) = groups.upgrade().map(|g| g.names()) else {
             return;
         };
         let mut resubscribed = true;
         for group in current {
-            resubscribed &= sink.subscribe(keys.group_channel(&group)).await.is_ok();
+            resubscribed &= subscriptions.subscribe(&keys.group_channel(&group)).await.is_ok();
         }
         if !resubscribed {
             backoff.wait().await;
@@ -152,17 +151,18 @@ async fn subscriber(
         backoff.reset();
         loop {
             tokio::select! {
-                message = stream.next() => {
-                    let Some(message) = message else {
+                delivery = messages.next() => match delivery {
+                    Some(Delivery::Message(payload)) => fan_out(&registry, &groups, &payload),
+                    Some(Delivery::Interrupted) => {}
+                    None => {
                         tracing::warn!("group subscription connection lost; resubscribing");
                         break;
-                    };
-                    fan_out(&registry, &groups, message.get_payload_bytes());
-                }
+                    }
+                },
                 command = commands.recv() => {
                     let result = match command {
-                        Some(Command::Subscribe(group)) => sink.subscribe(keys.group_channel(&group)).await,
-                        Some(Command::Unsubscribe(group)) => sink.unsubscribe(keys.group_channel(&group)).await,
+                        Some(Command::Subscribe(group)) => subscriptions.subscribe(&keys.group_channel(&group)).await,
+                        Some(Command::Unsubscribe(group)) => subscriptions.unsubscribe(&keys.group_channel(&group)).await,
                         None => return,
                     };
                     if let Err(error) = result {

@@ -36,7 +36,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use switchyard_protocol::{redis_conn, Keys};
+use switchyard_protocol::redis_conn::Redis;
+use switchyard_protocol::{shards, Keys};
 
 use crate::config::Config;
 use crate::groups::Groups;
@@ -51,12 +52,30 @@ pub fn describe_limit(limit: Option<usize>) -> String {
     limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
 }
 
+/// `--channel-shards`, or one shard per primary of the cluster; 1 if Redis
+/// cannot be asked at start (a working, if less spread, choice).
+async fn channel_shards(config: &Config, redis: &Redis) -> u16 {
+    let mut con = redis.clone();
+    match tokio::time::timeout(Duration::from_secs(5), shards::resolve(config.channel_shards, &mut con)).await {
+        Ok(Ok(count)) => count,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot count the cluster's primaries; one shard per channel");
+            1
+        }
+        Err(_) => {
+            tracing::warn!("Redis did not answer in time; one shard per channel");
+            config.channel_shards.max(1)
+        }
+    }
+}
+
 /// Runs the interface until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let routes = config.route_tables()?;
     let statics = StaticFiles::new(config.static_mounts(), config.static_max_age)?;
     let client = config.redis.open_at_start().await?;
-    let redis = redis_conn::shared(&client).context("--redis-url")?;
+    let redis = client.shared().context("--redis-url")?;
+    let shards = channel_shards(&config, &redis).await;
     let id = config
         .id
         .clone()
@@ -72,13 +91,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.group_expiry(),
         registry.clone(),
     );
-    let (outbound, _batcher) = Outbound::start(redis.clone(), config.redis_hold(), metrics.clone());
+    let outbound_settings = outbound::Settings {
+        hold: config.redis_hold(),
+        wait_replicas: config.redis.wait_replicas,
+    };
+    let (outbound, _batcher) = Outbound::start(redis.clone(), outbound_settings, metrics.clone());
     let (trigger, shutdown) = shutdown::channel();
     let listener = server::bind(config.bind, config.reuse_port)
         .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
     let shutdown_timeout = config.shutdown_timeout();
     let shared = Arc::new(Shared::new(
-        config, id, routes, statics, redis, registry, groups, outbound, metrics, shutdown,
+        config, id, routes, statics, redis, shards, registry, groups, outbound, metrics, shutdown,
     ));
 
     tokio::spawn(replies::run(client, shared.clone()));
@@ -98,6 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routes = ?describe(&shared.routes),
         http_routes = ?describe(&shared.http_routes),
         statics = ?statics,
+        channel_shards = shared.shards,
         max_connections = %describe_limit(shared.config.effective_max_connections()),
         "interface listening"
     );

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use switchyard_protocol::redis_conn::{Redis, SlotBatch};
 use switchyard_protocol::{Keys, ReplyAddress};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,7 +29,7 @@ pub enum Change {
 
 /// Writes membership changes and refreshes; runs for the life of the interface.
 pub async fn run(
-    mut con: ConnectionManager,
+    con: Redis,
     keys: Keys,
     interface: String,
     expiry: Duration,
@@ -57,7 +57,7 @@ pub async fn run(
                     for (group, conns) in remaining {
                         batch.extend(conns.into_iter().map(|conn| Change::Leave(group.clone(), conn)));
                     }
-                    write(&mut con, &keys, &interface, expiry, &mut batch).await;
+                    write(&con, &keys, &interface, expiry, &mut batch).await;
                     let _ = done.send(());
                     return;
                 }
@@ -65,10 +65,10 @@ pub async fn run(
                 None => return,
             },
             _ = flush.tick(), if !batch.is_empty() => {
-                write(&mut con, &keys, &interface, expiry, &mut batch).await;
+                write(&con, &keys, &interface, expiry, &mut batch).await;
             }
             _ = refresh.tick() => {
-                if let Err(error) = refresh_all(&mut con, &keys, &interface, expiry, &groups).await {
+                if let Err(error) = refresh_all(&con, &keys, &interface, expiry, &groups).await {
                     tracing::debug!(%error, "membership refresh failed");
                 }
             }
@@ -76,40 +76,41 @@ pub async fn run(
     }
 }
 
-/// Writes a batch of joins and leaves in one round trip.
-async fn write(con: &mut ConnectionManager, keys: &Keys, interface: &str, expiry: Duration, batch: &mut Vec<Change>) {
-    let mut pipe = redis::pipe();
+/// Writes a batch of joins and leaves in one round trip (one pipeline per
+/// slot on a cluster).
+async fn write(con: &Redis, keys: &Keys, interface: &str, expiry: Duration, batch: &mut Vec<Change>) {
+    let mut writes = SlotBatch::new();
     let until = expires_at(expiry);
     for change in batch.drain(..) {
         match change {
-            Change::Join(group, conn) => pipe
-                .cmd("ZADD")
-                .arg(keys.group_members(&group))
-                .arg(until)
-                .arg(address(interface, conn))
-                .ignore(),
-            Change::Leave(group, conn) => pipe
-                .cmd("ZREM")
-                .arg(keys.group_members(&group))
-                .arg(address(interface, conn))
-                .ignore(),
+            Change::Join(group, conn) => {
+                let key = keys.group_members(&group);
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg(&key).arg(until).arg(address(interface, conn));
+                writes.add(&key, zadd);
+            }
+            Change::Leave(group, conn) => {
+                let key = keys.group_members(&group);
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(&key).arg(address(interface, conn));
+                writes.add(&key, zrem);
+            }
             Change::Shutdown(done) => {
                 let _ = done.send(());
-                continue;
             }
-        };
+        }
     }
-    if pipe.is_empty() {
+    if writes.is_empty() {
         return;
     }
-    if let Err(error) = pipe.query_async::<()>(con).await {
+    if let Err(error) = writes.run_all(con).await {
         tracing::debug!(%error, "membership write failed; the next refresh repairs it");
     }
 }
 
 /// Re-adds every local membership with a fresh expiry and drops expired ones.
 async fn refresh_all(
-    con: &mut ConnectionManager,
+    con: &Redis,
     keys: &Keys,
     interface: &str,
     expiry: Duration,
@@ -117,24 +118,30 @@ async fn refresh_all(
 ) -> redis::RedisResult<()> {
     let until = expires_at(expiry);
     let now = expires_at(Duration::ZERO);
+    let mut writes = SlotBatch::new();
     for (group, members) in groups.snapshot() {
         let key = keys.group_members(&group);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(now).ignore();
+        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+        trim.arg(&key).arg("-inf").arg(now);
+        writes.add(&key, trim);
         for chunk in members.chunks(1000) {
-            let zadd = pipe.cmd("ZADD").arg(&key);
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&key);
             for conn in chunk {
                 zadd.arg(until).arg(address(interface, *conn));
             }
-            zadd.ignore();
+            writes.add(&key, zadd);
         }
         // The set lives as long as its longest-lived member (interfaces may run
         // with different --group-expiry): set a first expiry, then only extend it.
-        pipe.cmd("PEXPIREAT").arg(&key).arg(until).arg("NX").ignore();
-        pipe.cmd("PEXPIREAT").arg(&key).arg(until).arg("GT").ignore();
-        pipe.query_async::<()>(con).await?;
+        let mut first = redis::cmd("PEXPIREAT");
+        first.arg(&key).arg(until).arg("NX");
+        writes.add(&key, first);
+        let mut extend = redis::cmd("PEXPIREAT");
+        extend.arg(&key).arg(until).arg("GT");
+        writes.add(&key, extend);
     }
-    Ok(())
+    writes.run_all(con).await
 }
 
 fn address(interface: &str, conn: u64) -> String {

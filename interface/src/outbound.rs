@@ -9,14 +9,18 @@
 //! Redis (no answer at all) would otherwise stretch the hold to the response
 //! timeout, and messages queued behind a failing batch would wait twice.
 //!
-//! A retried batch may append a message twice; workers detect the repeated
-//! sequence number and apply it once (see docs/protocol.md).
+//! On a Redis Cluster the batch goes out as one pipeline per hash slot (each
+//! channel shard has its own), all at once; a slot whose node is failing over
+//! holds only its own messages. With `--redis-wait-replicas N` a message counts
+//! as appended once N replicas have it (`WAIT`), so a failover cannot lose it.
+//!
+//! A retried batch may append a message twice; workers apply each effect of a
+//! message once and the interface applies each `done` once (docs/protocol.md).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use switchyard_protocol::redis_conn::Backoff;
+use switchyard_protocol::redis_conn::{Backoff, Redis, SlotBatch};
 use switchyard_protocol::PAYLOAD_FIELD;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -26,6 +30,8 @@ use crate::metrics::Metrics;
 const MAX_BATCH: usize = 512;
 /// Shortest attempt at appending a batch, however late it is.
 const MIN_ATTEMPT: Duration = Duration::from_millis(200);
+/// How long an append waits for `--redis-wait-replicas` replicas.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Item {
     /// `None` marks a flush request: acknowledged once everything before it is sent.
@@ -41,16 +47,21 @@ pub struct Outbound {
     tx: mpsc::UnboundedSender<Item>,
 }
 
+/// How appends are made.
+#[derive(Clone)]
+pub struct Settings {
+    /// How long a message is held through a Redis outage (`--redis-hold`).
+    pub hold: Duration,
+    /// Replicas an append waits for (`--redis-wait-replicas`).
+    pub wait_replicas: u32,
+}
+
 impl Outbound {
     /// Starts the batcher task; it ends when every handle is dropped and the
     /// queue is flushed.
-    pub fn start(
-        con: ConnectionManager,
-        hold: Duration,
-        metrics: Arc<Metrics>,
-    ) -> (Outbound, tokio::task::JoinHandle<()>) {
+    pub fn start(con: Redis, settings: Settings, metrics: Arc<Metrics>) -> (Outbound, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(con, rx, hold, metrics));
+        let task = tokio::spawn(run(con, rx, settings, metrics));
         (Outbound { tx }, task)
     }
 
@@ -92,12 +103,12 @@ impl Outbound {
     }
 }
 
-async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, hold: Duration, metrics: Arc<Metrics>) {
+async fn run(con: Redis, mut rx: mpsc::UnboundedReceiver<Item>, settings: Settings, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Flush markers have nothing to append: acknowledged once the batch is done.
         let (messages, markers): (Vec<Item>, Vec<Item>) = batch.drain(..).partition(|item| item.stream.is_some());
-        append_with_retry(&mut con, messages, hold, &metrics).await;
+        append_with_retry(&con, messages, &settings, &metrics).await;
         metrics.redis_batches.inc();
         for marker in markers {
             acknowledge(marker, true);
@@ -105,11 +116,12 @@ async fn run(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Item>, 
     }
 }
 
-/// Appends the messages in one pipeline, retrying while Redis fails. A message
-/// whose own hold has run out is given up (its sender learns `false`); the
-/// others are retried. Each connection has at most one message here, so
-/// giving one up never reorders another's.
-async fn append_with_retry(con: &mut ConnectionManager, mut pending: Vec<Item>, hold: Duration, metrics: &Metrics) {
+/// Appends the messages, retrying the ones that failed while Redis fails. A
+/// message whose own hold has run out is given up (its sender learns
+/// `false`); the others are retried. Each connection has at most one message
+/// here, so giving one up never reorders another's.
+async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Settings, metrics: &Metrics) {
+    let hold = settings.hold;
     let mut backoff = Backoff::default();
     let mut tried = false;
     while !pending.is_empty() {
@@ -129,17 +141,6 @@ async fn append_with_retry(con: &mut ConnectionManager, mut pending: Vec<Item>, 
                 return;
             }
         }
-        let mut pipe = redis::pipe();
-        for item in &pending {
-            if let Some(stream) = &item.stream {
-                pipe.cmd("XADD")
-                    .arg(&**stream)
-                    .arg("*")
-                    .arg(PAYLOAD_FIELD)
-                    .arg(&item.payload)
-                    .ignore();
-            }
-        }
         let deadline = pending
             .iter()
             .map(|item| item.queued + hold)
@@ -147,21 +148,68 @@ async fn append_with_retry(con: &mut ConnectionManager, mut pending: Vec<Item>, 
             .unwrap_or_else(Instant::now);
         // Always one real attempt, even for messages that waited in the queue past their hold.
         let limit = deadline.max(Instant::now() + MIN_ATTEMPT);
-        let attempt = tokio::time::timeout_at(limit, pipe.query_async::<()>(con)).await;
+        let attempt = tokio::time::timeout_at(limit, append(con, &pending, settings.wait_replicas)).await;
         tried = true;
-        match attempt.unwrap_or_else(|_| Err(timed_out())) {
-            Ok(()) => {
-                pending.into_iter().for_each(|item| acknowledge(item, true));
-                return;
+        let outcomes = attempt.unwrap_or_else(|_| pending.iter().map(|_| Err(timed_out())).collect());
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (item, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => acknowledge(item, true),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    failed.push(item);
+                }
             }
-            Err(error) => {
-                metrics.redis_errors.inc();
-                tracing::warn!(%error, held = pending.len(), "Redis append failed; holding the messages and retrying");
-                // Wake up for the next message's deadline even in the middle of a backoff.
-                let _ = tokio::time::timeout_at(deadline.max(Instant::now()), backoff.wait()).await;
+        }
+        pending = failed;
+        if let Some(error) = first_error {
+            metrics.redis_errors.inc();
+            tracing::warn!(%error, held = pending.len(), "Redis append failed; holding the messages and retrying");
+            // Wake up for the next message's deadline even in the middle of a backoff.
+            let _ = tokio::time::timeout_at(deadline.max(Instant::now()), backoff.wait()).await;
+        }
+    }
+}
+
+/// One attempt: the XADDs (a pipeline per slot), then `WAIT` if asked for.
+/// The outcome of each message.
+async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<()>> {
+    let mut batch = SlotBatch::new();
+    for item in items {
+        if let Some(stream) = &item.stream {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&**stream).arg("*").arg(PAYLOAD_FIELD).arg(&item.payload);
+            batch.add(stream, xadd);
+        }
+    }
+    let mut outcomes: Vec<redis::RedisResult<()>> = batch.run(con).await.into_iter().map(|o| o.map(drop)).collect();
+    if wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
+        if let Err(error) = wait(con, wait_replicas).await {
+            for outcome in outcomes.iter_mut() {
+                *outcome = Err(error.clone());
             }
         }
     }
+    outcomes
+}
+
+/// `WAIT n`: fails when fewer replicas than asked have what was written.
+async fn wait(con: &Redis, replicas: u32) -> redis::RedisResult<()> {
+    let mut con = con.clone();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(WAIT_TIMEOUT.as_millis() as u64)
+        .query_async(&mut con)
+        .await?;
+    if acked < i64::from(replicas) {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "fewer replicas than --redis-wait-replicas acknowledged the append",
+            format!("{acked} of {replicas}"),
+        )));
+    }
+    Ok(())
 }
 
 fn acknowledge(item: Item, ok: bool) {

@@ -7,11 +7,16 @@
 //! the round trip worked — that is what `/readyz` reports as "Redis reachable".
 //! It then reads the workers' liveness keys (`P:worker:*`, listed in the
 //! workers index) and counts the live workers per channel (reading, not
-//! stopping): a routed channel without one makes `/readyz` say 503.
+//! stopping): a routed channel without one makes `/readyz` say 503. Every ten
+//! beats it announces its channel shard count, so workers read every shard it
+//! appends to (again after Redis lost its data).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchyard_protocol::redis_conn::SlotBatch;
+use switchyard_protocol::shards;
 
 use crate::state::Shared;
 
@@ -19,6 +24,8 @@ const EVERY: Duration = Duration::from_secs(1);
 const TTL: Duration = Duration::from_secs(10);
 /// Matches the workers' default `--reply-ttl`.
 const REPLY_TTL: Duration = Duration::from_secs(60);
+/// Beats between two announcements of the channel shard count.
+const ANNOUNCE_EVERY: u64 = 10;
 /// Workers seen longer ago than this in the index are not even looked up
 /// (their 3 s liveness keys are long gone).
 const WORKER_SEEN: Duration = Duration::from_secs(10);
@@ -26,9 +33,14 @@ const WORKER_SEEN: Duration = Duration::from_secs(10);
 pub async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u64 = 0;
     loop {
         ticker.tick().await;
         let ok = beat(&shared).await;
+        if ok && beats.is_multiple_of(ANNOUNCE_EVERY) {
+            announce_shards(&shared).await;
+        }
+        beats += 1;
         if ok {
             match live_workers(&shared).await {
                 Ok(workers) => shared.set_live_workers(workers),
@@ -72,46 +84,52 @@ async fn beat(shared: &Shared) -> bool {
         "routes": routes,
         "groups": shared.groups.sizes(),
     });
-    let mut con = shared.redis.clone();
-    let result: redis::RedisResult<()> = redis::pipe()
-        .cmd("SET")
-        .arg(shared.keys.interface_alive(&shared.id))
+    let alive = shared.keys.interface_alive(&shared.id);
+    let index = shared.keys.interfaces_index();
+    let reply_stream = shared.keys.reply_stream(&shared.id);
+    let seqs = shared.keys.connection_seqs(&shared.id);
+    let mut batch = SlotBatch::new();
+    let mut set = redis::cmd("SET");
+    set.arg(&alive)
         .arg(info.to_string())
         .arg("PX")
-        .arg(TTL.as_millis() as u64)
-        .ignore()
-        .cmd("ZADD")
-        .arg(shared.keys.interfaces_index())
-        .arg(now_ms)
-        .arg(&shared.id)
-        .ignore()
-        // Our reply stream and sequence table live as long as we do.
-        .cmd("PEXPIRE")
-        .arg(shared.keys.reply_stream(&shared.id))
-        .arg(REPLY_TTL.as_millis() as u64)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(shared.keys.connection_seqs(&shared.id))
-        .arg(REPLY_TTL.as_millis() as u64)
-        .ignore()
-        .query_async(&mut con)
-        .await;
-    result.is_ok()
+        .arg(TTL.as_millis() as u64);
+    batch.add(&alive, set);
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(&index).arg(now_ms).arg(&shared.id);
+    batch.add(&index, zadd);
+    // Our reply stream and sequence table live as long as we do.
+    for key in [&reply_stream, &seqs] {
+        let mut pexpire = redis::cmd("PEXPIRE");
+        pexpire.arg(key).arg(REPLY_TTL.as_millis() as u64);
+        batch.add(key, pexpire);
+    }
+    batch.run_all(&shared.redis).await.is_ok()
+}
+
+/// Announces the shard count of every routed channel.
+async fn announce_shards(shared: &Shared) {
+    let mut con = shared.redis.clone();
+    for channel in shared.routed_channels() {
+        if let Err(error) = shards::announce(&mut con, &shared.keys, &channel, shared.shards).await {
+            tracing::debug!(%error, channel = %channel, "cannot announce the channel shard count");
+            return;
+        }
+    }
 }
 
 /// Removes this interface's liveness key at shutdown.
 pub async fn leave(shared: &Shared) {
-    let mut con = shared.redis.clone();
-    let _: redis::RedisResult<()> = redis::pipe()
-        .cmd("DEL")
-        .arg(shared.keys.interface_alive(&shared.id))
-        .ignore()
-        .cmd("ZREM")
-        .arg(shared.keys.interfaces_index())
-        .arg(&shared.id)
-        .ignore()
-        .query_async(&mut con)
-        .await;
+    let alive = shared.keys.interface_alive(&shared.id);
+    let index = shared.keys.interfaces_index();
+    let mut batch = SlotBatch::new();
+    let mut del = redis::cmd("DEL");
+    del.arg(&alive);
+    batch.add(&alive, del);
+    let mut zrem = redis::cmd("ZREM");
+    zrem.arg(&index).arg(&shared.id);
+    batch.add(&index, zrem);
+    let _ = batch.run_all(&shared.redis).await;
 }
 
 /// Live workers per channel (reading, not stopping), from their liveness keys.

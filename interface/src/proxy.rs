@@ -79,7 +79,7 @@ pub async fn handle(
     let mut exchange = Exchange {
         events: shared.registry.register(id),
         reply: ReplyAddress::new(shared.id.clone(), id).to_string(),
-        stream: shared.keys.channel_stream(&target.channel).into(),
+        stream: shared.stream_for(&target.channel, id),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().unwrap_or("").to_owned(),
         id,

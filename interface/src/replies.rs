@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Client;
-use switchyard_protocol::redis_conn::{self, Backoff};
+use switchyard_protocol::redis_conn::{Backoff, RedisClient};
 use switchyard_protocol::stream::{parse_read_reply, EntryId};
 use switchyard_protocol::{decode, Reply};
 use tokio::time::Instant;
@@ -22,14 +21,14 @@ const TRIM_EVERY: Duration = Duration::from_millis(200);
 const READ_COUNT: usize = 1024;
 
 /// Reads the reply stream until the process ends.
-pub async fn run(client: Client, shared: Arc<Shared>) {
+pub async fn run(client: RedisClient, shared: Arc<Shared>) {
     let stream = shared.keys.reply_stream(&shared.id);
     let mut last = EntryId::ZERO;
     let mut trimmed_up_to = EntryId::ZERO;
     let mut last_trim = Instant::now();
     let mut backoff = Backoff::default();
     loop {
-        let mut con = match redis_conn::blocking(&client, BLOCK).await {
+        let mut con = match client.blocking(BLOCK).await {
             Ok(con) => con,
             Err(error) => {
                 tracing::warn!(%error, "reply reader cannot reach Redis; retrying");

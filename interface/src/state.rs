@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
-use switchyard_protocol::Keys;
+use switchyard_protocol::redis_conn::Redis;
+use switchyard_protocol::{shards, Keys};
 
 use crate::admission::Admission;
 use crate::config::Config;
@@ -29,7 +29,11 @@ pub struct Shared {
     pub http_routes: Routes,
     pub statics: StaticFiles,
     /// The shared, self-reconnecting Redis connection.
-    pub redis: ConnectionManager,
+    pub redis: Redis,
+    /// Shards per channel stream (`--channel-shards`, or one per primary).
+    pub shards: u16,
+    /// Every routed channel's shard streams.
+    streams: HashMap<Arc<str>, Vec<Arc<str>>>,
     pub registry: Arc<Registry>,
     pub groups: Arc<Groups>,
     pub outbound: Outbound,
@@ -51,7 +55,8 @@ impl Shared {
         id: String,
         (routes, http_routes): (Routes, Routes),
         statics: StaticFiles,
-        redis: ConnectionManager,
+        redis: Redis,
+        shards: u16,
         registry: Arc<Registry>,
         groups: Arc<Groups>,
         outbound: Outbound,
@@ -63,6 +68,19 @@ impl Shared {
         metrics
             .connections_limit
             .set(max_connections.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+        let streams = routes
+            .channels()
+            .into_iter()
+            .chain(http_routes.channels())
+            .map(|channel| {
+                let streams = keys
+                    .channel_streams(&channel, shards)
+                    .into_iter()
+                    .map(Arc::from)
+                    .collect();
+                (channel, streams)
+            })
+            .collect();
         let admission = Admission::new(
             max_connections,
             config.max_connections_per_ip,
@@ -76,6 +94,8 @@ impl Shared {
             http_routes,
             statics,
             redis,
+            shards,
+            streams,
             registry,
             groups,
             outbound,
@@ -108,6 +128,18 @@ impl Shared {
             .live_workers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = workers;
+    }
+
+    /// The shard stream a connection's messages go to (its shard of the channel).
+    pub fn stream_for(&self, channel: &str, conn: u64) -> Arc<str> {
+        match self.streams.get(channel) {
+            Some(streams) => streams[usize::from(shards::shard_of(conn, self.shards))].clone(),
+            // Routes are fixed at start, so every routed channel is in the table.
+            None => self
+                .keys
+                .channel_stream(channel, shards::shard_of(conn, self.shards))
+                .into(),
+        }
     }
 
     /// Every channel a route of either kind leads to.

@@ -1,7 +1,8 @@
 //! `switchyard`: operations commands for a running deployment.
 //!
-//! - `status`: per channel backlog, pending, live workers; per interface its
-//!   connections — exits non-zero when a channel has no live worker;
+//! - `status`: per channel (and per shard) backlog, pending, live workers;
+//!   per interface its connections; the Redis Cluster's shards — exits
+//!   non-zero when a channel has no live worker;
 //! - `send-group`: sends a text frame to every member of a group.
 
 mod status;
@@ -71,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             redis_conn::redacted(&cli.redis.url)
         );
     }
-    let mut con = redis_conn::shared(&client)?;
+    let mut con = client.shared()?;
     let keys = Keys::new(cli.prefix);
     match cli.command {
         Command::Status { json } => status::run(&mut con, &keys, json).await,

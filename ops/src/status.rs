@@ -1,19 +1,29 @@
 //! `switchyard status`: what an operator needs at a glance.
 //!
 //! Reads only what interfaces and workers publish about themselves (liveness
-//! keys) and what Redis knows about the streams; it changes nothing.
+//! keys) and what Redis knows about the streams; it changes nothing. Each
+//! channel's backlog is shown per shard too, with the Redis node that holds
+//! the shard (on a Redis Cluster), and the cluster's shards with their
+//! primaries and replicas.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use redis::aio::ConnectionManager;
 use redis::Value;
 use serde_json::{json, Value as Json};
-use switchyard_protocol::{Keys, WORKER_GROUP};
+use switchyard_protocol::redis_conn::{self, ClusterShard, Redis};
+use switchyard_protocol::stream::{fields, items, text_of};
+use switchyard_protocol::{keys, shards, Keys, WORKER_GROUP};
 
-pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(con: &mut Redis, keys: &Keys, as_json: bool) -> anyhow::Result<ExitCode> {
     let interfaces = live_entries(con, &keys.interfaces_index(), |id| keys.interface_alive(id)).await?;
     let workers = live_entries(con, &keys.workers_index(), |c| keys.worker_alive(c)).await?;
+    let cluster: Option<Vec<ClusterShard>> = if con.is_cluster() {
+        Some(redis_conn::cluster_shards(con).await?)
+    } else {
+        None
+    };
+    let announced = shards::announced(con, keys).await?;
 
     let mut channels: BTreeMap<String, Json> = BTreeMap::new();
     let mut routed: Vec<String> = Vec::new();
@@ -38,8 +48,19 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
     routed.dedup();
     let mut healthy = true;
     for channel in &routed {
-        let stream = keys.channel_stream(channel);
-        let (backlog, pending) = group_figures(con, &stream).await.unwrap_or((0, 0));
+        let mut shard_rows = Vec::new();
+        let (mut backlog, mut pending) = (0, 0);
+        for stream in keys.channel_streams(channel, announced.get(channel).copied().unwrap_or(1)) {
+            let (shard_backlog, shard_pending) = group_figures(con, &stream).await.unwrap_or((0, 0));
+            backlog += shard_backlog;
+            pending += shard_pending;
+            let node = match &cluster {
+                Some(shards) => redis_conn::primary_of(shards, keys::slot(stream.as_bytes())).unwrap_or("?"),
+                None => "single",
+            };
+            shard_rows
+                .push(json!({"stream": stream, "backlog": shard_backlog, "pending": shard_pending, "node": node}));
+        }
         let live: Vec<&String> = workers
             .iter()
             .filter(|(_, info)| {
@@ -52,11 +73,18 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
         healthy &= !live.is_empty();
         channels.insert(
             channel.clone(),
-            json!({"backlog": backlog, "pending": pending, "workers_alive": live.len(), "workers": live}),
+            json!({"backlog": backlog, "pending": pending, "workers_alive": live.len(), "workers": live, "shards": shard_rows}),
         );
     }
     let groups = group_sizes(con, keys).await?;
-    let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "groups": groups, "healthy": healthy});
+    let redis = match &cluster {
+        Some(shards) => json!({
+            "topology": "cluster",
+            "shards": shards.iter().map(|s| json!({"primary": s.primary, "replicas": s.replicas, "slots": s.slots})).collect::<Vec<_>>(),
+        }),
+        None => json!({"topology": "single"}),
+    };
+    let report = json!({"channels": channels, "interfaces": interfaces, "workers": workers, "groups": groups, "redis": redis, "healthy": healthy});
     // One write, errors ignored: `switchyard status | head` must not panic.
     let mut out: Vec<String> = Vec::new();
     if as_json {
@@ -76,6 +104,21 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
             ));
         }
         out.push(format!(
+            "\n{:<28} {:>8} {:>8}  {}",
+            "SHARD", "BACKLOG", "PENDING", "NODE"
+        ));
+        for c in channels.values() {
+            for shard in c["shards"].as_array().into_iter().flatten() {
+                out.push(format!(
+                    "{:<28} {:>8} {:>8}  {}",
+                    shard["stream"].as_str().unwrap_or(""),
+                    shard["backlog"].to_string(),
+                    shard["pending"].to_string(),
+                    shard["node"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        out.push(format!(
             "\n{:<20} {:>12} {:>10}",
             "INTERFACE", "CONNECTIONS", "DRAINING"
         ));
@@ -91,6 +134,18 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
         for (group, members) in &groups {
             out.push(format!("{group:<20} {members:>8}"));
         }
+        if let Some(shards) = &cluster {
+            out.push(format!("\n{:<22} {:<14} {}", "REDIS PRIMARY", "SLOTS", "REPLICAS"));
+            for shard in shards {
+                let slots: Vec<String> = shard.slots.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                out.push(format!(
+                    "{:<22} {:<14} {}",
+                    shard.primary,
+                    slots.join(","),
+                    shard.replicas.join(",")
+                ));
+            }
+        }
         if !healthy {
             out.push("\nWARNING: a channel has no live worker".to_owned());
         }
@@ -102,46 +157,31 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys, as_json: bool) -> any
 }
 
 /// Live (unexpired) members per group, from the member sets.
-async fn group_sizes(con: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<BTreeMap<String, u64>> {
+async fn group_sizes(con: &mut Redis, keys: &Keys) -> anyhow::Result<BTreeMap<String, u64>> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let pattern = format!("{}*", keys.group_members(""));
-    let mut cursor: u64 = 0;
     let mut sizes = BTreeMap::new();
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
+    for key in redis_conn::scan_keys(con, &keys.group_members_pattern()).await? {
+        let live: u64 = redis::cmd("ZCOUNT")
+            .arg(&key)
+            .arg(now_ms)
+            .arg("+inf")
             .query_async(con)
             .await?;
-        for key in found {
-            let live: u64 = redis::cmd("ZCOUNT")
-                .arg(&key)
-                .arg(now_ms)
-                .arg("+inf")
-                .query_async(con)
-                .await?;
-            if let Some(group) = keys.group_of_members_key(&key) {
-                if live > 0 {
-                    sizes.insert(group.to_owned(), live);
-                }
+        if let Some(group) = keys.group_of_members_key(&key) {
+            if live > 0 {
+                sizes.insert(group.into_owned(), live);
             }
         }
-        if next == 0 {
-            return Ok(sizes);
-        }
-        cursor = next;
     }
+    Ok(sizes)
 }
 
 /// Members of an index whose liveness key still exists, with its JSON.
 async fn live_entries(
-    con: &mut ConnectionManager,
+    con: &mut Redis,
     index: &str,
     key: impl Fn(&str) -> String,
 ) -> anyhow::Result<BTreeMap<String, Json>> {
@@ -156,38 +196,25 @@ async fn live_entries(
     Ok(live)
 }
 
-/// (undelivered, delivered-but-unacknowledged) entries of a channel's group.
-async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Result<(i64, i64)> {
+/// (undelivered, delivered-but-unacknowledged) entries of a channel shard's group.
+async fn group_figures(con: &mut Redis, stream: &str) -> anyhow::Result<(i64, i64)> {
     let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
-    let Value::Array(groups) = groups else {
-        return Ok((0, 0));
-    };
-    for group in groups {
-        let fields: Vec<(String, Value)> = match group {
-            Value::Array(flat) => flat
-                .chunks(2)
-                .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
-                .collect(),
-            Value::Map(pairs) => pairs
-                .into_iter()
-                .filter_map(|(k, v)| Some((redis::from_redis_value(k).ok()?, v)))
-                .collect(),
-            _ => continue,
-        };
+    for group in items(&groups) {
+        let fields = fields(group);
         let get = |name: &str| {
             fields
                 .iter()
                 .find(|(k, _)| k == name)
-                .and_then(|(_, v)| redis::from_redis_value::<i64>(v.clone()).ok())
+                .and_then(|(_, v)| redis::from_redis_value::<i64>((*v).clone()).ok())
         };
-        let is_workers = fields.iter().any(|(k, v)| {
-            k == "name" && redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(WORKER_GROUP)
-        });
+        let is_workers = fields
+            .iter()
+            .any(|(k, v)| k == "name" && text_of(v).as_deref() == Some(WORKER_GROUP));
         if is_workers {
             let last_delivered = fields
                 .iter()
                 .find(|(k, _)| k == "last-delivered-id")
-                .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok());
+                .and_then(|(_, v)| text_of(v));
             let backlog = undelivered(con, stream, get("lag"), last_delivered.as_deref()).await?;
             return Ok((backlog, get("pending").unwrap_or(0)));
         }
@@ -200,7 +227,7 @@ async fn group_figures(con: &mut ConnectionManager, stream: &str) -> anyhow::Res
 /// trims and, after restarts from an append-only file, can stay far too high
 /// while nothing is left to deliver; it is used only beyond the cap.
 async fn undelivered(
-    con: &mut ConnectionManager,
+    con: &mut Redis,
     stream: &str,
     lag: Option<i64>,
     last_delivered: Option<&str>,

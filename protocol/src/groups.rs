@@ -1,36 +1,21 @@
-//! Group sends: one PUBLISH per broadcast, whatever the group's size.
+//! Group sends: one publish per broadcast, whatever the group's size.
 //!
 //! Each broadcast carries a per-group sequence number taken from a Redis
-//! counter in the same atomic step, so a member can notice a gap. The Lua
-//! function below is shared by the worker's commit script (group sends that
-//! take effect only when a message is committed) and by standalone sends
-//! (periodic tasks, `switchyard send-group`).
+//! counter in the same atomic step, so a member can notice a gap. Every key of
+//! a group shares the group's hash slot (`{GROUP}`), so that step is one script
+//! on one node even on a Redis Cluster, where the publish is a sharded one
+//! (`SPUBLISH`: only the node owning the slot and its replicas carry it; a plain
+//! `PUBLISH` would go through every node of the cluster).
+//!
+//! The Lua function (`protocol/lua/group_send.lua`) is shared by the worker's
+//! commit (group sends that take effect when a message is committed, each once
+//! per message, see `worker/src/commit.rs`) and by standalone sends (periodic
+//! tasks, `switchyard send-group`).
 
-use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
+use crate::redis_conn::Redis;
 use crate::{Keys, Payload};
-
-/// `group_send(prefix, group, kind, data)`: kind is `t` (text), `b` (bytes) or
-/// `j` (a JSON object sent as text, with the sequence number added as `seq`).
-/// Publishes a msgpack [`crate::GroupMessage`] and returns its sequence number.
-pub const GROUP_SEND_LUA: &str = r#"
-local function group_send(prefix, group, kind, data)
-  local seq = redis.call('INCR', prefix .. ':groupseq:' .. group)
-  local message = {v = 1, group = group, seq = seq}
-  if kind == 'j' then
-    local ok, object = pcall(cjson.decode, data)
-    if ok and type(object) == 'table' then
-      object['seq'] = seq
-      data = cjson.encode(object)
-    end
-    kind = 't'
-  end
-  if kind == 't' then message['text'] = data else message['bytes'] = data end
-  redis.call('PUBLISH', prefix .. ':group:' .. group, cmsgpack.pack(message))
-  return seq
-end
-"#;
 
 /// What a broadcast delivers to each member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,29 +37,50 @@ impl From<Payload> for GroupFrame {
     }
 }
 
-/// The arguments that describe one group send to the Lua function.
-pub fn group_send_args(group: &str, frame: &GroupFrame) -> [Vec<u8>; 3] {
-    let (kind, data) = match frame {
-        GroupFrame::Text(text) => ("t", text.as_bytes()),
-        GroupFrame::Bytes(bytes) => ("b", bytes.as_slice()),
-        GroupFrame::JsonWithSeq(json) => ("j", json.as_bytes()),
-    };
-    [group.as_bytes().to_vec(), kind.as_bytes().to_vec(), data.to_vec()]
+impl GroupFrame {
+    /// The `kind` and `data` arguments of the Lua function.
+    pub fn kind_and_data(&self) -> (&'static str, &[u8]) {
+        match self {
+            GroupFrame::Text(text) => ("t", text.as_bytes()),
+            GroupFrame::Bytes(bytes) => ("b", bytes.as_slice()),
+            GroupFrame::JsonWithSeq(json) => ("j", json.as_bytes()),
+        }
+    }
 }
 
-/// Sends a frame to every member of a group; returns the broadcast's sequence number.
-pub async fn group_send<C: ConnectionLike>(
-    con: &mut C,
-    keys: &Keys,
-    group: &str,
-    frame: &GroupFrame,
-) -> RedisResult<u64> {
-    let script = redis::Script::new(&format!(
-        "{GROUP_SEND_LUA}\nreturn group_send(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
-    ));
-    let [group, kind, data] = group_send_args(group, frame);
+impl GroupFrame {
+    /// Back from the script's `kind` and `data`; `None` for an unknown kind.
+    pub fn from_kind_and_data(kind: &str, data: Vec<u8>) -> Option<GroupFrame> {
+        let text = || String::from_utf8(data.clone()).ok();
+        Some(match kind {
+            "t" => GroupFrame::Text(text()?),
+            "b" => GroupFrame::Bytes(data),
+            "j" => GroupFrame::JsonWithSeq(text()?),
+            _ => return None,
+        })
+    }
+}
+
+/// The publish command for a topology: sharded pub/sub on a cluster.
+pub fn publish_command(cluster: bool) -> &'static str {
+    if cluster {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
+}
+
+/// Sends a frame to every member of a group; returns the broadcast's sequence
+/// number.
+pub async fn group_send(con: &mut Redis, keys: &Keys, group: &str, frame: &GroupFrame) -> RedisResult<u64> {
+    let script = redis::Script::new(&crate::scripts::group_send());
+    let (kind, data) = frame.kind_and_data();
     script
-        .arg(keys.prefix())
+        // The channel is declared as a key too: it shares the counter's slot,
+        // and a cluster checks that a script stays within one slot.
+        .key(keys.group_seq(group))
+        .key(keys.group_channel(group))
+        .arg(publish_command(con.is_cluster()))
         .arg(group)
         .arg(kind)
         .arg(data)

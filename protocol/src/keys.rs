@@ -1,9 +1,25 @@
 //! Redis key naming, in one place.
 //!
 //! Every key starts with a configurable prefix so several deployments can share
-//! one Redis. Channel and reply streams carry a hash tag (`{…}`) so that a Redis
-//! Cluster spreads channels over nodes while the keys of one channel stay
-//! together.
+//! one Redis. Keys carry a hash tag (`{…}`) wherever an atomic step touches
+//! more than one of them: on a Redis Cluster a Lua script or MULTI/EXEC may
+//! only touch keys of one hash slot, and the tag decides the slot. Three
+//! placements follow (docs/protocol.md, "Redis keys"):
+//!
+//! - **per interface** (`{IFACE}`): its reply stream, the sequence table and
+//!   stored HTTP bodies of its connections — one slot, one reader;
+//! - **per channel shard** (`{CHANNEL:N}`): a channel's stream is split in
+//!   shards so a busy channel spreads over the cluster's masters, while one
+//!   connection always lands on one shard;
+//! - **per group** (`{GROUP}`) and **per session** (`{ID}`): the keys one
+//!   group send or one session write touches.
+//!
+//! On a single Redis the tags are just characters in the names.
+
+use std::borrow::Cow;
+
+/// Number of hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
 
 /// Builds every Redis key and pub/sub channel name Switchyard uses.
 #[derive(Debug, Clone)]
@@ -20,17 +36,30 @@ impl Keys {
         &self.prefix
     }
 
-    /// The stream a channel's messages are appended to: `P:chan:{chat}`.
-    pub fn channel_stream(&self, channel: &str) -> String {
-        format!("{}:chan:{{{}}}", self.prefix, channel)
+    /// One shard of a channel's stream: `P:chan:{chat:0}`.
+    pub fn channel_stream(&self, channel: &str, shard: u16) -> String {
+        format!("{}:chan:{{{}:{}}}", self.prefix, channel, shard)
     }
 
-    /// The channel name back from a channel stream key.
-    pub fn channel_of_stream<'a>(&self, stream: &'a str) -> Option<&'a str> {
-        stream
+    /// Every shard stream of a channel with `shards` shards.
+    pub fn channel_streams(&self, channel: &str, shards: u16) -> Vec<String> {
+        (0..shards.max(1)).map(|s| self.channel_stream(channel, s)).collect()
+    }
+
+    /// The channel and shard back from a shard stream key.
+    pub fn channel_of_stream<'a>(&self, stream: &'a str) -> Option<(&'a str, u16)> {
+        let inner = stream
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(":chan:{")?
-            .strip_suffix('}')
+            .strip_suffix('}')?;
+        let (channel, shard) = inner.rsplit_once(':')?;
+        Some((channel, shard.parse().ok()?))
+    }
+
+    /// The number of shards interfaces append to, per channel (a hash); workers
+    /// read every shard up to the largest number announced.
+    pub fn channel_shards(&self) -> String {
+        format!("{}:channelshards", self.prefix)
     }
 
     /// An interface's reply stream: `P:reply:{if-1a2b}`.
@@ -38,7 +67,8 @@ impl Keys {
         format!("{}:reply:{{{}}}", self.prefix, interface)
     }
 
-    /// Last committed sequence number per connection of one interface (a hash).
+    /// Last committed sequence number per HTTP request of one interface (a
+    /// hash): guards the appends to stored request bodies.
     pub fn connection_seqs(&self, interface: &str) -> String {
         format!("{}:connseq:{{{}}}", self.prefix, interface)
     }
@@ -49,30 +79,51 @@ impl Keys {
         format!("{}:httpbody:{{{}}}:{}", self.prefix, interface, conn)
     }
 
-    /// A session hash, keyed by `session_uuid` or by reply address.
+    /// A session hash, keyed by `session_uuid` or by reply address: `P:session:{ID}`.
     pub fn session(&self, id: &str) -> String {
-        format!("{}:session:{}", self.prefix, id)
+        format!("{}:session:{{{}}}", self.prefix, tag(id))
     }
 
-    /// The pub/sub channel a group's broadcasts are published on.
+    /// The outcome of a connection's last message that wrote its session, in the
+    /// session's slot: `P:outbox:{ID}:IFACE!CONN`. Written in the same atomic
+    /// step as the session, it makes that step happen once and lets a worker
+    /// that takes over finish the message with the original reply.
+    pub fn outbox(&self, session_id: &str, reply: &str) -> String {
+        format!("{}:outbox:{{{}}}:{}", self.prefix, tag(session_id), reply)
+    }
+
+    /// The pub/sub channel a group's broadcasts are published on: `P:group:{lobby}`
+    /// (sharded pub/sub on a cluster).
     pub fn group_channel(&self, group: &str) -> String {
-        format!("{}:group:{}", self.prefix, group)
+        format!("{}:group:{{{}}}", self.prefix, tag(group))
     }
 
     /// Sorted set of a group's members (reply addresses) scored by expiry ms:
     /// presence counts, and cleanup after an interface that died.
     pub fn group_members(&self, group: &str) -> String {
-        format!("{}:groupmembers:{}", self.prefix, group)
+        format!("{}:groupmembers:{{{}}}", self.prefix, tag(group))
+    }
+
+    /// The pattern `SCAN` matches member sets with.
+    pub fn group_members_pattern(&self) -> String {
+        format!("{}:groupmembers:*", self.prefix)
     }
 
     /// The group name back from a member-set key.
-    pub fn group_of_members_key<'a>(&self, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(self.prefix.as_str())?.strip_prefix(":groupmembers:")
+    pub fn group_of_members_key<'a>(&self, key: &'a str) -> Option<Cow<'a, str>> {
+        let tagged = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":groupmembers:")?;
+        untag(tagged)
     }
 
     /// Per-group broadcast sequence counter.
     pub fn group_seq(&self, group: &str) -> String {
-        format!("{}:groupseq:{}", self.prefix, group)
+        format!("{}:groupseq:{{{}}}", self.prefix, tag(group))
+    }
+
+    /// The last sequence number of connection `reply` whose sends to `group`
+    /// went out: makes a committed message's group sends happen once.
+    pub fn group_sent(&self, group: &str, reply: &str) -> String {
+        format!("{}:groupsent:{{{}}}:{}", self.prefix, tag(group), reply)
     }
 
     /// Entries that could not be decoded end up here, with the reason.
@@ -106,16 +157,127 @@ impl Keys {
     }
 }
 
+/// The text inside a key's `{…}`: the name itself when it can serve as a hash
+/// tag, else `~` + a hash of it followed by `}` and the name (so the key stays
+/// unique while every key of the name still lands in one slot). Names that
+/// cannot serve are empty or hold a brace.
+fn tag(name: &str) -> Cow<'_, str> {
+    if is_plain(name) {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(format!("~{:016x}}}{name}", fnv1a(name.as_bytes())))
+    }
+}
+
+/// The name back from `tag(name)` followed by the closing brace.
+fn untag(tagged: &str) -> Option<Cow<'_, str>> {
+    let inner = tagged.strip_prefix('{')?;
+    if let Some(rest) = inner.strip_prefix('~') {
+        // `~HASH}NAME}`: the name is what follows the first brace.
+        let (_, name) = rest.split_once('}')?;
+        return Some(Cow::Owned(name.strip_suffix('}')?.to_owned()));
+    }
+    Some(Cow::Borrowed(inner.strip_suffix('}')?))
+}
+
+/// Whether a name can sit between braces as a hash tag as it is.
+pub fn is_plain(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('~') && !name.contains(['{', '}'])
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of the
+/// hash tag (the text between the first `{` and the next `}`, if not empty)
+/// or of the whole key, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16_xmodem(hashed) % SLOTS
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn channel_stream_round_trips() {
+    fn channel_streams_round_trip() {
         let keys = Keys::new("sy");
-        let stream = keys.channel_stream("chat");
-        assert_eq!(stream, "sy:chan:{chat}");
-        assert_eq!(keys.channel_of_stream(&stream), Some("chat"));
-        assert_eq!(keys.channel_of_stream("other:chan:{chat}"), None);
+        let stream = keys.channel_stream("chat", 2);
+        assert_eq!(stream, "sy:chan:{chat:2}");
+        assert_eq!(keys.channel_of_stream(&stream), Some(("chat", 2)));
+        assert_eq!(
+            keys.channel_of_stream("sy:chan:{http.example:0}"),
+            Some(("http.example", 0))
+        );
+        assert_eq!(keys.channel_of_stream("other:chan:{chat:0}"), None);
+        assert_eq!(keys.channel_of_stream("sy:chan:{chat}"), None);
+        assert_eq!(keys.channel_streams("echo", 0), vec!["sy:chan:{echo:0}".to_owned()]);
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on a real Redis 7.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"sw:group:{g1}"), 13519);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
+        assert_eq!(slot(b"123456789"), 0x31c3 % SLOTS);
+    }
+
+    #[test]
+    fn a_group_keeps_its_keys_in_one_slot_whatever_its_name() {
+        let keys = Keys::new("sy");
+        for group in ["lobby", "", "a{b", "}x", "{y}", "~sneaky", "room:1"] {
+            let channel = keys.group_channel(group);
+            let slots = [
+                slot(channel.as_bytes()),
+                slot(keys.group_seq(group).as_bytes()),
+                slot(keys.group_members(group).as_bytes()),
+                slot(keys.group_sent(group, "if!1").as_bytes()),
+            ];
+            assert!(slots.iter().all(|s| *s == slots[0]), "{group:?}: {slots:?}");
+            let members = keys.group_members(group);
+            assert_eq!(keys.group_of_members_key(&members).as_deref(), Some(group), "{members}");
+        }
+        assert_ne!(keys.group_channel("a{b"), keys.group_channel("a{c"));
+        assert_eq!(keys.group_channel("lobby"), "sy:group:{lobby}");
+    }
+
+    #[test]
+    fn a_session_and_its_outboxes_share_a_slot() {
+        let keys = Keys::new("sy");
+        for id in ["abc-123", "if-1!42"] {
+            assert_eq!(
+                slot(keys.session(id).as_bytes()),
+                slot(keys.outbox(id, "if-2!7").as_bytes())
+            );
+        }
+        assert_eq!(keys.session("abc"), "sy:session:{abc}");
     }
 }

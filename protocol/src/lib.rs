@@ -8,7 +8,10 @@
 //! - [`message`]: the message types and their msgpack encoding ([`codec`]),
 //! - [`keys`]: how Redis keys and channel names are spelled,
 //! - [`address`]: reply addresses (`<interface>!<connection>`),
-//! - [`redis_conn`]: how to open Redis connections with sane timeouts,
+//! - [`redis_conn`]: how to open Redis connections (one server or a cluster)
+//!   with sane timeouts, and how work is split by hash slot,
+//! - [`scripts`]: the Lua steps every worker runs, in `protocol/lua/`,
+//! - [`groups`]: group sends,
 //! - [`stream`]: the channel layer — appending, reading and trimming streams.
 //!
 //! `docs/protocol.md` describes the same contract for workers in other languages.
@@ -19,7 +22,10 @@ pub mod groups;
 pub mod keys;
 pub mod logging;
 pub mod message;
+pub mod pubsub;
 pub mod redis_conn;
+pub mod scripts;
+pub mod shards;
 pub mod stream;
 
 pub use address::ReplyAddress;

@@ -264,3 +264,32 @@ impl GroupMessage {
         }
     }
 }
+
+/// What a worker keeps with a session write (`P:outbox:{ID}:IFACE!CONN`, after
+/// the message's sequence number and a space): the message's reply and group
+/// sends, so whichever worker handles the message again finishes it with
+/// these instead of what it computes from the already-written session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbox {
+    pub v: u16,
+    /// The encoded [`Reply`]; empty for none.
+    #[serde(default)]
+    pub reply: ByteBuf,
+    #[serde(default)]
+    pub groups: Vec<OutboxSend>,
+}
+
+/// One group send of an [`Outbox`], as the group-send script takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxSend {
+    pub group: String,
+    /// `t` text, `b` bytes, `j` a JSON object (sent as text with `seq` added).
+    pub kind: String,
+    pub data: ByteBuf,
+}
+
+impl Versioned for Outbox {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}

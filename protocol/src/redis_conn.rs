@@ -1,29 +1,43 @@
 //! Opening Redis connections: the client (URL, TLS files, credentials) and
-//! connections with timeouts that fit each use.
+//! connections with timeouts that fit each use, on one Redis or a Redis Cluster.
 //!
 //! Every binary builds its client with [`open`], so `rediss://`, a private CA
-//! (`--redis-ca-file`) and mutual TLS (`--redis-client-cert`/`--redis-client-key`)
-//! behave the same everywhere, and a bad combination is refused before start,
-//! naming the flag. [`check_at_start`] tells a wrong password or certificate
-//! (fatal: retrying cannot fix it) from a Redis that is merely away (retried).
+//! (`--redis-ca-file`), mutual TLS (`--redis-client-cert`/`--redis-client-key`)
+//! and a cluster (`redis+cluster://host:port,host:port…`) behave the same
+//! everywhere, and a bad combination is refused before start, naming the flag.
+//! [`check_at_start`] tells a wrong password or certificate (fatal: retrying
+//! cannot fix it) from a Redis that is merely away (retried).
 //!
-//! Two kinds of connection exist on both sides:
-//! - one **shared** multiplexed connection for ordinary commands; it reconnects
-//!   by itself after an outage (redis-rs `ConnectionManager`),
+//! Two kinds of connection exist on both sides, both a [`Redis`]:
+//! - one **shared** connection for ordinary commands; it reconnects by itself
+//!   after an outage (redis-rs `ConnectionManager`; on a cluster its
+//!   `ClusterConnection`, which also follows MOVED/ASK, topology changes and
+//!   failovers),
 //! - **dedicated** connections for blocking reads (`XREAD BLOCK`,
 //!   `XREADGROUP BLOCK`), so a parked read never delays other commands. Their
-//!   response timeout must outlast the block time.
+//!   response timeout must outlast the block time. Redis answers a connection's
+//!   commands in order, so on a cluster a blocking read holds its node's
+//!   connection: one dedicated connection per blocking reader.
+//!
+//! On a cluster a command, pipeline or script may touch one hash slot only;
+//! [`SlotBatch`] and [`Redis::slot_group`] split work by slot (on one Redis
+//! everything is one group, so nothing is split).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError,
-    RedisResult, TlsCertificates,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::keys::slot;
 
 /// Response timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,7 +48,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// once and flattened into each one's command line.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RedisArgs {
-    /// Redis URL: `redis://[user:password@]host:port/db`, or `rediss://…` for TLS.
+    /// Redis URL: `redis://[user:password@]host:port/db`, `rediss://…` for TLS,
+    /// or a Redis Cluster by some of its nodes: `redis+cluster://[user:password@]host:port,host:port`
+    /// (`rediss+cluster://…` for TLS).
     #[arg(
         long = "redis-url",
         global = true,
@@ -45,11 +61,24 @@ pub struct RedisArgs {
 
     #[command(flatten)]
     pub tls: TlsFiles,
+
+    /// Replicas that must hold a write before it counts (Redis `WAIT`): the
+    /// worker's commit steps and the interface's appends wait for them, so a
+    /// failover that promotes a replica loses nothing acknowledged. 0: don't wait
+    /// (replication is asynchronous). Writes fail while fewer replicas answer.
+    #[arg(
+        long = "redis-wait-replicas",
+        global = true,
+        env = "SWITCHYARD_REDIS_WAIT_REPLICAS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub wait_replicas: u32,
 }
 
 impl RedisArgs {
     /// The client for these flags (see [`open`]).
-    pub fn client(&self) -> Result<Client, ConfigError> {
+    pub fn client(&self) -> Result<RedisClient, ConfigError> {
         open(&self.url, &self.tls)
     }
 
@@ -57,18 +86,20 @@ impl RedisArgs {
     pub fn redacted(&self) -> RedisArgs {
         RedisArgs {
             url: redacted(&self.url),
-            tls: self.tls.clone(),
+            ..self.clone()
         }
     }
 
     /// Opens the client and tries Redis once ([`check_at_start`]), logging the
     /// outcome: refused credentials or certificates are an error, a Redis that
     /// is merely unreachable is logged and left to the connections' retries.
-    pub async fn open_at_start(&self) -> Result<Client, ConfigError> {
+    pub async fn open_at_start(&self) -> Result<RedisClient, ConfigError> {
         let client = self.client()?;
         let shown = redacted(&self.url);
         match check_at_start(&client).await? {
-            Contact::Ready => tracing::info!(redis = %shown, "redis reachable"),
+            Contact::Ready => {
+                tracing::info!(redis = %shown, cluster = client.is_cluster(), "redis reachable")
+            }
             Contact::Unreachable(error) => {
                 tracing::warn!(redis = %shown, %error, "redis unreachable at start: retrying in the background")
             }
@@ -119,21 +150,88 @@ fn config_error(flag: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Builds the client from `--redis-url` and the TLS files. Checks everything
-/// that can be checked without connecting: the URL, that TLS files come with a
-/// `rediss://` URL, that the files are readable PEM, that cert and key come
-/// together. Errors never contain the URL's password.
-pub fn open(url: &str, tls: &TlsFiles) -> Result<Client, ConfigError> {
+/// that can be checked without connecting: the URL (each seed node of a
+/// cluster URL), that TLS files come with a `rediss://` URL, that the files are
+/// readable PEM, that cert and key come together. Errors never contain the
+/// URL's password.
+pub fn open(url: &str, tls: &TlsFiles) -> Result<RedisClient, ConfigError> {
     let shown = redacted(url);
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+    let (nodes, cluster) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        (cluster_node_urls("redis", rest, &shown)?, true)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        (cluster_node_urls("rediss", rest, &shown)?, true)
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") {
+        (vec![url.to_owned()], false)
+    } else {
         return Err(config_error(
             "--redis-url",
-            format!("`{shown}` must start with redis://, rediss:// or unix://"),
+            format!("`{shown}` must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"),
+        ));
+    };
+    let infos = nodes
+        .iter()
+        .map(|node| {
+            node.as_str()
+                .into_connection_info()
+                .map_err(|e| config_error("--redis-url", format!("`{shown}` is not a valid Redis URL: {e}")))
+        })
+        .collect::<Result<Vec<ConnectionInfo>, ConfigError>>()?;
+    let is_tls = matches!(infos[0].addr(), ConnectionAddr::TcpTls { .. });
+    let certificates = certificates(tls, is_tls, &shown)?;
+    if !cluster {
+        let info = infos.into_iter().next().expect("one node for a plain URL");
+        let client = match certificates {
+            Some(certificates) => Client::build_with_tls(info, certificates),
+            None => Client::open(info),
+        };
+        let client = client.map_err(|e| config_error("--redis-url", format!("`{shown}`: {e}")))?;
+        return Ok(RedisClient::Single(Box::new(client)));
+    }
+    if infos.iter().any(|info| info.redis_settings().db() != 0) {
+        return Err(config_error(
+            "--redis-url",
+            format!("`{shown}`: a Redis Cluster has only database 0"),
         ));
     }
-    let info = url
-        .into_connection_info()
-        .map_err(|e| config_error("--redis-url", format!("`{shown}` is not a valid Redis URL: {e}")))?;
-    let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let setup = ClusterSetup {
+        nodes: infos,
+        certificates,
+    };
+    // Builds once here so that a bad combination fails now, not at the first connection.
+    setup
+        .builder()
+        .build()
+        .map_err(|e| config_error("--redis-url", format!("`{shown}`: {e}")))?;
+    Ok(RedisClient::Cluster(Arc::new(setup)))
+}
+
+/// `[user:password@]host:port,host:port[/db]` → one URL per seed node.
+fn cluster_node_urls(scheme: &str, rest: &str, shown: &str) -> Result<Vec<String>, ConfigError> {
+    let (credentials, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, path) = match hosts.find('/') {
+        Some(slash) => hosts.split_at(slash),
+        None => (hosts, "/"),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|host| !host.is_empty())
+        .map(|host| format!("{scheme}://{credentials}{host}{path}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(config_error(
+            "--redis-url",
+            format!("`{shown}` names no cluster node (redis+cluster://host:port,host:port)"),
+        ));
+    }
+    Ok(nodes)
+}
+
+/// The TLS material for a `rediss://` URL; TLS files without TLS are refused.
+fn certificates(tls: &TlsFiles, is_tls: bool, shown: &str) -> Result<Option<TlsCertificates>, ConfigError> {
     let files = [
         ("--redis-ca-file", &tls.ca_file),
         ("--redis-client-cert", &tls.client_cert),
@@ -146,7 +244,7 @@ pub fn open(url: &str, tls: &TlsFiles) -> Result<Client, ConfigError> {
                 format!("needs a rediss:// (TLS) --redis-url, not `{shown}`"),
             ));
         }
-        return Client::open(info).map_err(|e| config_error("--redis-url", format!("`{shown}`: {e}")));
+        return Ok(None);
     }
     match (&tls.client_cert, &tls.client_key) {
         (Some(_), None) => return Err(config_error("--redis-client-cert", "needs --redis-client-key as well")),
@@ -176,8 +274,399 @@ pub fn open(url: &str, tls: &TlsFiles) -> Result<Client, ConfigError> {
         }
         _ => None,
     };
-    let certificates = TlsCertificates { client_tls, root_cert };
-    Client::build_with_tls(info, certificates).map_err(|e| config_error("--redis-url", format!("`{shown}`: {e}")))
+    Ok(Some(TlsCertificates { client_tls, root_cert }))
+}
+
+/// The deployment's Redis as `--redis-url` names it: one server, or a cluster
+/// reached through some of its nodes.
+#[derive(Clone)]
+pub enum RedisClient {
+    Single(Box<Client>),
+    Cluster(Arc<ClusterSetup>),
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisClient::Single(_) => f.write_str("RedisClient::Single"),
+            RedisClient::Cluster(setup) => write!(f, "RedisClient::Cluster({} seeds)", setup.nodes.len()),
+        }
+    }
+}
+
+/// What every connection to a cluster is built from.
+pub struct ClusterSetup {
+    nodes: Vec<ConnectionInfo>,
+    certificates: Option<TlsCertificates>,
+}
+
+impl ClusterSetup {
+    /// A builder with the seeds, TLS material and the retry policy: a command
+    /// that meets a failover is retried for a few seconds (MOVED and ASK are
+    /// followed at once), then fails to its caller, whose own retry or hold
+    /// (`--redis-hold`) takes over.
+    fn builder(&self) -> ClusterClientBuilder {
+        let mut builder = ClusterClientBuilder::new(self.nodes.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(COMMAND_TIMEOUT)
+            .retries(6)
+            .min_retry_wait(50)
+            .max_retry_wait(1000);
+        if let Some(certificates) = &self.certificates {
+            builder = builder.certs(certificates.clone());
+        }
+        builder
+    }
+}
+
+impl RedisClient {
+    /// Whether `--redis-url` named a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisClient::Cluster(_))
+    }
+
+    /// The shared, self-reconnecting connection. It connects lazily, so a
+    /// process can start while Redis is away and catch up when it returns.
+    pub fn shared(&self) -> RedisResult<Redis> {
+        match self {
+            RedisClient::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Ok(Redis::Single(ConnectionManager::new_lazy_with_config(
+                    (**client).clone(),
+                    config,
+                )?))
+            }
+            RedisClient::Cluster(setup) => {
+                let client = setup.builder().build()?;
+                Ok(Redis::Cluster(client.get_pending_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new(),
+                )))
+            }
+        }
+    }
+
+    /// A dedicated connection for blocking reads of up to `block`.
+    pub async fn blocking(&self, block: Duration) -> RedisResult<Redis> {
+        match self {
+            RedisClient::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(block + COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                Ok(Redis::Blocking(
+                    client.get_multiplexed_async_connection_with_config(&config).await?,
+                ))
+            }
+            RedisClient::Cluster(setup) => {
+                let client = setup.builder().response_timeout(block + COMMAND_TIMEOUT).build()?;
+                Ok(Redis::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A cluster client for RESP3 push messages (sharded pub/sub): the pushes
+    /// arrive on `sender`. `None` on a single Redis.
+    pub fn cluster_push_client(
+        &self,
+        sender: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Option<RedisResult<ClusterClient>> {
+        match self {
+            RedisClient::Single(_) => None,
+            RedisClient::Cluster(setup) => Some(
+                setup
+                    .builder()
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(sender)
+                    .build(),
+            ),
+        }
+    }
+
+    /// The single server's client (pub/sub on one Redis); `None` on a cluster.
+    pub fn single(&self) -> Option<&Client> {
+        match self {
+            RedisClient::Single(client) => Some(client),
+            RedisClient::Cluster(_) => None,
+        }
+    }
+}
+
+/// A connection to the deployment's Redis. Implements redis-rs's
+/// [`ConnectionLike`], so commands, pipelines and scripts run on it as on any
+/// connection; on a cluster each of them must stay within one hash slot.
+#[derive(Clone)]
+pub enum Redis {
+    /// The shared connection to one server.
+    Single(ConnectionManager),
+    /// A dedicated connection to one server (blocking reads).
+    Blocking(MultiplexedConnection),
+    /// A cluster connection (shared or dedicated).
+    Cluster(ClusterConnection),
+}
+
+impl Redis {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+
+    /// What work on `key` may be grouped by: its hash slot on a cluster, one
+    /// group (0) on a single server, where any keys may share a script or pipeline.
+    pub fn slot_group(&self, key: &[u8]) -> u16 {
+        if self.is_cluster() {
+            slot(key)
+        } else {
+            0
+        }
+    }
+
+    /// The primaries of a cluster as `host:port` (one entry, `single`, on a single server).
+    pub async fn primaries(&mut self) -> RedisResult<Vec<String>> {
+        if !self.is_cluster() {
+            return Ok(vec!["single".to_owned()]);
+        }
+        Ok(cluster_shards(self).await?.into_iter().map(|s| s.primary).collect())
+    }
+}
+
+/// Every key matching `pattern` (`SCAN`; on a cluster, on every primary).
+/// For operators' tools and tests, never on a hot path.
+pub async fn scan_keys(con: &mut Redis, pattern: &str) -> RedisResult<Vec<String>> {
+    let nodes: Vec<Option<(String, u16)>> = match con {
+        Redis::Cluster(_) => cluster_shards(con)
+            .await?
+            .into_iter()
+            .filter_map(|shard| {
+                let (host, port) = shard.primary.rsplit_once(':')?;
+                Some(Some((host.to_owned(), port.parse().ok()?)))
+            })
+            .collect(),
+        _ => vec![None],
+    };
+    let mut keys = Vec::new();
+    for node in nodes {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let value = match (&node, &mut *con) {
+                (Some((host, port)), Redis::Cluster(cluster)) => {
+                    let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                        redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        },
+                    );
+                    cluster.route_command(scan, routing).await?
+                }
+                (_, con) => scan.query_async(con).await?,
+            };
+            let (next, found): (u64, Vec<String>) = redis::from_redis_value(value)?;
+            keys.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// The primary (`host:port`) serving a hash slot, from `CLUSTER SHARDS`.
+pub fn primary_of(shards: &[ClusterShard], slot: u16) -> Option<&str> {
+    shards
+        .iter()
+        .find(|shard| shard.slots.iter().any(|(from, to)| (*from..=*to).contains(&slot)))
+        .map(|shard| shard.primary.as_str())
+}
+
+/// One shard of a cluster as `CLUSTER SHARDS` tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterShard {
+    /// `host:port` of its primary.
+    pub primary: String,
+    /// Slot ranges it serves.
+    pub slots: Vec<(u16, u16)>,
+    /// `host:port` of its replicas.
+    pub replicas: Vec<String>,
+}
+
+/// The cluster's shards (`CLUSTER SHARDS`, asked of any node).
+pub async fn cluster_shards(con: &mut Redis) -> RedisResult<Vec<ClusterShard>> {
+    let value: Value = redis::cmd("CLUSTER").arg("SHARDS").query_async(con).await?;
+    Ok(parse_cluster_shards(&value))
+}
+
+fn parse_cluster_shards(value: &Value) -> Vec<ClusterShard> {
+    let mut shards = Vec::new();
+    for shard in crate::stream::items(value) {
+        let fields = crate::stream::fields(shard);
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let slots: Vec<i64> = get("slots")
+            .map(|v| crate::stream::items(v).iter().filter_map(int_of).collect())
+            .unwrap_or_default();
+        let mut primary = None;
+        let mut replicas = Vec::new();
+        for node in get("nodes").map(crate::stream::items).unwrap_or_default() {
+            let node = crate::stream::fields(node);
+            let text = |name: &str| {
+                node.iter()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| crate::stream::text_of(v))
+            };
+            let port = node.iter().find(|(k, _)| k == "port").and_then(|(_, v)| int_of(v));
+            let (Some(ip), Some(port)) = (text("ip").or_else(|| text("endpoint")), port) else {
+                continue;
+            };
+            let address = format!("{ip}:{port}");
+            let healthy = text("health").as_deref() != Some("fail");
+            match text("role").as_deref() {
+                Some("master") if healthy => primary = Some(address),
+                Some("replica") if healthy => replicas.push(address),
+                _ => {}
+            }
+        }
+        if let Some(primary) = primary {
+            let slots = slots
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [a, b] => Some((u16::try_from(*a).ok()?, u16::try_from(*b).ok()?)),
+                    _ => None,
+                })
+                .collect();
+            shards.push(ClusterShard {
+                primary,
+                slots,
+                replicas,
+            });
+        }
+    }
+    shards.sort_by(|a, b| a.slots.first().cmp(&b.slots.first()));
+    shards
+}
+
+fn int_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => crate::stream::text_of(other)?.parse().ok(),
+    }
+}
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Redis::Single(con) => con.req_packed_command(cmd),
+            Redis::Blocking(con) => con.req_packed_command(cmd),
+            Redis::Cluster(con) => con.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Redis::Single(con) => con.req_packed_commands(pipeline, offset, count),
+            Redis::Blocking(con) => con.req_packed_commands(pipeline, offset, count),
+            Redis::Cluster(con) => con.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Redis::Single(con) => con.get_db(),
+            Redis::Blocking(con) => con.get_db(),
+            Redis::Cluster(con) => con.get_db(),
+        }
+    }
+}
+
+/// Commands that go out together: one pipeline on a single server, one
+/// pipeline per hash slot on a cluster (sent at once). Each command's outcome
+/// comes back on its own, so a slot whose node is failing over fails only its
+/// own commands.
+#[derive(Default)]
+pub struct SlotBatch {
+    commands: Vec<(u16, Cmd)>,
+}
+
+impl SlotBatch {
+    pub fn new() -> SlotBatch {
+        SlotBatch::default()
+    }
+
+    /// Adds `cmd`, which touches `key` (and only keys of its slot).
+    pub fn add(&mut self, key: &str, cmd: Cmd) -> &mut SlotBatch {
+        self.commands.push((slot(key.as_bytes()), cmd));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Runs every command; the outcomes in the order the commands were added.
+    pub async fn run(self, con: &Redis) -> Vec<RedisResult<Value>> {
+        let total = self.commands.len();
+        let mut groups: Vec<(u16, Vec<usize>, Pipeline)> = Vec::new();
+        for (index, (slot, cmd)) in self.commands.into_iter().enumerate() {
+            let group = if con.is_cluster() { slot } else { 0 };
+            let position = match groups.iter().position(|(g, _, _)| *g == group) {
+                Some(position) => position,
+                None => {
+                    groups.push((group, Vec::new(), redis::pipe()));
+                    groups.len() - 1
+                }
+            };
+            let (_, indices, pipe) = &mut groups[position];
+            indices.push(index);
+            pipe.add_command(cmd);
+        }
+        let runs = groups.into_iter().map(|(_, indices, pipe)| {
+            let mut con = con.clone();
+            async move {
+                let outcome: RedisResult<Vec<Value>> = pipe.query_async(&mut con).await;
+                (indices, outcome)
+            }
+        });
+        let mut outcomes: Vec<Option<RedisResult<Value>>> = (0..total).map(|_| None).collect();
+        for (indices, outcome) in futures::future::join_all(runs).await {
+            match outcome {
+                Ok(values) => {
+                    for (index, value) in indices.into_iter().zip(values) {
+                        outcomes[index] = Some(match value {
+                            Value::ServerError(error) => Err(error.into()),
+                            value => Ok(value),
+                        });
+                    }
+                }
+                Err(error) => {
+                    for index in indices {
+                        outcomes[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(RedisError::from((ErrorKind::Client, "no answer for a command")))))
+            .collect()
+    }
+
+    /// Runs every command; the first error, if any.
+    pub async fn run_all(self, con: &Redis) -> RedisResult<()> {
+        self.run(con).await.into_iter().try_for_each(|o| o.map(drop))
+    }
 }
 
 fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -227,13 +716,22 @@ pub enum Contact {
 
 /// One PING at start. Credentials or certificates that Redis refuses are an
 /// error (retrying cannot fix them), naming the flag; an unreachable Redis is not.
-pub async fn check_at_start(client: &Client) -> Result<Contact, ConfigError> {
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(CONNECT_TIMEOUT))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT));
+pub async fn check_at_start(client: &RedisClient) -> Result<Contact, ConfigError> {
     let ping = async {
-        let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
-        redis::cmd("PING").query_async::<String>(&mut con).await
+        match client {
+            RedisClient::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(CONNECT_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
+                redis::cmd("PING").query_async::<String>(&mut con).await
+            }
+            RedisClient::Cluster(setup) => {
+                let client = setup.builder().retries(1).response_timeout(CONNECT_TIMEOUT).build()?;
+                let mut con = client.get_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut con).await
+            }
+        }
     };
     let error = match tokio::time::timeout(CONNECT_TIMEOUT * 2, ping).await {
         Ok(Ok(_)) => return Ok(Contact::Ready),
@@ -259,13 +757,18 @@ pub async fn check_at_start(client: &Client) -> Result<Contact, ConfigError> {
 }
 
 fn is_auth_error(error: &RedisError) -> bool {
-    error.kind() == ErrorKind::AuthenticationFailed || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    let text = error.to_string();
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        // The cluster client wraps the node's answer in its own error.
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
 }
 
 /// A certificate or handshake failure. redis-rs hides the rustls error inside
 /// an I/O error, so only its text tells it apart from a network failure.
 fn is_tls_error(error: &RedisError) -> bool {
-    if error.kind() != ErrorKind::Io || error.is_connection_refusal() || error.is_timeout() {
+    if error.is_connection_refusal() || error.is_timeout() {
         return false;
     }
     let text = error.to_string().to_ascii_lowercase();
@@ -278,25 +781,6 @@ fn is_tls_error(error: &RedisError) -> bool {
     ]
     .iter()
     .any(|needle| text.contains(needle))
-}
-
-/// The shared, self-reconnecting connection. It connects lazily, so a process
-/// can start while Redis is away and catch up when it returns.
-pub fn shared(client: &Client) -> RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(COMMAND_TIMEOUT))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-}
-
-/// A dedicated connection for blocking reads of up to `block`.
-pub async fn blocking(client: &Client, block: Duration) -> RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(block + COMMAND_TIMEOUT))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// Backoff for reconnect loops: 50 ms doubling up to 2 s.
@@ -379,5 +863,89 @@ mod tests {
         assert!(open("rediss://127.0.0.1:1/", &TlsFiles::default()).is_ok());
         let error = open("http://h/", &TlsFiles::default()).unwrap_err().to_string();
         assert!(error.starts_with("--redis-url:"), "{error}");
+    }
+
+    #[test]
+    fn opens_cluster_urls_with_every_seed() {
+        let client = open(
+            "redis+cluster://u:p@127.0.0.1:7001,127.0.0.1:7002",
+            &TlsFiles::default(),
+        )
+        .unwrap();
+        assert!(client.is_cluster());
+        let RedisClient::Cluster(setup) = &client else {
+            unreachable!()
+        };
+        assert_eq!(setup.nodes.len(), 2);
+        assert_eq!(setup.nodes[1].redis_settings().password(), Some("p"));
+        assert!(open("rediss+cluster://127.0.0.1:7001", &TlsFiles::default())
+            .unwrap()
+            .is_cluster());
+        assert!(!open("redis://127.0.0.1:1/", &TlsFiles::default()).unwrap().is_cluster());
+        let error = open("redis+cluster://", &TlsFiles::default()).unwrap_err().to_string();
+        assert!(error.contains("names no cluster node"), "{error}");
+        let error = open("redis+cluster://u:secret@h:1/2", &TlsFiles::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("only database 0") && !error.contains("secret"),
+            "{error}"
+        );
+        let tls = TlsFiles {
+            ca_file: Some("/nonexistent".into()),
+            ..TlsFiles::default()
+        };
+        let error = open("redis+cluster://h:1", &tls).unwrap_err().to_string();
+        assert!(error.starts_with("--redis-ca-file:"), "{error}");
+    }
+
+    #[test]
+    fn redacts_cluster_passwords() {
+        assert_eq!(
+            redacted("redis+cluster://sy:secret@h:1,h:2"),
+            "redis+cluster://sy:***@h:1,h:2"
+        );
+    }
+
+    #[test]
+    fn parses_cluster_shards() {
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let node = |port: i64, role: &str, health: &str| {
+            Value::Array(vec![
+                text("ip"),
+                text("127.0.0.1"),
+                text("port"),
+                Value::Int(port),
+                text("role"),
+                text(role),
+                text("health"),
+                text(health),
+            ])
+        };
+        let shard = |from: i64, to: i64, nodes: Vec<Value>| {
+            Value::Array(vec![
+                text("slots"),
+                Value::Array(vec![Value::Int(from), Value::Int(to)]),
+                text("nodes"),
+                Value::Array(nodes),
+            ])
+        };
+        let reply = Value::Array(vec![
+            shard(
+                5461,
+                10922,
+                vec![node(7002, "master", "online"), node(7005, "replica", "online")],
+            ),
+            shard(
+                0,
+                5460,
+                vec![node(7001, "master", "fail"), node(7004, "master", "online")],
+            ),
+        ]);
+        let shards = parse_cluster_shards(&reply);
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].primary, "127.0.0.1:7004");
+        assert_eq!(shards[0].slots, vec![(0, 5460)]);
+        assert_eq!(shards[1].replicas, vec!["127.0.0.1:7005".to_owned()]);
     }
 }

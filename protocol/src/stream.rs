@@ -79,11 +79,13 @@ fn bytes_of(value: &Value) -> Option<Vec<u8>> {
     }
 }
 
-fn text_of(value: &Value) -> Option<String> {
+/// A string-like reply value as text.
+pub fn text_of(value: &Value) -> Option<String> {
     bytes_of(value).and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
-fn items(value: &Value) -> &[Value] {
+/// The elements of an array (or set) reply; empty for anything else.
+pub fn items(value: &Value) -> &[Value] {
     match value {
         Value::Array(items) | Value::Set(items) => items,
         _ => &[],
@@ -199,19 +201,25 @@ pub async fn trim_acked<C: ConnectionLike>(con: &mut C, stream: &str, group: &st
         .await
 }
 
+/// The name/value pairs of a map reply, or of a flat `[name, value, …]` array
+/// (RESP2 spells maps that way): what `XINFO`, `CLUSTER SHARDS` and friends return.
+pub fn fields(value: &Value) -> Vec<(String, &Value)> {
+    match value {
+        Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text_of(k)?, v))).collect(),
+        _ => items(value)
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [k, v] => Some((text_of(k)?, v)),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
 /// Reads one field of one group out of an `XINFO GROUPS` reply.
 fn group_field(groups: &Value, group: &str, field: &str) -> Option<String> {
     for info in items(groups) {
-        let pairs: Vec<(String, &Value)> = match info {
-            Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text_of(k)?, v))).collect(),
-            _ => items(info)
-                .chunks(2)
-                .filter_map(|pair| match pair {
-                    [k, v] => Some((text_of(k)?, v)),
-                    _ => None,
-                })
-                .collect(),
-        };
+        let pairs = fields(info);
         let is_group = pairs
             .iter()
             .any(|(k, v)| k == "name" && text_of(v).as_deref() == Some(group));

@@ -340,7 +340,7 @@ impl Cluster {
         let mut con = self.redis.conn()?;
         let (_, n): (String, u64) = redis::cmd("PUBSUB")
             .arg("NUMSUB")
-            .arg(format!("{PREFIX}:group:{group}"))
+            .arg(format!("{PREFIX}:group:{{{group}}}"))
             .query(&mut con)?;
         Ok(n)
     }

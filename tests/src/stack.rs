@@ -326,9 +326,9 @@ impl Stack {
     }
 }
 
-/// Stream key of a channel: `switchyard:chan:{<channel>}`.
+/// Stream key of a channel's first (on a single Redis: only) shard: `switchyard:chan:{<channel>:0}`.
 pub fn channel_stream(channel: &str) -> String {
-    format!("{PREFIX}:chan:{{{channel}}}")
+    format!("{PREFIX}:chan:{{{channel}:0}}")
 }
 
 /// The dead-letter stream key: `switchyard:deadletter`.

@@ -80,7 +80,7 @@ fn load_average() -> String {
 }
 
 fn echo_stream() -> String {
-    format!("{PREFIX}:chan:{{echo}}")
+    format!("{PREFIX}:chan:{{echo:0}}")
 }
 
 fn echo_figures(cluster: &Cluster) -> anyhow::Result<StreamFigures> {

@@ -127,7 +127,7 @@ async fn metrics_move_with_traffic() {
     assert_eq!(get(&stack.addr, "/nowhere").await.unwrap().status, 404);
     let mut redis = stack.redis().await;
     let _: String = redis::cmd("XADD")
-        .arg("switchyard:chan:{chat}")
+        .arg("switchyard:chan:{chat:0}")
         .arg("*")
         .arg("m")
         .arg("not msgpack")

@@ -136,7 +136,7 @@ impl Monitor {
 /// Waits until the interface subscribed to `group`'s channel; a Redis connection and the channel.
 async fn subscribed(stack: &Stack, group: &str) -> (redis::Connection, String) {
     let mut redis = stack.redis_conn().unwrap();
-    let channel = format!("{PREFIX}:group:{group}");
+    let channel = format!("{PREFIX}:group:{{{group}}}");
     let done = eventually(Duration::from_secs(10), || {
         let numsub: Vec<(String, u64)> = redis::cmd("PUBSUB")
             .arg("NUMSUB")

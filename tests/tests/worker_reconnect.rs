@@ -34,7 +34,7 @@ async fn entry_delivered_over_a_broken_connection_is_handled_after_reconnect() {
 
         // Deliver that entry to the worker's consumer name on a connection of ours, as Redis
         // did for the worker's read whose reply was lost.
-        let stream = format!("{PREFIX}:chan:{{echo}}");
+        let stream = format!("{PREFIX}:chan:{{echo:0}}");
         let mut con = cluster.redis.conn().unwrap();
         let delivered = eventually(Duration::from_secs(10), || {
             let reply: redis::RedisResult<redis::Value> = redis::cmd("XREADGROUP")

@@ -1,142 +1,98 @@
-//! Committing handled messages: all of each or none of it, many per round trip.
+//! Committing handled messages: every effect once, in four slot-local steps.
 //!
-//! One Lua script (atomic in Redis) does, for each stream entry of a batch:
-//! 1. check that the entry is still pending **to this consumer** — if another
-//!    worker claimed it meanwhile, this result is dropped (that worker's
-//!    counts);
-//! 2. check the connection's last committed sequence number — a repeated
-//!    message (an interface retry) is only acknowledged;
-//! 3. write the session changes, publish the group sends, append (or drop)
-//!    the HTTP request body received so far, append the reply with its `done`
-//!    marker, record the sequence number, and XACK.
+//! A message's effects live in up to four places: its session, the groups it
+//! sends to, its interface (reply, HTTP request body) and its channel shard
+//! (the acknowledgement). On a Redis Cluster those are different hash slots,
+//! and one atomic step may only touch one slot. So the commit is a sequence of
+//! steps, each atomic in its own slot, each safe to run again:
 //!
-//! The XACKs (one per stream) and the PEXPIREs (one per key) come last, once
-//! per batch rather than once per message: in a script every `redis.call`
-//! costs Redis CPU, and these were three of the eleven commands per message.
+//! 1. **session** (`commit_session.lua`): the session writes and an *outbox*
+//!    (the message's sequence number with its reply and group sends), only if
+//!    the outbox does not already hold this or a later message of the
+//!    connection. If it holds this one, a worker committed it before and died
+//!    (or was slow): the stored outcome is finished instead of ours, so the
+//!    reply is the one computed from the session before the writes.
+//! 2. **groups** (`commit_groups.lua`): each group send, only if the sender's
+//!    marker in the group's slot is below the message's sequence number.
+//! 3. **reply** (`commit_reply.lua`): the reply with its `done`; the HTTP
+//!    request body append, guarded by the interface's sequence table. A reply
+//!    appended twice is harmless: the interface applies each `done` once.
+//! 4. **ack**: `XACK`, so the message is never handed out again.
 //!
-//! So a worker that dies mid-message leaves nothing behind, a slow worker whose
-//! message was claimed cannot apply it a second time, and nothing is applied
-//! twice. Handlers hand their commits to one batcher task, which sends all
-//! that are ready in a single script call: the script's fixed cost is paid
-//! once per batch, not once per message. (On Redis Cluster these keys live on
-//! different slots; see docs/protocol.md.)
+//! A worker that dies between two steps leaves its message pending; whoever
+//! handles it next runs the steps again and each one that already happened is
+//! a no-op (docs/protocol.md has the failure analysis step by step). Nothing
+//! checks that the entry is still pending to this worker: a slow worker and the
+//! one that claimed its message both run the steps, and the guards let each
+//! effect happen once.
+//!
+//! Handlers hand their commits to one batcher task, which runs each step for
+//! every message of a batch together: one script call per hash slot (on a
+//! single Redis, one per step for the whole batch). With
+//! `--redis-wait-replicas N` each step waits until N replicas have it before the
+//! next one runs, so a failover cannot lose a step whose successor happened.
 //!
 //! A streamed HTTP response sends its first pieces before that commit, each
-//! through a smaller script ([`Committer::stream_reply`]) that checks the same
-//! ownership and sequence conditions, so a worker that lost its entry to
-//! another one stops streaming instead of mixing its output in.
+//! after checking that the entry is still pending to this worker
+//! (`stream_owner.lua`), so a worker that lost its entry to another one stops
+//! streaming instead of mixing its output in.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::{RedisError, RedisResult, Script};
-use switchyard_protocol::groups::{group_send_args, GroupFrame, GROUP_SEND_LUA};
+use futures::future::join_all;
+use redis::{RedisError, RedisResult, Script, Value};
+use switchyard_protocol::groups::{publish_command, GroupFrame};
+use switchyard_protocol::redis_conn::{Redis, SlotBatch};
 use switchyard_protocol::stream::StreamEntry;
-use switchyard_protocol::{Keys, WORKER_GROUP};
+use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Commits a batch. KEYS: 5 per message (channel stream, reply stream,
-/// sequence table, session, HTTP request body). ARGV: group, consumer, prefix,
-/// reply TTL, then per message: id, conn, seq, reply, session TTL (0 = session
-/// unused), forget flag, body op (`append`, `delete` or ''), body chunk, number
-/// of sets and the pairs, of deletes and the fields, of group sends and the
-/// triples.
-/// Returns one code per message: 1 committed, 2 repeat, 0 not owned.
-const COMMIT_LUA: &str = r#"
-local group, consumer, prefix, reply_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local i = 5
-local results = {}
--- Once per key per batch, at the end: acks per stream, expiries per key.
-local acks, expire = {}, {}
-local function ack(stream, id)
-  local ids = acks[stream]
-  if ids == nil then ids = {}; acks[stream] = ids end
-  ids[#ids + 1] = id
-end
-for m = 1, #KEYS / 5 do
-  local stream, reply_stream, seqs, session = KEYS[5*m-4], KEYS[5*m-3], KEYS[5*m-2], KEYS[5*m-1]
-  local body = KEYS[5*m]
-  local id, conn, seq, reply = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3]
-  local session_ttl, forget = ARGV[i+4], ARGV[i+5] == '1'
-  local body_op, chunk = ARGV[i+6], ARGV[i+7]
-  local n_set = tonumber(ARGV[i+8])
-  local sets = i + 9
-  local n_del = tonumber(ARGV[sets + 2*n_set])
-  local dels = sets + 2*n_set + 1
-  local n_pub = tonumber(ARGV[dels + n_del])
-  local pubs = dels + n_del + 1
-  i = pubs + 3*n_pub
-  local code = 1
-  if #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 0 then
-    code = 0
-  elseif seq <= tonumber(redis.call('HGET', seqs, conn) or '0') then
-    ack(stream, id)
-    code = 2
-  else
-    if n_set > 0 then redis.call('HSET', session, unpack(ARGV, sets, sets + 2*n_set - 1)) end
-    if n_del > 0 then redis.call('HDEL', session, unpack(ARGV, dels, dels + n_del - 1)) end
-    if session_ttl ~= '0' then expire[session] = session_ttl end
-    for p = pubs, pubs + 3*(n_pub - 1), 3 do group_send(prefix, ARGV[p], ARGV[p+1], ARGV[p+2]) end
-    if body_op == 'append' then
-      redis.call('APPEND', body, chunk)
-      redis.call('PEXPIRE', body, reply_ttl)
-    elseif body_op == 'delete' then
-      redis.call('DEL', body)
-    end
-    if reply ~= '' then
-      redis.call('XADD', reply_stream, '*', 'm', reply)
-      expire[reply_stream] = reply_ttl
-    end
-    if forget then
-      redis.call('HDEL', seqs, conn)
-    else
-      redis.call('HSET', seqs, conn, seq)
-      expire[seqs] = reply_ttl
-    end
-    ack(stream, id)
-  end
-  results[m] = code
-end
-for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids)) end
-for key, ttl in pairs(expire) do redis.call('PEXPIRE', key, ttl) end
-return results
-"#;
-
-/// Appends one early piece of a streamed HTTP response. KEYS: channel stream,
-/// reply stream, sequence table. ARGV: group, consumer, id, conn, seq, reply,
-/// reply TTL. Returns 1 if appended, 0 if the entry is no longer ours.
-const STREAM_LUA: &str = r#"
-local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
-local conn, seq, reply, reply_ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
-if #redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer) == 0 then return 0 end
-if seq <= tonumber(redis.call('HGET', KEYS[3], conn) or '0') then return 0 end
--- Resets the entry's idle time: a long response is not work left behind.
-redis.call('XCLAIM', KEYS[1], group, consumer, 0, id, 'JUSTID')
-redis.call('XADD', KEYS[2], '*', 'm', reply)
-redis.call('PEXPIRE', KEYS[2], reply_ttl)
-return 1
-"#;
-
-/// Most messages committed by one script call.
+/// Most messages committed by one batch.
 const MAX_BATCH: usize = 64;
-/// Script calls under way at once.
+/// Batches under way at once.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// How long an outbox outlives a connection that is gone: longer than any
+/// handing-over of its last messages to another worker.
+const CLOSING_TTL: Duration = Duration::from_secs(3600);
+/// How long a step waits for `--redis-wait-replicas` replicas.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the commit script decided for one message.
+/// What the commit did for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Committed,
-    /// Another consumer owns the entry now; nothing was written.
-    NotOwned,
-    /// The sequence number was already committed; only acknowledged.
+    /// The message had been committed before (by an earlier attempt, or by
+    /// another worker): its stored outcome was finished, ours dropped.
     Repeated,
+    /// The entry is no longer pending to this worker (streamed responses
+    /// only); nothing was written.
+    NotOwned,
 }
 
 /// A session's key with the fields to set and the fields to delete.
 pub struct SessionWrite {
-    pub key: String,
+    /// The session id (its `session_uuid`, or the reply address).
+    pub id: String,
     pub sets: Vec<(String, String)>,
     pub deletes: Vec<String>,
+}
+
+impl SessionWrite {
+    /// A session that was only read (or, for a message handled again, may
+    /// have been written by the first attempt): its outbox is still checked.
+    pub fn check_only(id: String) -> SessionWrite {
+        SessionWrite {
+            id,
+            sets: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+
+    fn writes(&self) -> bool {
+        !self.sets.is_empty() || !self.deletes.is_empty()
+    }
 }
 
 /// One handled message, ready to commit.
@@ -148,14 +104,19 @@ pub struct Commit {
     pub seq: u64,
     /// Encoded reply; `None` when the connection is gone (disconnect).
     pub reply: Option<Vec<u8>>,
-    /// The connection is over (a disconnect, or an HTTP request answered):
-    /// its sequence record is dropped instead of updated.
+    /// The connection is over (a disconnect, or an HTTP request answered).
     pub forget: bool,
     /// What happens to the HTTP request body stored so far.
     pub body: BodyOp,
-    /// The session's changes, when the session was used.
+    /// The session, when it was used (or must be checked).
     pub session: Option<SessionWrite>,
-    pub group_sends: Vec<(String, GroupFrame)>,
+    pub group_sends: GroupSends,
+}
+
+impl Commit {
+    fn reply_address(&self) -> String {
+        format!("{}!{}", self.interface, self.conn)
+    }
 }
 
 /// The HTTP request body kept in Redis between chunks.
@@ -173,52 +134,72 @@ pub struct StreamPiece<'a> {
     pub stream: &'a str,
     pub entry_id: &'a str,
     pub interface: &'a str,
-    pub conn: u64,
-    pub seq: u64,
     pub reply: &'a [u8],
+}
+
+/// Handle to the commit batcher (and the early-reply steps).
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::UnboundedSender<Pending>,
+    settings: Arc<Settings>,
+    scripts: Arc<Scripts>,
+}
+
+/// What every batch needs besides the commits.
+pub struct Settings {
+    pub redis: Redis,
+    pub keys: Keys,
+    pub consumer: String,
+    pub reply_ttl: Duration,
+    pub session_ttl: Duration,
+    /// `--redis-wait-replicas`: replicas each step waits for (0: none).
+    pub wait_replicas: u32,
+}
+
+struct Scripts {
+    session: Script,
+    groups: Script,
+    reply: Script,
+    owner: Script,
 }
 
 type Pending = (Commit, oneshot::Sender<RedisResult<Outcome>>);
 
-/// Handle to the commit batcher (and the early-reply script).
-#[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::UnboundedSender<Pending>,
-    redis: ConnectionManager,
-    settings: Arc<Settings>,
+/// A commit on its way through the steps.
+struct Item {
+    commit: Commit,
+    /// `Err` once a step failed (the handler retries the message).
+    state: RedisResult<Outcome>,
+    /// Only the acknowledgement is left: a later message of the connection is
+    /// committed, so this one was completely before.
+    finished: bool,
+    done: oneshot::Sender<RedisResult<Outcome>>,
 }
 
-/// What every batch needs besides the commits.
-struct Settings {
-    script: Script,
-    stream_script: Script,
-    keys: Keys,
-    consumer: String,
-    reply_ttl_ms: u64,
-    session_ttl_ms: u64,
+impl Item {
+    fn going(&self) -> bool {
+        self.state.is_ok()
+    }
+
+    /// Still has steps to run (not failed, not found done already).
+    fn writing(&self) -> bool {
+        matches!(self.state, Ok(Outcome::Committed | Outcome::Repeated)) && !self.finished
+    }
 }
 
 impl Committer {
-    /// Starts the batcher task on `redis`.
-    pub fn start(
-        redis: ConnectionManager,
-        keys: Keys,
-        consumer: String,
-        reply_ttl_ms: u64,
-        session_ttl_ms: u64,
-    ) -> Committer {
-        let settings = Settings {
-            script: Script::new(&format!("{GROUP_SEND_LUA}\n{COMMIT_LUA}")),
-            stream_script: Script::new(STREAM_LUA),
-            keys,
-            consumer,
-            reply_ttl_ms,
-            session_ttl_ms,
-        };
+    /// Starts the batcher task.
+    pub fn start(settings: Settings) -> Committer {
         let settings = Arc::new(settings);
+        let scripts = Arc::new(Scripts {
+            session: Script::new(scripts::COMMIT_SESSION),
+            groups: Script::new(&scripts::commit_groups()),
+            reply: Script::new(scripts::COMMIT_REPLY),
+            owner: Script::new(scripts::STREAM_OWNER),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(redis.clone(), settings.clone(), rx));
-        Committer { tx, redis, settings }
+        tokio::spawn(run(settings.clone(), scripts.clone(), rx));
+        Committer { tx, settings, scripts }
     }
 
     /// Commits one message (batched with whatever else is ready).
@@ -230,28 +211,41 @@ impl Committer {
     }
 
     /// Appends one piece of a streamed HTTP response ahead of the commit;
-    /// `false` when the entry is no longer ours (or already committed).
+    /// `false` when the entry is no longer ours (or already acknowledged).
     pub async fn stream_reply(&self, piece: &StreamPiece<'_>) -> RedisResult<bool> {
         let settings = &self.settings;
-        let sent: i64 = settings
-            .stream_script
+        let mut con = settings.redis.clone();
+        let owned: i64 = self
+            .scripts
+            .owner
             .key(piece.stream)
-            .key(settings.keys.reply_stream(piece.interface))
-            .key(settings.keys.connection_seqs(piece.interface))
             .arg(WORKER_GROUP)
             .arg(&settings.consumer)
             .arg(piece.entry_id)
-            .arg(piece.conn)
-            .arg(piece.seq)
-            .arg(piece.reply)
-            .arg(settings.reply_ttl_ms)
-            .invoke_async(&mut self.redis.clone())
+            .invoke_async(&mut con)
             .await?;
-        Ok(sent == 1)
+        if owned != 1 {
+            return Ok(false);
+        }
+        let stream = settings.keys.reply_stream(piece.interface);
+        redis::pipe()
+            .cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(switchyard_protocol::PAYLOAD_FIELD)
+            .arg(piece.reply)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&stream)
+            .arg(settings.reply_ttl.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(true)
     }
 }
 
-async fn run(redis: ConnectionManager, settings: Arc<Settings>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(settings: Arc<Settings>, scripts: Arc<Scripts>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         // Take a batch slot first, so a busy Redis makes the next batch bigger.
@@ -262,113 +256,349 @@ async fn run(redis: ConnectionManager, settings: Arc<Settings>, mut rx: mpsc::Un
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        let mut redis = redis.clone();
         let settings = settings.clone();
+        let scripts = scripts.clone();
         tokio::spawn(async move {
-            let result = commit_batch(&mut redis, &settings, &batch).await;
-            answer(batch, result);
+            let mut items: Vec<Item> = batch
+                .into_iter()
+                .map(|(commit, done)| Item {
+                    commit,
+                    state: Ok(Outcome::Committed),
+                    done,
+                    finished: false,
+                })
+                .collect();
+            commit_batch(&settings, &scripts, &mut items).await;
+            for item in items {
+                let _ = item.done.send(item.state);
+            }
             drop(slot);
         });
     }
 }
 
-/// Tells every handler of a batch how its commit went.
-fn answer(batch: Vec<Pending>, result: RedisResult<Vec<i64>>) {
-    match result {
-        Ok(codes) => {
-            for ((_, done), code) in batch.into_iter().zip(codes.into_iter().chain(std::iter::repeat(0))) {
-                let outcome = match code {
-                    1 => Outcome::Committed,
-                    2 => Outcome::Repeated,
-                    _ => Outcome::NotOwned,
-                };
-                let _ = done.send(Ok(outcome));
-            }
-        }
-        Err(error) => {
-            // Each handler retries; messages committed before the error are
-            // found acknowledged (not owned) on the retry.
-            for (_, done) in batch {
-                let _ = done.send(Err(error.clone()));
-            }
-        }
-    }
+/// Runs the four steps over a batch; each item ends with its outcome or the
+/// first error it met (its handler then runs the message again).
+async fn commit_batch(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+    session_step(settings, scripts, items).await;
+    wait_replicas(settings, items).await;
+    groups_step(settings, scripts, items).await;
+    wait_replicas(settings, items).await;
+    reply_step(settings, scripts, items).await;
+    wait_replicas(settings, items).await;
+    ack_step(settings, items).await;
 }
 
-async fn commit_batch(redis: &mut ConnectionManager, settings: &Settings, batch: &[Pending]) -> RedisResult<Vec<i64>> {
+/// Groups the indices of `items` by the slot group of a key.
+fn by_slot(
+    redis: &Redis,
+    items: &[Item],
+    key: impl Fn(&Item) -> Option<String>,
+) -> BTreeMap<u16, Vec<(usize, String)>> {
+    let mut groups: BTreeMap<u16, Vec<(usize, String)>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if let Some(key) = key(item) {
+            groups
+                .entry(redis.slot_group(key.as_bytes()))
+                .or_default()
+                .push((index, key));
+        }
+    }
+    groups
+}
+
+/// Step 1: session writes and outboxes, once per message.
+async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
     let keys = &settings.keys;
-    let mut invocation = settings.script.prepare_invoke();
-    invocation
-        .arg(WORKER_GROUP)
-        .arg(&settings.consumer)
-        .arg(keys.prefix())
-        .arg(settings.reply_ttl_ms);
-    for (commit, _) in batch {
+    let groups = by_slot(&settings.redis, items, |item| {
+        let session = item.commit.session.as_ref()?;
+        item.writing().then(|| keys.session(&session.id))
+    });
+    let calls = groups.values().map(|members| {
+        let mut invocation = scripts.session.prepare_invoke();
         invocation
-            .key(&commit.stream)
-            .key(keys.reply_stream(&commit.interface))
-            .key(keys.connection_seqs(&commit.interface))
-            // An unused session still needs a key; nothing is written to it.
-            .key(
-                commit
-                    .session
-                    .as_ref()
-                    .map_or_else(|| keys.session("-"), |s| s.key.clone()),
-            )
-            .key(keys.http_body(&commit.interface, commit.conn));
-        invocation
-            .arg(&commit.entry_id)
-            .arg(commit.conn)
-            .arg(commit.seq)
-            .arg(commit.reply.as_deref().unwrap_or(b""))
-            .arg(if commit.session.is_some() {
-                settings.session_ttl_ms
+            .arg(settings.session_ttl.as_millis() as u64)
+            .arg(settings.session_ttl.as_millis() as u64)
+            .arg(CLOSING_TTL.min(settings.session_ttl).as_millis() as u64);
+        for (index, session_key) in members {
+            let commit = &items[*index].commit;
+            let Some(session) = &commit.session else { continue };
+            invocation
+                .key(session_key)
+                .key(keys.outbox(&session.id, &commit.reply_address()));
+            let outbox = if session.writes() {
+                encode_outbox(commit)
             } else {
-                0
-            })
-            .arg(if commit.forget { "1" } else { "0" });
-        match &commit.body {
-            BodyOp::Keep => invocation.arg("").arg(""),
-            BodyOp::Append(chunk) => invocation.arg("append").arg(chunk.as_slice()),
-            BodyOp::Delete => invocation.arg("delete").arg(""),
-        };
-        let (sets, deletes) = match &commit.session {
-            Some(session) => (session.sets.as_slice(), session.deletes.as_slice()),
-            None => (&[][..], &[][..]),
-        };
-        invocation.arg(sets.len());
-        for (field, value) in sets {
-            invocation.arg(field).arg(value);
+                Vec::new()
+            };
+            invocation
+                .arg(commit.seq)
+                .arg(outbox)
+                .arg(if commit.forget { "1" } else { "0" })
+                .arg(session.sets.len());
+            for (field, value) in &session.sets {
+                invocation.arg(field).arg(value);
+            }
+            invocation.arg(session.deletes.len());
+            for field in &session.deletes {
+                invocation.arg(field);
+            }
         }
-        invocation.arg(deletes.len());
-        for field in deletes {
-            invocation.arg(field);
-        }
-        invocation.arg(commit.group_sends.len());
-        for (group, frame) in &commit.group_sends {
-            for arg in group_send_args(group, frame) {
-                invocation.arg(arg);
+        let mut con = settings.redis.clone();
+        async move { invocation.invoke_async::<Vec<Value>>(&mut con).await }
+    });
+    let results = join_all(calls).await;
+    for (members, result) in groups.values().zip(results) {
+        match result {
+            Ok(codes) => {
+                for ((index, _), code) in members
+                    .iter()
+                    .zip(codes.into_iter().chain(std::iter::repeat(Value::Nil)))
+                {
+                    apply_session_result(&mut items[*index], code);
+                }
+            }
+            Err(error) => {
+                for (index, _) in members {
+                    items[*index].state = Err(error.clone());
+                }
             }
         }
     }
-    invocation.invoke_async(redis).await
 }
 
-/// Moves an entry that cannot be handled to the dead-letter stream and
-/// acknowledges it, in one MULTI/EXEC. The dead-letter stream is capped.
+fn encode_outbox(commit: &Commit) -> Vec<u8> {
+    let groups = commit
+        .group_sends
+        .iter()
+        .map(|(group, frame)| {
+            let (kind, data) = frame.kind_and_data();
+            OutboxSend {
+                group: group.clone(),
+                kind: kind.to_owned(),
+                data: data.to_vec().into(),
+            }
+        })
+        .collect();
+    encode(&Outbox {
+        v: switchyard_protocol::PROTOCOL_VERSION,
+        reply: commit.reply.clone().unwrap_or_default().into(),
+        groups,
+    })
+}
+
+/// A message's group sends: (group, frame).
+type GroupSends = Vec<(String, GroupFrame)>;
+
+/// The reply and group sends back from a stored "<seq> <outbox>".
+fn decode_outbox(stored: &[u8]) -> Option<(Option<Vec<u8>>, GroupSends)> {
+    let space = stored.iter().position(|&b| b == b' ')?;
+    let outbox: Outbox = decode(&stored[space + 1..]).ok()?;
+    let groups = outbox
+        .groups
+        .into_iter()
+        .map(|send| {
+            Some((
+                send.group,
+                GroupFrame::from_kind_and_data(&send.kind, send.data.into_vec())?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let reply = outbox.reply.into_vec();
+    Some(((!reply.is_empty()).then_some(reply), groups))
+}
+
+/// 1 → go on; 0 → a later message is committed (only the ack is left);
+/// "<seq> <outbox>" → this message was committed before: finish that.
+fn apply_session_result(item: &mut Item, code: Value) {
+    match code {
+        Value::Int(1) => {}
+        Value::Int(0) => {
+            item.state = Ok(Outcome::Repeated);
+            item.finished = true;
+        }
+        Value::BulkString(stored) => match decode_outbox(&stored) {
+            Some((reply, groups)) => {
+                item.commit.reply = reply;
+                item.commit.group_sends = groups;
+                item.state = Ok(Outcome::Repeated);
+            }
+            None => {
+                item.state = Err(RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "unreadable outbox in Redis",
+                )))
+            }
+        },
+        other => {
+            item.state = Err(RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected answer from the session step",
+                format!("{other:?}"),
+            )))
+        }
+    }
+}
+
+/// Step 2: group sends, once per message and group.
+async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+    let keys = &settings.keys;
+    // One entry per (message, group): the sends of a message to a group stay together.
+    let mut sends: BTreeMap<u16, Vec<(usize, &str, &GroupFrame)>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if !item.writing() {
+            continue;
+        }
+        for (group, frame) in &item.commit.group_sends {
+            let slot = settings.redis.slot_group(keys.group_channel(group).as_bytes());
+            sends.entry(slot).or_default().push((index, group, frame));
+        }
+    }
+    if sends.is_empty() {
+        return;
+    }
+    let publish = publish_command(settings.redis.is_cluster());
+    let calls = sends.values().map(|members| {
+        let mut invocation = scripts.groups.prepare_invoke();
+        invocation.arg(publish).arg(settings.session_ttl.as_millis() as u64);
+        for (index, group, frame) in members {
+            let commit = &items[*index].commit;
+            let (kind, data) = frame.kind_and_data();
+            invocation
+                .key(keys.group_seq(group))
+                .key(keys.group_channel(group))
+                .key(keys.group_sent(group, &commit.reply_address()))
+                .arg(commit.seq)
+                .arg(*group)
+                .arg(kind)
+                .arg(data);
+        }
+        let mut con = settings.redis.clone();
+        async move { invocation.invoke_async::<i64>(&mut con).await }
+    });
+    let results = join_all(calls).await;
+    let failed: Vec<(usize, RedisError)> = sends
+        .values()
+        .zip(results)
+        .filter_map(|(members, result)| result.err().map(|e| (members, e)))
+        .flat_map(|(members, error)| members.iter().map(move |(index, _, _)| (*index, error.clone())))
+        .collect();
+    for (index, error) in failed {
+        items[index].state = Err(error);
+    }
+}
+
+/// Step 3: replies and HTTP request bodies.
+async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+    let keys = &settings.keys;
+    let groups = by_slot(&settings.redis, items, |item| {
+        item.writing().then(|| keys.reply_stream(&item.commit.interface))
+    });
+    let calls = groups.values().map(|members| {
+        let mut invocation = scripts.reply.prepare_invoke();
+        invocation.arg(settings.reply_ttl.as_millis() as u64);
+        for (index, reply_stream) in members {
+            let commit = &items[*index].commit;
+            invocation
+                .key(reply_stream)
+                .key(keys.connection_seqs(&commit.interface))
+                .key(keys.http_body(&commit.interface, commit.conn));
+            invocation
+                .arg(commit.conn)
+                .arg(commit.seq)
+                .arg(commit.reply.as_deref().unwrap_or(b""));
+            match &commit.body {
+                BodyOp::Keep => invocation.arg("").arg(""),
+                BodyOp::Append(chunk) => invocation.arg("append").arg(chunk.as_slice()),
+                BodyOp::Delete => invocation.arg("delete").arg(""),
+            };
+            invocation.arg(if commit.forget { "1" } else { "0" });
+        }
+        let mut con = settings.redis.clone();
+        async move { invocation.invoke_async::<i64>(&mut con).await }
+    });
+    let results = join_all(calls).await;
+    for (members, result) in groups.values().zip(results) {
+        if let Err(error) = result {
+            for (index, _) in members {
+                items[*index].state = Err(error.clone());
+            }
+        }
+    }
+}
+
+/// Step 4: one `XACK` per stream for everything that got this far.
+async fn ack_step(settings: &Settings, items: &mut [Item]) {
+    let mut streams: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if item.going() {
+            streams.entry(item.commit.stream.as_str()).or_default().push(index);
+        }
+    }
+    let mut batch = SlotBatch::new();
+    for (stream, members) in &streams {
+        let mut xack = redis::cmd("XACK");
+        xack.arg(*stream).arg(WORKER_GROUP);
+        for index in members {
+            xack.arg(&items[*index].commit.entry_id);
+        }
+        batch.add(stream, xack);
+    }
+    let outcomes = batch.run(&settings.redis).await;
+    let failed: Vec<(Vec<usize>, RedisError)> = streams
+        .into_values()
+        .zip(outcomes)
+        .filter_map(|(members, outcome)| outcome.err().map(|e| (members, e)))
+        .collect();
+    for (members, error) in failed {
+        for index in members {
+            items[index].state = Err(error.clone());
+        }
+    }
+}
+
+/// With `--redis-wait-replicas N`: waits until N replicas have what the last
+/// step wrote; if they do not within the timeout, every item still under way
+/// fails (and is handled again: every step is safe to repeat).
+async fn wait_replicas(settings: &Settings, items: &mut [Item]) {
+    if settings.wait_replicas == 0 || !items.iter().any(Item::writing) {
+        return;
+    }
+    let mut con = settings.redis.clone();
+    let acked: RedisResult<i64> = redis::cmd("WAIT")
+        .arg(settings.wait_replicas)
+        .arg(WAIT_TIMEOUT.as_millis() as u64)
+        .query_async(&mut con)
+        .await;
+    let error = match acked {
+        Ok(n) if n >= i64::from(settings.wait_replicas) => return,
+        Ok(n) => RedisError::from((
+            redis::ErrorKind::Io,
+            "fewer replicas than --redis-wait-replicas acknowledged the commit",
+            format!("{n} of {}", settings.wait_replicas),
+        )),
+        Err(error) => error,
+    };
+    for item in items.iter_mut().filter(|item| item.writing()) {
+        item.state = Err(error.clone());
+    }
+}
+
+/// Moves an entry that cannot be handled to the dead-letter stream, then
+/// acknowledges it. Two steps (the dead-letter stream and the channel shard
+/// are in different slots): a worker that dies between them leaves the entry
+/// pending, and the next one dead-letters it again — a dead letter may appear
+/// twice, it is never lost. The dead-letter stream is capped.
 pub async fn dead_letter(
-    con: &mut ConnectionManager,
+    con: &mut Redis,
     keys: &Keys,
     stream: &str,
     entry: &StreamEntry,
     consumer: &str,
     error: &str,
 ) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    let add = pipe
-        .cmd("XADD")
-        .arg(keys.dead_letter())
+    let mut add = redis::cmd("XADD");
+    add.arg(keys.dead_letter())
         .arg("MAXLEN")
         .arg("~")
         .arg(100_000)
@@ -386,7 +616,11 @@ pub async fn dead_letter(
         field.extend_from_slice(name);
         add.arg(field).arg(value);
     }
-    pipe.ignore();
-    pipe.cmd("XACK").arg(stream).arg(WORKER_GROUP).arg(&entry.id).ignore();
-    pipe.query_async(con).await
+    add.query_async::<()>(con).await?;
+    redis::cmd("XACK")
+        .arg(stream)
+        .arg(WORKER_GROUP)
+        .arg(&entry.id)
+        .query_async(con)
+        .await
 }

@@ -37,6 +37,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 512)]
     pub concurrency: usize,
 
+    /// Shards read per channel at least (`P:chan:{CHANNEL:N}`); 0 = one per
+    /// primary of a Redis Cluster, 1 on a single Redis. Workers also read every
+    /// shard the interfaces announce, so this rarely needs setting.
+    #[arg(long = "channel-shards", env = "SWITCHYARD_CHANNEL_SHARDS", default_value_t = 0)]
+    pub channel_shards: u16,
+
     /// Seconds a message may stay unacknowledged with a live owner before any
     /// worker takes it over (backstop; dead workers are taken over at once).
     #[arg(long, env = "SWITCHYARD_CLAIM_IDLE", default_value_t = 60)]
@@ -85,6 +91,13 @@ impl WorkerConfig {
         }
         if self.concurrency == 0 || self.concurrency > 100_000 {
             bail!("--concurrency: {} is out of range 1..=100000", self.concurrency);
+        }
+        if self.channel_shards > switchyard_protocol::shards::MAX_SHARDS {
+            bail!(
+                "--channel-shards: {} is above the limit of {}",
+                self.channel_shards,
+                switchyard_protocol::shards::MAX_SHARDS
+            );
         }
         if self.claim_idle == 0 {
             bail!("--claim-idle: must be at least 1 second");

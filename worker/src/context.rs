@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
 use switchyard_protocol::groups::GroupFrame;
+use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{Action, Keys, Payload, ReplyAddress};
 
 use crate::commit::SessionWrite;
@@ -34,12 +34,12 @@ pub struct Context {
     session: Option<Session>,
     pub(crate) actions: Vec<Action>,
     pub(crate) group_sends: Vec<(String, GroupFrame)>,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
 }
 
 impl Context {
-    pub(crate) fn new(scope: Scope, redis: ConnectionManager, keys: Keys) -> Context {
+    pub(crate) fn new(scope: Scope, redis: Redis, keys: Keys) -> Context {
         let session_id = session::session_id(&scope.query, &scope.reply.to_string());
         Context {
             scope,
@@ -116,13 +116,18 @@ impl Context {
 
     /// The worker's Redis connection, for apps that keep their own data there.
     /// Writes made through it happen at once, not with the commit.
-    pub fn redis(&self) -> ConnectionManager {
+    pub fn redis(&self) -> Redis {
         self.redis.clone()
     }
 
     /// Key names under the deployment's prefix.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The session id: the client's `session_uuid`, else the reply address.
+    pub(crate) fn session_id(&self) -> &str {
+        &self.session_id
     }
 
     /// The connection's session, loaded from Redis on first use.
@@ -142,7 +147,7 @@ impl Context {
         let session = self.session.as_ref()?;
         let (sets, deletes) = session.changes();
         Some(SessionWrite {
-            key: self.keys.session(&self.session_id),
+            id: self.session_id.clone(),
             sets: sets.into_iter().map(|(f, v)| (f.to_owned(), v.to_owned())).collect(),
             deletes: deletes.into_iter().map(str::to_owned).collect(),
         })

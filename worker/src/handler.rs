@@ -18,15 +18,18 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::app::Consumer;
-use crate::commit::{self, BodyOp, Commit, Outcome};
+use crate::commit::{self, BodyOp, Commit, Outcome, SessionWrite};
 use crate::consumer::{Message, WebSocketConsumer};
 use crate::context::{Context, Scope};
 use crate::runtime::Worker;
 
 const INTERNAL_ERROR: u16 = 1011;
 
-pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
-    let Some((channel, consumer)) = worker.channels.get(stream) else {
+/// Handles one entry. `redelivered`: the entry was handed out before (a
+/// worker's own pending list, or claimed from another one), so an earlier
+/// attempt may have committed part of it.
+pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry, redelivered: bool) {
+    let Some((channel, consumer)) = worker.channel_of(stream) else {
         tracing::error!(stream, "entry from a stream this worker does not serve");
         return;
     };
@@ -56,7 +59,7 @@ pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
     );
     let started = Instant::now();
     worker.metrics.in_flight.inc();
-    let outcome = run(worker, stream, &entry, channel, consumer, &message, &reply)
+    let outcome = run(worker, stream, &entry, channel, consumer, &message, &reply, redelivered)
         .instrument(span)
         .await;
     worker.metrics.in_flight.dec();
@@ -66,6 +69,7 @@ pub async fn handle(worker: &Worker, stream: &str, entry: StreamEntry) {
 }
 
 /// Runs the consumer and commits, retrying Redis errors; names the outcome.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     worker: &Worker,
     stream: &str,
@@ -74,12 +78,15 @@ async fn run(
     consumer: &Consumer,
     message: &ChannelMessage,
     reply: &ReplyAddress,
+    redelivered: bool,
 ) -> &'static str {
     let mut backoff = Backoff::default();
+    // After a failed attempt, part of the commit may have happened.
+    let mut again = redelivered;
     loop {
         let result = match consumer {
             Consumer::WebSocket(consumer) => {
-                attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply).await
+                attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply, again).await
             }
             Consumer::Http(app) => {
                 crate::http_handler::attempt(worker, stream, entry, app.as_ref(), message, reply).await
@@ -88,27 +95,29 @@ async fn run(
         match result {
             Ok(Outcome::Committed) => return "committed",
             Ok(Outcome::Repeated) => {
-                tracing::info!("repeated message acknowledged without applying it again");
+                // Committed before (an earlier attempt whose answer was lost, a
+                // worker that died mid-commit, or a slow one): finished once.
+                tracing::info!(entry = %entry.id, "message committed before; finished with its stored outcome");
                 return "repeated";
             }
             Ok(Outcome::NotOwned) => {
-                // Either another worker claimed it, or an earlier attempt of ours committed
-                // it and the answer was lost (a Redis outage): either way it is done once.
                 tracing::info!(
                     entry = %entry.id,
-                    "message no longer pending to this worker (claimed by another, or committed by an attempt whose answer was lost); result dropped"
+                    "message no longer pending to this worker (claimed by another); streamed response stopped"
                 );
                 return "not_owned";
             }
             Err(error) => {
                 worker.metrics.redis_errors.inc();
                 tracing::warn!(%error, entry = %entry.id, "Redis error while handling; retrying");
+                again = true;
                 backoff.wait().await;
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     worker: &Worker,
     stream: &str,
@@ -117,6 +126,7 @@ async fn attempt(
     consumer: &dyn WebSocketConsumer,
     message: &ChannelMessage,
     reply: &ReplyAddress,
+    again: bool,
 ) -> redis::RedisResult<Outcome> {
     let (headers, client, subprotocols) = match &message.event {
         Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
@@ -157,6 +167,11 @@ async fn attempt(
     }
     let disconnect = matches!(message.event, Event::Disconnect { .. });
     let actions = std::mem::take(&mut ctx.actions);
+    // A message handled again checks the session's outbox even if this run
+    // did not touch the session; a disconnect shortens the outbox's life.
+    let session = ctx
+        .session_write()
+        .or_else(|| (again || disconnect).then(|| SessionWrite::check_only(ctx.session_id().to_owned())));
     let commit = Commit {
         stream: stream.to_owned(),
         entry_id: entry.id.clone(),
@@ -166,7 +181,7 @@ async fn attempt(
         reply: (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), actions))),
         forget: disconnect,
         body: BodyOp::Keep,
-        session: ctx.session_write(),
+        session,
         group_sends: std::mem::take(&mut ctx.group_sends),
     };
     worker.committer.commit(commit).await

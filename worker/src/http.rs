@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use redis::aio::ConnectionManager;
+use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{Keys, ReplyAddress};
 use tower::{Service, ServiceExt};
 
@@ -44,7 +44,7 @@ pub struct RequestInfo {
 /// The worker's Redis connection and key names; in every request's extensions.
 #[derive(Clone)]
 pub struct WorkerRedis {
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub keys: Keys,
 }
 

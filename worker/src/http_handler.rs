@@ -80,7 +80,7 @@ pub(crate) async fn attempt(
             plain(StatusCode::BAD_REQUEST, "bad request\n")
         }
     };
-    let Some(actions) = stream_response(worker, stream, entry, message, reply, response).await? else {
+    let Some(actions) = stream_response(worker, stream, entry, reply, response).await? else {
         return Ok(Outcome::NotOwned);
     };
     let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
@@ -94,7 +94,6 @@ async fn stream_response(
     worker: &Worker,
     stream: &str,
     entry: &StreamEntry,
-    message: &ChannelMessage,
     reply: &ReplyAddress,
     response: BoxResponse,
 ) -> redis::RedisResult<Option<Vec<Action>>> {
@@ -132,8 +131,6 @@ async fn stream_response(
                 stream,
                 entry_id: &entry.id,
                 interface: &reply.interface,
-                conn: reply.conn,
-                seq: message.seq,
                 reply: &early,
             };
             if !worker.committer.stream_reply(&piece).await? {

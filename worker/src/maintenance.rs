@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
-use switchyard_protocol::stream::{parse_autoclaim_reply, parse_entries, trim_acked, StreamEntry};
+use switchyard_protocol::redis_conn::SlotBatch;
+use switchyard_protocol::stream::{fields, items, parse_autoclaim_reply, parse_entries, trim_acked, StreamEntry};
 use switchyard_protocol::WORKER_GROUP;
 
 use crate::handler;
@@ -37,6 +38,9 @@ pub async fn run(worker: Arc<Worker>) {
         announce(&worker).await;
         if worker.stopping() {
             continue;
+        }
+        if let Err(error) = worker.refresh_shards().await {
+            tracing::debug!(%error, "cannot read the announced channel shards");
         }
         for stream in worker.streams() {
             if let Err(error) = take_over_dead(&worker, &stream).await {
@@ -64,7 +68,7 @@ fn now_ms() -> u64 {
 
 /// Publishes (or refreshes) this worker's liveness key.
 pub async fn announce(worker: &Worker) {
-    let channels: Vec<&str> = worker.channels.values().map(|(c, _)| c.as_str()).collect();
+    let channels = worker.channel_names();
     let info = serde_json::json!({
         "consumer": worker.consumer,
         "pid": std::process::id(),
@@ -74,22 +78,19 @@ pub async fn announce(worker: &Worker) {
         "reading": worker.reading(),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    let mut con = worker.redis.clone();
-    let result: redis::RedisResult<()> = redis::pipe()
-        .cmd("SET")
-        .arg(worker.keys.worker_alive(&worker.consumer))
+    let alive = worker.keys.worker_alive(&worker.consumer);
+    let index = worker.keys.workers_index();
+    let mut batch = SlotBatch::new();
+    let mut set = redis::cmd("SET");
+    set.arg(&alive)
         .arg(info.to_string())
         .arg("PX")
-        .arg(LIVENESS_TTL.as_millis() as u64)
-        .ignore()
-        .cmd("ZADD")
-        .arg(worker.keys.workers_index())
-        .arg(now_ms())
-        .arg(&worker.consumer)
-        .ignore()
-        .query_async(&mut con)
-        .await;
-    if let Err(error) = result {
+        .arg(LIVENESS_TTL.as_millis() as u64);
+    batch.add(&alive, set);
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(&index).arg(now_ms()).arg(&worker.consumer);
+    batch.add(&index, zadd);
+    if let Err(error) = batch.run_all(&worker.redis).await {
         tracing::warn!(%error, "cannot refresh liveness key");
     }
 }
@@ -118,16 +119,16 @@ pub async fn leave(worker: &Worker) {
                 .await;
         }
     }
-    let _: redis::RedisResult<()> = redis::pipe()
-        .cmd("DEL")
-        .arg(worker.keys.worker_alive(&worker.consumer))
-        .ignore()
-        .cmd("ZREM")
-        .arg(worker.keys.workers_index())
-        .arg(&worker.consumer)
-        .ignore()
-        .query_async(&mut con)
-        .await;
+    let alive = worker.keys.worker_alive(&worker.consumer);
+    let index = worker.keys.workers_index();
+    let mut batch = SlotBatch::new();
+    let mut del = redis::cmd("DEL");
+    del.arg(&alive);
+    batch.add(&alive, del);
+    let mut zrem = redis::cmd("ZREM");
+    zrem.arg(&index).arg(&worker.consumer);
+    batch.add(&index, zrem);
+    let _ = batch.run_all(&worker.redis).await;
 }
 
 /// Consumers with pending entries on `stream`, with their counts.
@@ -157,12 +158,19 @@ async fn pending_owners(worker: &Worker, stream: &str) -> redis::RedisResult<Vec
 
 /// Whether each consumer's liveness key exists.
 async fn alive(worker: &Worker, consumers: &[String]) -> redis::RedisResult<Vec<bool>> {
-    let mut pipe = redis::pipe();
+    let mut batch = SlotBatch::new();
     for consumer in consumers {
-        pipe.cmd("EXISTS").arg(worker.keys.worker_alive(consumer));
+        let key = worker.keys.worker_alive(consumer);
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(&key);
+        batch.add(&key, exists);
     }
-    let mut con = worker.redis.clone();
-    pipe.query_async(&mut con).await
+    batch
+        .run(&worker.redis)
+        .await
+        .into_iter()
+        .map(|outcome| Ok(matches!(outcome?, Value::Int(n) if n > 0)))
+        .collect()
 }
 
 /// Claims and handles the entries of consumers that are no longer alive.
@@ -255,30 +263,17 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
         .arg(WORKER_GROUP)
         .query_async(&mut con)
         .await?;
-    let idle_empty: Vec<String> = match consumers {
-        Value::Array(list) => list
-            .iter()
-            .filter_map(|info| {
-                let fields: Vec<(String, Value)> = match info {
-                    Value::Array(flat) => flat
-                        .chunks(2)
-                        .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
-                        .collect(),
-                    Value::Map(pairs) => pairs
-                        .iter()
-                        .filter_map(|(k, v)| Some((redis::from_redis_value(k.clone()).ok()?, v.clone())))
-                        .collect(),
-                    _ => return None,
-                };
-                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-                let name: String = redis::from_redis_value(get("name")?).ok()?;
-                let pending: i64 = redis::from_redis_value(get("pending")?).ok()?;
-                let idle: i64 = redis::from_redis_value(get("idle")?).ok()?;
-                (pending == 0 && idle > 10_000 && name != worker.consumer).then_some(name)
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let idle_empty: Vec<String> = items(&consumers)
+        .iter()
+        .filter_map(|info| {
+            let fields = fields(info);
+            let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| (*v).clone());
+            let name: String = redis::from_redis_value(get("name")?).ok()?;
+            let pending: i64 = redis::from_redis_value(get("pending")?).ok()?;
+            let idle: i64 = redis::from_redis_value(get("idle")?).ok()?;
+            (pending == 0 && idle > 10_000 && name != worker.consumer).then_some(name)
+        })
+        .collect();
     if idle_empty.is_empty() {
         return Ok(());
     }
@@ -304,7 +299,7 @@ async fn handle_claimed(worker: &Arc<Worker>, stream: &str, entries: Vec<StreamE
         let worker = worker.clone();
         let stream = stream.to_owned();
         tokio::spawn(async move {
-            handler::handle(&worker, &stream, entry).await;
+            handler::handle(&worker, &stream, entry, true).await;
             drop(permit);
         });
     }

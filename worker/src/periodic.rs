@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
 use switchyard_protocol::groups::{self, GroupFrame};
+use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::Keys;
 
 use crate::app::Periodic;
@@ -17,7 +17,7 @@ use crate::runtime::Worker;
 
 /// What a periodic task can do.
 pub struct PeriodicContext {
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub keys: Keys,
     /// The tick number being run.
     pub tick: u64,

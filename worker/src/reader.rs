@@ -1,8 +1,11 @@
-//! The reader: pulls messages off the served channel streams.
+//! The reader: pulls messages off the served channel shard streams.
 //!
 //! One `XREADGROUP` on a dedicated connection reads every served stream at
 //! once, never more messages than there are free permits, and hands each to
-//! its own task. The first reads ask for this consumer's own pending entries
+//! its own task. On a Redis Cluster one command may only name keys of one
+//! hash slot, so there is one such read loop per slot (each shard of a channel
+//! has its own), each on its own dedicated connection; [`run`] starts one for
+//! every slot group and more when interfaces announce new shards. The first reads ask for this consumer's own pending entries
 //! (id `0`): a worker restarted under the same `--name` picks up what its
 //! previous life left unacknowledged before it reads anything new. When the
 //! worker is stopping it simply does not read again; its last blocking read
@@ -19,13 +22,15 @@
 //! so none is handled twice at once. (Regression tests: `worker_reconnect`,
 //! `redis_outage`.)
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use switchyard_protocol::redis_conn::{self, Backoff};
+use switchyard_protocol::redis_conn::Backoff;
 use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
 use switchyard_protocol::WORKER_GROUP;
 
@@ -67,8 +72,54 @@ impl Drop for Held {
     }
 }
 
+/// Runs a read loop per slot group of the served streams until the worker stops.
 pub async fn run(worker: Arc<Worker>) {
-    let streams = worker.streams();
+    let mut streams = worker.watch_streams();
+    let mut loops: HashMap<u16, (watch::Sender<Vec<String>>, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let current = streams.borrow_and_update().clone();
+        let mut groups: HashMap<u16, Vec<String>> = HashMap::new();
+        for stream in current {
+            groups
+                .entry(worker.redis.slot_group(stream.as_bytes()))
+                .or_default()
+                .push(stream);
+        }
+        for (group, members) in groups {
+            match loops.get(&group) {
+                Some((sender, _)) => {
+                    sender.send_if_modified(|known| {
+                        let changed = *known != members;
+                        *known = members;
+                        changed
+                    });
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(members);
+                    let task = tokio::spawn(read_loop(worker.clone(), receiver));
+                    loops.insert(group, (sender, task));
+                }
+            }
+        }
+        tokio::select! {
+            changed = streams.changed() => if changed.is_err() { break },
+            _ = wait_stopping(&worker) => break,
+        }
+    }
+    for (_, (_, task)) in loops {
+        let _ = task.await;
+    }
+}
+
+async fn wait_stopping(worker: &Worker) {
+    while !worker.stopping() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads one slot group's streams (the list may grow) until the worker stops.
+async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>>) {
+    let mut streams = watched.borrow_and_update().clone();
     let mut backoff = Backoff::default();
     // Per stream: an id = our own pending entries after it (history);
     // ">" = new entries.
@@ -78,7 +129,7 @@ pub async fn run(worker: Arc<Worker>) {
     let mut recheck = false;
     let mut recheck_at: Option<Instant> = None;
     while !worker.stopping() {
-        let mut con = match redis_conn::blocking(&worker.client, READ_BLOCK).await {
+        let mut con = match worker.client.blocking(READ_BLOCK).await {
             Ok(con) => con,
             Err(error) => {
                 tracing::warn!(%error, "reader cannot reach Redis; retrying");
@@ -86,7 +137,7 @@ pub async fn run(worker: Arc<Worker>) {
                 continue;
             }
         };
-        if let Err(error) = worker.ensure_groups().await {
+        if let Err(error) = worker.ensure_groups(&streams).await {
             tracing::warn!(%error, "cannot create consumer groups; retrying");
             backoff.wait().await;
             continue;
@@ -98,6 +149,21 @@ pub async fn run(worker: Arc<Worker>) {
                 Ok(permit) => permit,
                 Err(_) => return,
             };
+            if watched.has_changed().unwrap_or(false) {
+                // New shards: read their history (our own pending entries) first.
+                let grown = watched.borrow_and_update().clone();
+                positions = grown
+                    .iter()
+                    .map(|stream| match streams.iter().position(|s| s == stream) {
+                        Some(known) => positions[known].clone(),
+                        None => "0".to_owned(),
+                    })
+                    .collect();
+                streams = grown;
+                if let Err(error) = worker.ensure_groups(&streams).await {
+                    tracing::warn!(%error, "cannot create consumer groups on new shards; retrying");
+                }
+            }
             if recheck_at.is_some_and(|at| Instant::now() >= at) {
                 recheck_at = None;
                 positions.iter_mut().for_each(|p| *p = "0".to_owned());
@@ -133,7 +199,20 @@ pub async fn run(worker: Arc<Worker>) {
             if worker.mark_reading() {
                 crate::maintenance::announce(&worker).await;
             }
+            // Entries read from our own pending list (id, not ">") were
+            // delivered before: possibly half committed by an earlier attempt.
+            let history: HashSet<&String> = streams
+                .iter()
+                .zip(&positions)
+                .filter(|(_, p)| *p != ">")
+                .map(|(s, _)| s)
+                .collect();
             let batches = parse_read_reply(&value);
+            let redelivered: HashSet<String> = batches
+                .iter()
+                .filter(|b| history.contains(&b.stream))
+                .map(|b| b.stream.clone())
+                .collect();
             advance_history(&streams, &mut positions, &batches);
             let mut first = Some(first);
             for batch in batches {
@@ -150,8 +229,9 @@ pub async fn run(worker: Arc<Worker>) {
                     };
                     let worker = worker.clone();
                     let stream = batch.stream.clone();
+                    let redelivered = redelivered.contains(&batch.stream);
                     tokio::spawn(async move {
-                        handler::handle(&worker, &stream, entry).await;
+                        handler::handle(&worker, &stream, entry, redelivered).await;
                         drop((held, permit));
                     });
                 }

@@ -50,7 +50,7 @@ pub async fn handle(
     };
     let (id, mut events) = shared.registry.open(shared.config.max_send_queue);
     let reply = ReplyAddress::new(shared.id.clone(), id).to_string();
-    let stream: Arc<str> = shared.keys.channel_stream(&target.channel).into();
+    let stream = shared.stream_for(&target.channel, id);
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let scope = ConnectScope {

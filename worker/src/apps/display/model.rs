@@ -9,8 +9,8 @@
 //! Binding and revision bumps are Lua scripts, so two requests at once never
 //! both bind a screen and never read a half-written schedule.
 
-use redis::aio::ConnectionManager;
 use redis::RedisResult;
+use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::Keys;
 
 /// Key names of the display app.
@@ -53,45 +53,48 @@ pub enum Bind {
     Ok(Snapshot),
 }
 
-/// Binds the screen to `device` if unbound (HSETNX), checks it otherwise,
-/// and reads its school — one script, so exactly one first device wins.
+/// Binds the screen to `device` if unbound (HSETNX) and checks it otherwise,
+/// in one script, so exactly one first device wins. The school is read next,
+/// on its own: its key is in another hash slot (on a Redis Cluster one script
+/// touches one slot), and a snapshot read a moment later is as good.
 const BIND_LUA: &str = r#"
 local school = redis.call('HGET', KEYS[1], 'school')
 if not school then return {0} end
 redis.call('HSETNX', KEYS[1], 'device', ARGV[1])
 if redis.call('HGET', KEYS[1], 'device') ~= ARGV[1] then return {2} end
-local s = redis.call('HMGET', ARGV[2] .. school, 'name', 'revision', 'schedule')
-return {1, school, s[1] or '', s[2] or '0', s[3] or 'null'}
+return {1, school}
 "#;
 
-pub async fn bind(con: &mut ConnectionManager, keys: &Keys, token: &str, device: &str) -> RedisResult<Bind> {
+pub async fn bind(con: &mut Redis, keys: &Keys, token: &str, device: &str) -> RedisResult<Bind> {
     let reply: Vec<redis::Value> = redis::Script::new(BIND_LUA)
         .key(screen_key(keys, token))
         .arg(device)
-        .arg(school_key(keys, ""))
         .invoke_async(con)
         .await?;
-    let text = |i: usize| -> String {
-        match reply.get(i) {
-            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(redis::Value::Int(n)) => n.to_string(),
-            _ => String::new(),
+    let school = match (reply.first(), reply.get(1)) {
+        (Some(redis::Value::Int(1)), Some(redis::Value::BulkString(school))) => {
+            String::from_utf8_lossy(school).into_owned()
         }
+        (Some(redis::Value::Int(2)), _) => return Ok(Bind::Mismatch),
+        _ => return Ok(Bind::UnknownToken),
     };
-    Ok(match reply.first() {
-        Some(redis::Value::Int(1)) => Bind::Ok(Snapshot {
-            school: text(1),
-            name: text(2),
-            revision: text(3).parse().unwrap_or(0),
-            schedule: text(4),
-        }),
-        Some(redis::Value::Int(2)) => Bind::Mismatch,
-        _ => Bind::UnknownToken,
-    })
+    let (name, revision, schedule): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
+        .arg(school_key(keys, &school))
+        .arg("name")
+        .arg("revision")
+        .arg("schedule")
+        .query_async(con)
+        .await?;
+    Ok(Bind::Ok(Snapshot {
+        school,
+        name: name.unwrap_or_default(),
+        revision: revision.unwrap_or(0),
+        schedule: schedule.unwrap_or_else(|| "null".to_owned()),
+    }))
 }
 
 /// The school and revision of a screen, without binding it.
-pub async fn revision_of_screen(con: &mut ConnectionManager, keys: &Keys, token: &str) -> RedisResult<Option<u64>> {
+pub async fn revision_of_screen(con: &mut Redis, keys: &Keys, token: &str) -> RedisResult<Option<u64>> {
     let school: Option<String> = redis::cmd("HGET")
         .arg(screen_key(keys, token))
         .arg("school")
@@ -114,12 +117,7 @@ redis.call('HSET', KEYS[1], 'schedule', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'revision', 1)
 "#;
 
-pub async fn put_schedule(
-    con: &mut ConnectionManager,
-    keys: &Keys,
-    school: &str,
-    schedule: &str,
-) -> RedisResult<Option<u64>> {
+pub async fn put_schedule(con: &mut Redis, keys: &Keys, school: &str, schedule: &str) -> RedisResult<Option<u64>> {
     let revision: i64 = redis::Script::new(PUT_SCHEDULE_LUA)
         .key(school_key(keys, school))
         .arg(schedule)
@@ -129,7 +127,7 @@ pub async fn put_schedule(
 }
 
 /// Whether screens should use the WebSocket: Redis first, then the env default.
-pub async fn ws_enabled(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<bool> {
+pub async fn ws_enabled(con: &mut Redis, keys: &Keys) -> RedisResult<bool> {
     let stored: Option<String> = redis::cmd("GET").arg(flag_key(keys)).query_async(con).await?;
     Ok(match stored {
         Some(value) => value == "1",
@@ -137,7 +135,7 @@ pub async fn ws_enabled(con: &mut ConnectionManager, keys: &Keys) -> RedisResult
     })
 }
 
-pub async fn set_ws_enabled(con: &mut ConnectionManager, keys: &Keys, enabled: bool) -> RedisResult<()> {
+pub async fn set_ws_enabled(con: &mut Redis, keys: &Keys, enabled: bool) -> RedisResult<()> {
     redis::cmd("SET")
         .arg(flag_key(keys))
         .arg(if enabled { "1" } else { "0" })

@@ -3,9 +3,9 @@
 //! `switchyard-worker --seed-display-demo` writes it when the school is
 //! missing (so a restart never resets edits or bindings), then serves as usual.
 
-use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use serde_json::json;
+use switchyard_protocol::redis_conn::{Redis, SlotBatch};
 use switchyard_protocol::Keys;
 
 use super::model;
@@ -29,7 +29,7 @@ pub fn demo_schedule() -> serde_json::Value {
 /// Creates a school (revision 1) and its screens unless the school exists;
 /// returns whether it did.
 pub async fn seed_school(
-    con: &mut ConnectionManager,
+    con: &mut Redis,
     keys: &Keys,
     school: &str,
     name: &str,
@@ -44,20 +44,24 @@ pub async fn seed_school(
     if !created {
         return Ok(false);
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic().hset(model::school_key(keys, school), "revision", 1).hset(
-        model::school_key(keys, school),
-        "schedule",
-        demo_schedule().to_string(),
-    );
+    redis::pipe()
+        .hset(model::school_key(keys, school), "revision", 1)
+        .hset(model::school_key(keys, school), "schedule", demo_schedule().to_string())
+        .query_async::<()>(con)
+        .await?;
+    // Each screen is a key of its own (its own hash slot on a Redis Cluster).
+    let mut screens_batch = SlotBatch::new();
     for token in screens {
-        pipe.hset(model::screen_key(keys, token), "school", school);
+        let key = model::screen_key(keys, token);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key).arg("school").arg(school);
+        screens_batch.add(&key, hset);
     }
-    pipe.query_async::<()>(con).await?;
+    screens_batch.run_all(con).await?;
     Ok(true)
 }
 
-pub async fn seed_demo(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<bool> {
+pub async fn seed_demo(con: &mut Redis, keys: &Keys) -> RedisResult<bool> {
     let screens: Vec<String> = DEMO_SCREENS.iter().map(|s| (*s).to_owned()).collect();
     seed_school(con, keys, DEMO_SCHOOL, "Demo School", &screens).await
 }
@@ -68,7 +72,7 @@ pub async fn seed_at_start(config: &WorkerConfig) {
     let keys = Keys::new(config.prefix.clone());
     let seeded = async {
         let client = config.redis.client()?;
-        let mut con = ConnectionManager::new(client).await?;
+        let mut con = client.shared()?;
         anyhow::Ok(seed_demo(&mut con, &keys).await?)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), seeded).await {

@@ -1,0 +1,32 @@
+//! The Lua scripts of the protocol, one file each in `protocol/lua/`.
+//!
+//! They are part of the contract, not of one binary: a worker written in
+//! another language runs the same files (docs/protocol.md describes each
+//! step). Every script touches the keys of one hash slot only, so each runs
+//! on a Redis Cluster as on a single Redis.
+
+/// The `group_send(seq_key, channel, publish, group, kind, data)` function.
+pub const GROUP_SEND_FUNCTION: &str = include_str!("../lua/group_send.lua");
+
+/// A standalone group send (periodic tasks, `switchyard send-group`).
+/// KEYS: group counter, group channel. ARGV: publish command, group, kind, data.
+pub fn group_send() -> String {
+    format!("{GROUP_SEND_FUNCTION}\nreturn group_send(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])")
+}
+
+/// Commit step 1: a message's session writes, once, with its outbox.
+pub const COMMIT_SESSION: &str = include_str!("../lua/commit_session.lua");
+
+/// Commit step 2: a message's group sends, once.
+pub fn commit_groups() -> String {
+    format!("{GROUP_SEND_FUNCTION}\n{}", include_str!("../lua/commit_groups.lua"))
+}
+
+/// Commit step 3: replies, and the HTTP request body kept between chunks.
+pub const COMMIT_REPLY: &str = include_str!("../lua/commit_reply.lua");
+
+/// Before each early piece of a streamed response: is the entry still ours?
+pub const STREAM_OWNER: &str = include_str!("../lua/stream_owner.lua");
+
+/// Records a channel's shard count (the largest announced wins).
+pub const ANNOUNCE_SHARDS: &str = include_str!("../lua/announce_shards.lua");

@@ -422,9 +422,77 @@ cores — servers plus the load tool's own receives — not by Redis or the work
     replace_section(args.doc, "broadcast", body)
 
 
+def cluster(args):
+    rows = load(args.results)
+    runs = []
+    out = [
+        "| topology | msgs/s | p50 ms | p99 ms | CPU µs/msg, all | interfaces | workers | Redis, all nodes "
+        "| Redis commands per message | masters: share of commands | masters: CPU µs/msg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        if r.get("failed"):
+            out.append(f"| {r.get('label', '')} | failed ({r['failed']}) | | | | | | | | | |")
+            continue
+        msgs = r.get("msgs") or 0
+        answered = r.get("answered_total") or 0
+        cpu_of = {p["pid"]: p["cpu_us"] for p in r.get("pids", [])}
+        nodes = r.get("redis_nodes", [])
+        masters = [n for n in nodes if n["role"] == "master"]
+        commands = {n["port"]: sum(n["commandstats"].values()) for n in nodes}
+        total_cmds = sum(commands.values())
+        redis_cpu = sum(cpu_of.get(n["pid"], 0) for n in nodes)
+        shares = [commands[n["port"]] / total_cmds for n in masters] if total_cmds else []
+        master_cpu = [cpu_of.get(n["pid"], 0) / msgs for n in masters] if msgs else []
+        runs.append((r, shares, redis_cpu / msgs if msgs else None))
+        out.append(
+            f"| {r['label']} | {num(r['msgs_per_sec'])} | {ms(r['p50_us'])} | {ms(r['p99_us'])} "
+            f"| {num(r.get('cpu_us_per_msg'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'switchyard-inte'), '{:.1f}')} "
+            f"| {num(cpu_per_msg_of(r, 'switchyard-work'), '{:.1f}')} | {num(redis_cpu / msgs if msgs else None, '{:.1f}')} "
+            f"| {num(total_cmds / answered if answered else None, '{:.2f}')} "
+            f"| {' / '.join(f'{s:.0%}' for s in shares)} | {' / '.join(f'{c:.1f}' for c in master_cpu)} |"
+        )
+    checks = []
+    singles = [x for x in runs if x[0]["label"] == "single" and x[2] is not None]
+    clusters = [x for x in runs if x[0]["label"] == "cluster" and x[2] is not None]
+    if singles and clusters:
+        single_cpu = sum(x[2] for x in singles) / len(singles)
+        cluster_cpu = sum(x[2] for x in clusters) / len(clusters)
+        checks.append(
+            f"- Redis CPU per message, summed over the cluster's nodes: {cluster_cpu:.1f} µs against "
+            f"{single_cpu:.1f} µs on one Redis ({cluster_cpu / single_cpu - 1:+.0%}; target within ±15%)."
+        )
+        worst = max((abs(s - 1 / len(shares)) for _, shares, _ in clusters for s in shares), default=0)
+        checks.append(
+            f"- Share of commands per master: {' ; '.join(' / '.join(f'{s:.0%}' for s in sh) for _, sh, _ in clusters)} "
+            f"(largest deviation from an even split {worst:.0%}; target ±8 points)."
+        )
+    notes = "\n".join(f"- {n}" for n in args.note)
+    body = f"""## Redis Cluster: the same load on one Redis and on three masters
+
+{meta_lines(args)}
+
+Each topology runs two interfaces and two workers; the load is one closed-loop chat-counter
+run whose connections take the 3 channels on both interfaces in turn. On the cluster each
+channel has 3 shards (one per master by default), so a channel's messages spread over the
+masters; each interface's reply stream lives on one master. "Redis, all nodes" sums the CPU of
+every redis-server (replicas included: they apply the replication stream); "masters" lists
+each master's share of all commands counted (`INFO commandstats`, replicas excluded as they
+run no client commands) and its CPU per message. CPU µs/msg = utime+stime over the measured
+window divided by the messages answered in it.
+
+{chr(10).join(out)}
+
+{chr(10).join(checks)}
+
+{notes}
+"""
+    replace_section(args.doc, "cluster", body)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["peers", "backbone", "broadcast"])
+    p.add_argument("kind", choices=["peers", "backbone", "broadcast", "cluster"])
     p.add_argument("results")
     p.add_argument("doc")
     p.add_argument("png", nargs="?")
@@ -432,7 +500,7 @@ def main():
     p.add_argument("--meta", action="append", default=[], help="one extra bullet line")
     p.add_argument("--note", action="append", default=[])
     args = p.parse_args()
-    {"peers": peers, "backbone": backbone, "broadcast": broadcast}[args.kind](args)
+    {"peers": peers, "backbone": backbone, "broadcast": broadcast, "cluster": cluster}[args.kind](args)
 
 
 if __name__ == "__main__":

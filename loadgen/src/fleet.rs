@@ -70,10 +70,11 @@ impl ConnectFailures {
     }
 }
 
-/// Opens `n` connections (numbered 0..n), at most `concurrency` handshakes in flight, starting
-/// none after `deadline`. Returns the open ones with their numbers, in number order.
+/// Opens `n` connections (numbered 0..n; connection i to `targets[i % len]`), at most
+/// `concurrency` handshakes in flight, starting none after `deadline`. Returns the open ones
+/// with their numbers, in number order.
 pub async fn open_all(
-    target: &Target,
+    targets: &[Target],
     n: usize,
     sources: SourceAddrs,
     concurrency: usize,
@@ -88,7 +89,8 @@ pub async fn open_all(
             failures.not_attempted = (n - i) as u64;
             break;
         };
-        let target = target.clone();
+        // Connections take the targets in turn.
+        let target = targets[i % targets.len()].clone();
         let source = sources.ip_for(i as u64);
         set.spawn(async move {
             let result = client::connect(&target, source, timeout).await;

@@ -56,6 +56,11 @@ pub struct RttArgs {
     /// After the window, seconds to wait for answers still outstanding.
     #[arg(long, default_value_t = 5.0)]
     pub drain_timeout: f64,
+
+    /// More chat-counter URLs (repeatable): the connections take `--url` and these in turn,
+    /// e.g. several channels on several interfaces in one run.
+    #[arg(long = "also-url", value_name = "URL")]
+    pub also_urls: Vec<String>,
 }
 
 /// The timeline every connection follows.
@@ -164,6 +169,10 @@ pub struct PidCpu {
 /// Runs the scenario and prints its report.
 pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
     let target = args.common.target()?;
+    let mut targets = vec![target.clone()];
+    for url in &args.also_urls {
+        targets.push(crate::target::Target::parse(url)?);
+    }
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -192,7 +201,7 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
         sources.describe()
     );
     let (open, failures) = fleet::open_all(
-        &target,
+        &targets,
         args.connections,
         sources,
         args.common.connect_concurrency,
@@ -281,7 +290,10 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
     let report = RttReport {
         scenario: "rtt",
         label: args.common.label.clone(),
-        url: target.url.clone(),
+        url: std::iter::once(target.url.clone())
+            .chain(args.also_urls.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" + "),
         mode: if args.rate.is_some() {
             "fixed-rate"
         } else {

@@ -70,7 +70,25 @@ async fn heartbeat(mut ctx: PeriodicContext) -> anyhow::Result<()> {
 pub fn app() -> Apps {
     // An invalid value is reported by `main` before this runs.
     let every = heartbeat_every().unwrap_or(Duration::from_secs(30));
-    Apps::new()
+    let mut apps = Apps::new()
         .websocket("chat", Chat)
-        .periodic("chat.heartbeat", "chat", every, heartbeat)
+        .periodic("chat.heartbeat", "chat", every, heartbeat);
+    for channel in extra_channels() {
+        apps = apps.websocket(channel, Chat);
+    }
+    apps
+}
+
+/// `CHAT_CHANNELS`: more channels served by the same counter (comma
+/// separated, e.g. `chat.b,chat.c`), so a load test can spread traffic over
+/// several channels (`scripts/bench-cluster`). Their connections join group
+/// `chat` too.
+fn extra_channels() -> Vec<String> {
+    std::env::var("CHAT_CHANNELS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && *c != "chat")
+        .map(str::to_owned)
+        .collect()
 }

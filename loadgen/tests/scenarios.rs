@@ -43,6 +43,7 @@ fn rtt_args(addr: SocketAddr, connections: usize, rate: Option<f64>) -> RttArgs 
         rate,
         payload_bytes: 64,
         drain_timeout: 2.0,
+        also_urls: Vec::new(),
     }
 }
 

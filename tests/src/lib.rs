@@ -14,6 +14,7 @@ pub mod http;
 pub mod load;
 pub mod ports;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod stack;
 pub mod supervisor;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use process::Proc;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use stack::{Stack, StackBuilder};
 pub use testdir::TestDir;

@@ -182,9 +182,10 @@ async fn chaos_under_load_keeps_every_invariant() {
                         faults.worker_kills += 1;
                     }
                     Fault::RestartRedis => {
-                        cluster.redis.stop().await;
+                        let redis = cluster.redis.single_mut();
+                        redis.stop().await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        if let Err(e) = cluster.redis.restart().await {
+                        if let Err(e) = redis.restart().await {
                             failures.push(format!("redis did not come back: {e:#}"));
                             break 'rounds;
                         }

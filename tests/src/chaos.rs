@@ -385,7 +385,7 @@ pub struct StreamFigures {
 }
 
 /// Length, pending and undelivered entries of `stream` for consumer group `group`.
-pub fn stream_figures(con: &mut redis::Connection, stream: &str, group: &str) -> Result<StreamFigures> {
+pub fn stream_figures(con: &mut impl redis::ConnectionLike, stream: &str, group: &str) -> Result<StreamFigures> {
     let length: u64 = redis::cmd("XLEN").arg(stream).query(con)?;
     let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query(con)?;
     let last_delivered = group_field(&groups, group, "last-delivered-id")

@@ -1,7 +1,11 @@
 //! Several interfaces on one Redis, with workers: the layout that group broadcasts are for.
 //!
+//! (Not to be confused with a Redis Cluster: this is a Switchyard deployment of several
+//! interfaces. Its Redis is a [`TestRedis`] — one server, or a Redis Cluster when
+//! `SWITCHYARD_TEST_REDIS=cluster` or [`ClusterBuilder::redis_cluster`] asks for one.)
+//!
 //! Why this exists: a group send is one PUBLISH that every interface fans out to its own
-//! members, so the group tests need more than one interface on the same redis-server, a way
+//! members, so the group tests need more than one interface on the same Redis, a way
 //! to kill one of them, the `switchyard` ops binary pointed at that Redis, and clients that
 //! keep reading in the background (a broadcast can arrive at any time, and a test must see
 //! every frame a member got to check "exactly once"). [`Cluster`] starts and owns the
@@ -22,8 +26,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::http;
 use crate::ports::free_port;
 use crate::process::Proc;
-use crate::redis_server::RedisServer;
+use crate::redis_server::RedisOptions;
 use crate::stack::{PREFIX, REPLY_TIMEOUT};
+use crate::test_redis::{TestRedis, Topology};
 use crate::testdir::TestDir;
 use crate::ws::{self, Incoming, WsClient};
 use crate::{binary, INTERFACE_BIN, OPS_BIN, WORKER_BIN};
@@ -36,12 +41,26 @@ pub struct ClusterBuilder {
     interface_args: Vec<String>,
     worker_env: Vec<(String, String)>,
     persistent_redis: bool,
+    topology: Option<Topology>,
 }
 
 impl ClusterBuilder {
     /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
     pub fn persistent_redis(mut self) -> Self {
         self.persistent_redis = true;
+        self
+    }
+
+    /// Runs on one redis-server whatever `SWITCHYARD_TEST_REDIS` says: for tests that stop,
+    /// pause or restart the server.
+    pub fn single_redis(mut self) -> Self {
+        self.topology = Some(Topology::Single);
+        self
+    }
+
+    /// Runs on a Redis Cluster (3 masters, 3 replicas) whatever `SWITCHYARD_TEST_REDIS` says.
+    pub fn redis_cluster(mut self) -> Self {
+        self.topology = Some(Topology::Cluster);
         self
     }
 
@@ -69,7 +88,7 @@ impl ClusterBuilder {
         self
     }
 
-    /// Starts redis-server, the interfaces (each up on `/healthz`; `/readyz` also wants
+    /// Starts Redis, the interfaces (each up on `/healthz`; `/readyz` also wants
     /// live workers, which start after them) and the workers (an echo round trip through
     /// every interface). Panics (printing logs) on failure.
     pub async fn start(self) -> Cluster {
@@ -77,12 +96,14 @@ impl ClusterBuilder {
         binary(WORKER_BIN);
         binary(OPS_BIN);
         let dir = TestDir::new(&self.name);
-        let redis = if self.persistent_redis {
-            RedisServer::start_persistent(dir.path()).await
-        } else {
-            RedisServer::start(dir.path()).await
-        }
-        .expect("start redis-server");
+        let topology = self.topology.unwrap_or_else(Topology::from_env);
+        let options = RedisOptions {
+            persistent: self.persistent_redis,
+            ..RedisOptions::default()
+        };
+        let redis = TestRedis::start(dir.path(), topology, options)
+            .await
+            .unwrap_or_else(|e| panic!("start the test's Redis ({topology:?}): {e:#}"));
         let mut cluster = Cluster {
             workers: Vec::new(),
             interfaces: Vec::new(),
@@ -104,7 +125,7 @@ impl ClusterBuilder {
     }
 }
 
-/// Interfaces and workers on one redis-server. Dropped in field order: workers, interfaces,
+/// Interfaces and workers on one Redis. Dropped in field order: workers, interfaces,
 /// redis, then the temp dir (kept if the test failed).
 pub struct Cluster {
     /// Worker processes, in start order.
@@ -112,8 +133,8 @@ pub struct Cluster {
     interfaces: Vec<Proc>,
     /// `127.0.0.1:<port>` of each interface, by index.
     pub addrs: Vec<String>,
-    /// The test's redis-server.
-    pub redis: RedisServer,
+    /// The test's Redis: one server or a Redis Cluster.
+    pub redis: TestRedis,
     /// The test's temp dir (logs, redis dir).
     pub dir: TestDir,
     worker_env: Vec<(String, String)>,
@@ -129,6 +150,7 @@ impl Cluster {
             interface_args: Vec::new(),
             worker_env: Vec::new(),
             persistent_redis: false,
+            topology: None,
         }
     }
 
@@ -139,16 +161,14 @@ impl Cluster {
 
     /// The command line of interface `index` on `addr`.
     fn interface_args(&self, index: usize, addr: &str, extra: &[String]) -> Vec<String> {
-        let mut args = vec![
-            "--bind".to_string(),
-            addr.to_string(),
-            "--redis-url".to_string(),
-            self.redis.url(),
+        let mut args = vec!["--bind".to_string(), addr.to_string()];
+        args.extend(self.redis.client_args());
+        args.extend([
             "--prefix".to_string(),
             PREFIX.to_string(),
             "--id".to_string(),
             Cluster::interface_id(index),
-        ];
+        ]);
         args.extend(extra.iter().cloned());
         args
     }
@@ -188,12 +208,8 @@ impl Cluster {
 
     /// Starts one more worker; returns its index in `workers`.
     pub fn spawn_worker(&mut self) -> usize {
-        let args = vec![
-            "--redis-url".to_string(),
-            self.redis.url(),
-            "--prefix".to_string(),
-            PREFIX.to_string(),
-        ];
+        let mut args = self.redis.client_args();
+        args.extend(["--prefix".to_string(), PREFIX.to_string()]);
         let index = self.workers.len();
         let proc = Proc::spawn(
             &format!("worker-{index}"),
@@ -334,37 +350,71 @@ impl Cluster {
         }
     }
 
-    /// Number of Redis connections subscribed to `group`'s pub/sub channel
-    /// (`PUBSUB NUMSUB`): one per interface that has local members.
+    /// The pub/sub channel of `group` on this topology (see [`group_pubsub`]).
+    pub fn group_channel(&self, group: &str) -> String {
+        group_pubsub(self.redis.is_cluster()).channel(group)
+    }
+
+    /// Number of Redis connections subscribed to `group`'s pub/sub channel: one per
+    /// interface that has local members. `PUBSUB NUMSUB` on one server; on a cluster
+    /// `PUBSUB SHARDNUMSUB` of the sharded channel (see [`group_pubsub`]), summed over the
+    /// nodes (only those serving the channel's slot have any).
     pub fn subscribers(&self, group: &str) -> Result<u64> {
-        let mut con = self.redis.conn()?;
-        let (_, n): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(format!("{PREFIX}:group:{{{group}}}"))
-            .query(&mut con)?;
-        Ok(n)
+        let pubsub = group_pubsub(self.redis.is_cluster());
+        let channel = pubsub.channel(group);
+        match pubsub {
+            GroupPubSub::Classic => self.redis.subscribers(&channel),
+            GroupPubSub::Sharded => self.redis.shard_subscribers(&channel),
+        }
     }
 
-    /// How many PUBLISH commands Redis has run so far (`INFO commandstats`; publishes from
-    /// Lua scripts included).
+    /// How many PUBLISH and SPUBLISH commands Redis has run so far (`INFO commandstats`,
+    /// summed over every node of a cluster; publishes from Lua scripts included).
     pub fn publishes(&self) -> Result<u64> {
-        let mut con = self.redis.conn()?;
-        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut con)?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0))
+        Ok(self.redis.command_calls("publish")? + self.redis.command_calls("spublish")?)
     }
 
-    /// Polls `PUBSUB NUMSUB` until `group` has `n` subscribers; false after `timeout`.
+    /// Polls [`Cluster::subscribers`] until `group` has `n` subscribers; false after
+    /// `timeout`.
     pub async fn wait_subscribers(&self, group: &str, n: u64, timeout: Duration) -> bool {
         crate::eventually(timeout, || async {
             (self.subscribers(group).ok() == Some(n)).then_some(())
         })
         .await
         .is_some()
+    }
+}
+
+/// How group broadcasts travel through Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupPubSub {
+    /// `PUBLISH`/`SUBSCRIBE` on `switchyard:group:<group>` (a single server).
+    Classic,
+    /// `SPUBLISH`/`SSUBSCRIBE` on `switchyard:group:{<group>}` (a Redis Cluster: the hash
+    /// tag puts the channel in the group's slot, served by one shard).
+    Sharded,
+}
+
+impl GroupPubSub {
+    /// The channel name of `group`.
+    pub fn channel(self, group: &str) -> String {
+        match self {
+            GroupPubSub::Classic => format!("{PREFIX}:group:{group}"),
+            GroupPubSub::Sharded => format!("{PREFIX}:group:{{{group}}}"),
+        }
+    }
+}
+
+/// The pub/sub the binaries use for groups on this topology.
+///
+/// TODO(cluster): this is the planned design — groups move to sharded pub/sub with the
+/// channel `switchyard:group:{GROUP}` on a Redis Cluster, and stay on classic pub/sub on one
+/// server. If the implementation ends up otherwise, change it here (and only here).
+pub fn group_pubsub(cluster: bool) -> GroupPubSub {
+    if cluster {
+        GroupPubSub::Sharded
+    } else {
+        GroupPubSub::Classic
     }
 }
 

@@ -1,8 +1,9 @@
 //! End-to-end test harness for Switchyard.
 //!
-//! Every test starts its own `redis-server` on a free port, its own `switchyard-interface`
-//! on a free port and its own workers, talks to them with a real WebSocket client, and tears
-//! everything down on drop. When a test fails, the tail of every process log is printed and
+//! Every test starts its own Redis on free ports (one `redis-server`, or with
+//! `SWITCHYARD_TEST_REDIS=cluster` a Redis Cluster of six; see `test_redis.rs`), its own
+//! `switchyard-interface` on a free port and its own workers, talks to them with a real
+//! WebSocket client, and tears everything down on drop. When a test fails, the tail of every process log is printed and
 //! the temporary directory holding the logs is kept (its path is printed).
 //!
 //! The binaries are looked up next to the test executable (`target/<profile>/`); build them
@@ -14,9 +15,11 @@ pub mod http;
 pub mod load;
 pub mod ports;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod stack;
 pub mod supervisor;
+pub mod test_redis;
 pub mod testdir;
 pub mod ws;
 
@@ -25,8 +28,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use process::Proc;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use stack::{Stack, StackBuilder};
+pub use test_redis::{TestConn, TestRedis, Topology};
 pub use testdir::TestDir;
 pub use ws::{Incoming, WsClient};
 

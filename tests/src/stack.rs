@@ -1,11 +1,12 @@
-//! A whole Switchyard deployment for one test: redis-server, one interface, N workers.
+//! A whole Switchyard deployment for one test: Redis, one interface, N workers.
 //!
 //! Why this exists: nearly every test needs the same setup — a private Redis, an interface
 //! on a free port pointed at it, some workers — and the same readiness rules: the interface
 //! is up when `/healthz` answers 200 (`/readyz` also wants a live worker for every routed
 //! channel, and the workers start after it), workers are live when a WebSocket round trip
 //! through them works. Starting it in one place keeps the tests about behaviour, and makes failures
-//! print every process's log tail (see `process.rs`).
+//! print every process's log tail (see `process.rs`). Redis is a single server or a Redis
+//! Cluster, as `SWITCHYARD_TEST_REDIS` says or the builder forces (see `test_redis.rs`).
 
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use redis::Value;
 use crate::http;
 use crate::ports::free_port;
 use crate::process::Proc;
-use crate::redis_server::{RedisOptions, RedisServer};
+use crate::redis_server::RedisOptions;
+use crate::test_redis::{TestConn, TestRedis, Topology};
 use crate::testdir::TestDir;
 use crate::ws::{self, WsClient};
 use crate::{binary, INTERFACE_BIN, WORKER_BIN};
@@ -47,6 +49,7 @@ pub struct StackBuilder {
     interface_env: Vec<(String, String)>,
     probe: Probe,
     redis: RedisOptions,
+    topology: Option<Topology>,
 }
 
 impl StackBuilder {
@@ -61,7 +64,21 @@ impl StackBuilder {
             interface_env: Vec::new(),
             probe: Probe::Echo,
             redis: RedisOptions::default(),
+            topology: None,
         }
+    }
+
+    /// Runs on one redis-server whatever `SWITCHYARD_TEST_REDIS` says: for tests that stop,
+    /// pause or restart the server, or run it with TLS or an ACL user.
+    pub fn single_redis(mut self) -> Self {
+        self.topology = Some(Topology::Single);
+        self
+    }
+
+    /// Runs on a Redis Cluster (3 masters, 3 replicas) whatever `SWITCHYARD_TEST_REDIS` says.
+    pub fn redis_cluster(mut self) -> Self {
+        self.topology = Some(Topology::Cluster);
+        self
     }
 
     /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
@@ -71,7 +88,7 @@ impl StackBuilder {
     }
 
     /// Runs Redis as `options` say (TLS, an ACL user; see [`RedisOptions`]); the binaries
-    /// get the matching flags.
+    /// get the matching flags. TLS and ACL users need [`StackBuilder::single_redis`].
     pub fn redis_options(mut self, options: RedisOptions) -> Self {
         self.redis = options;
         self
@@ -121,9 +138,10 @@ impl StackBuilder {
             binary(WORKER_BIN);
         }
         let dir = TestDir::new(&self.name);
-        let redis = RedisServer::start_with_options(dir.path(), self.redis)
+        let topology = self.topology.unwrap_or_else(Topology::from_env);
+        let redis = TestRedis::start(dir.path(), topology, self.redis)
             .await
-            .expect("start redis-server");
+            .unwrap_or_else(|e| panic!("start the test's Redis ({topology:?}): {e:#}"));
         let mut stack = Stack {
             workers: Vec::new(),
             interface: None,
@@ -150,8 +168,8 @@ pub struct Stack {
     /// Worker processes, in start order.
     pub workers: Vec<Proc>,
     interface: Option<Proc>,
-    /// The test's redis-server.
-    pub redis: RedisServer,
+    /// The test's Redis: one server or a cluster.
+    pub redis: TestRedis,
     /// The test's temp dir (logs, redis dir).
     pub dir: TestDir,
     /// `127.0.0.1:<port>` of the interface.
@@ -280,14 +298,11 @@ impl Stack {
         }
     }
 
-    /// Number of worker liveness keys (`<prefix>:worker:*`) in Redis.
+    /// Number of worker liveness keys (`<prefix>:worker:*`) in Redis (on every master of a
+    /// cluster).
     pub fn live_workers(&self) -> usize {
-        let Ok(mut con) = self.redis.conn() else {
-            return 0;
-        };
-        redis::cmd("KEYS")
-            .arg(format!("{PREFIX}:worker:*"))
-            .query::<Vec<String>>(&mut con)
+        self.redis
+            .keys(&format!("{PREFIX}:worker:*"))
             .map(|keys| keys.len())
             .unwrap_or(0)
     }
@@ -320,9 +335,9 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// A synchronous Redis connection to the test's server.
-    pub fn redis_conn(&self) -> Result<redis::Connection> {
-        self.redis.conn().context("connect to the test redis-server")
+    /// A synchronous connection to the test's Redis (a cluster connection on a cluster).
+    pub fn redis_conn(&self) -> Result<TestConn> {
+        self.redis.conn().context("connect to the test's Redis")
     }
 }
 
@@ -362,7 +377,7 @@ impl StreamEntry {
 }
 
 /// `XRANGE key - +`, parsed.
-pub fn xrange_all(con: &mut redis::Connection, key: &str) -> Result<Vec<StreamEntry>> {
+pub fn xrange_all(con: &mut impl redis::ConnectionLike, key: &str) -> Result<Vec<StreamEntry>> {
     let v: Value = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(con)?;
     let mut out = Vec::new();
     if let Value::Array(entries) = v {

@@ -1,6 +1,8 @@
 //! Chaos: echo load over two interfaces while workers are killed with `kill -9`, Redis is
 //! stopped and restarted and an interface is restarted; then every invariant is checked and
-//! a report printed. `scripts/chaos` runs it longer (`CHAOS_SECONDS`, default here 15 so the
+//! a report printed. On a Redis Cluster (`SWITCHYARD_TEST_REDIS=cluster`) the Redis fault is
+//! a failover instead: the master serving the echo stream is stopped, its replica takes
+//! over, and the old master comes back as a replica. `scripts/chaos` runs it longer (`CHAOS_SECONDS`, default here 15 so the
 //! whole test stays under ~45 s in CI). See docs/chaos.md.
 //!
 //! Settings (environment): `CHAOS_SECONDS` (how long faults keep coming; at least one round
@@ -88,12 +90,31 @@ fn echo_figures(cluster: &Cluster) -> anyhow::Result<StreamFigures> {
     stream_figures(&mut con, &echo_stream(), ECHO_STREAM_GROUP)
 }
 
+/// The Redis fault on a Redis Cluster: SIGTERM of the master serving the echo stream (it
+/// lets its replica catch up first, so no acknowledged write is lost), wait until the
+/// replica has taken over, start the old master again and wait until it has rejoined.
+async fn redis_failover(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let redis = cluster.redis.cluster_mut();
+    let master = redis.master_for_key(&echo_stream())?.port;
+    redis.stop_node(master).await?;
+    let failover = redis.wait_failover(master, Duration::from_secs(60)).await?;
+    eprintln!(
+        "[chaos] master {master} stopped; {} took over in {:.1} s",
+        failover.new_master,
+        failover.took.as_secs_f64()
+    );
+    redis.restart_node(master).await?;
+    Ok(())
+}
+
 /// One kind of fault, applied in this order every round.
 #[derive(Clone, Copy)]
 enum Fault {
     /// `kill -9` of the oldest running worker, and a replacement started at once.
     KillWorker,
-    /// Redis SIGTERM, one second down, started again on the same port and data.
+    /// Redis SIGTERM, one second down, started again on the same port and data. On a Redis
+    /// Cluster: SIGTERM of the master serving the echo stream, a replica takes over, the old
+    /// master is started again and rejoins as a replica.
     RestartRedis,
     /// SIGTERM of interface 1 (drain, 1001), a new process on the same port and id.
     RestartInterface,
@@ -102,9 +123,10 @@ enum Fault {
 impl Fault {
     const ROUND: [Fault; 3] = [Fault::KillWorker, Fault::RestartRedis, Fault::RestartInterface];
 
-    fn name(self) -> &'static str {
+    fn name(self, redis_cluster: bool) -> &'static str {
         match self {
             Fault::KillWorker => "kill -9 worker",
+            Fault::RestartRedis if redis_cluster => "redis failover",
             Fault::RestartRedis => "redis restart",
             Fault::RestartInterface => "interface restart",
         }
@@ -167,7 +189,7 @@ async fn chaos_under_load_keeps_every_invariant() {
         let load_before = load_average();
         'rounds: loop {
             for fault in Fault::ROUND {
-                let kind = fault.name();
+                let kind = fault.name(cluster.redis.is_cluster());
                 let before = load.progress();
                 let t0 = Instant::now();
                 match fault {
@@ -181,10 +203,18 @@ async fn chaos_under_load_keeps_every_invariant() {
                         cluster.spawn_worker();
                         faults.worker_kills += 1;
                     }
+                    Fault::RestartRedis if cluster.redis.is_cluster() => {
+                        if let Err(e) = redis_failover(&mut cluster).await {
+                            failures.push(format!("redis failover: {e:#}"));
+                            break 'rounds;
+                        }
+                        faults.redis_restarts += 1;
+                    }
                     Fault::RestartRedis => {
-                        cluster.redis.stop().await;
+                        let redis = cluster.redis.single_mut();
+                        redis.stop().await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        if let Err(e) = cluster.redis.restart().await {
+                        if let Err(e) = redis.restart().await {
                             failures.push(format!("redis did not come back: {e:#}"));
                             break 'rounds;
                         }
@@ -294,14 +324,16 @@ async fn chaos_under_load_keeps_every_invariant() {
         let _ = writeln!(out, "\n===== chaos report =====");
         let _ = writeln!(
             out,
-            "setup: 2 interfaces, 3 workers, persistent Redis; {clients} clients on /ws/echo/, window {window}"
+            "setup: 2 interfaces, 3 workers, persistent Redis ({:?}); {clients} clients on /ws/echo/, window {window}",
+            cluster.redis.topology()
         );
         let _ = writeln!(
             out,
-            "faults over {:.1} s: {} worker kill -9 (+ replacement), {} Redis stop/restart, {} interface-{RESTARTED} restart",
+            "faults over {:.1} s: {} worker kill -9 (+ replacement), {} Redis {}, {} interface-{RESTARTED} restart",
             chaos_time.as_secs_f64(),
             faults.worker_kills,
             faults.redis_restarts,
+            if cluster.redis.is_cluster() { "master failover" } else { "stop/restart" },
             faults.interface_restarts
         );
         for (kind, times) in &faults.recoveries {

@@ -387,7 +387,9 @@ async fn a_killed_interfaces_members_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_resume_after_a_redis_restart() {
     bounded(Duration::from_secs(60), async {
+        // The server is killed and started again empty: a single-server scenario.
         let mut cluster = Cluster::builder("groups-redis-restart")
+            .single_redis()
             .interface_arg("--group-expiry")
             .interface_arg("3")
             .start()
@@ -406,9 +408,9 @@ async fn broadcasts_resume_after_a_redis_restart() {
 
         // Redis is away for 2 s, then back empty: memberships and subscriptions are lost
         // with the data; no client reconnects.
-        cluster.redis.kill();
+        cluster.redis.single_mut().kill();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.redis.restart().await.unwrap();
+        cluster.redis.single_mut().restart().await.unwrap();
         let is_after = |v: &Value| v["phase"] == "after";
         let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
         let mut k = 0;

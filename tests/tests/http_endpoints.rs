@@ -125,14 +125,13 @@ async fn metrics_move_with_traffic() {
         assert_eq!(get(&stack.addr, "/api/example/hello").await.unwrap().status, 200);
     }
     assert_eq!(get(&stack.addr, "/nowhere").await.unwrap().status, 404);
-    let mut redis = stack.redis().await;
+    let mut redis = stack.redis_conn();
     let _: String = redis::cmd("XADD")
         .arg("switchyard:chan:{chat:0}")
         .arg("*")
         .arg("m")
         .arg("not msgpack")
-        .query_async(&mut redis)
-        .await
+        .query(&mut redis)
         .unwrap();
 
     let during = scrape(stack.addr.clone()).await;

@@ -92,12 +92,8 @@ async fn large_bodies_both_ways() {
     assert!(big.body == pattern(size), "streamed body differs");
 
     // No request body is left behind in Redis.
-    let mut redis = stack.redis().await;
-    let left: Vec<String> = redis::cmd("KEYS")
-        .arg("*httpbody*")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let mut redis = stack.redis_conn();
+    let left: Vec<String> = redis::cmd("KEYS").arg("*httpbody*").query(&mut redis).unwrap();
     assert!(left.is_empty(), "request bodies left in Redis: {left:?}");
 }
 
@@ -178,13 +174,9 @@ async fn bodies_over_max_body_get_413() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 413);
 
-    let mut redis = stack.redis().await;
+    let mut redis = stack.redis_conn();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let left: Vec<String> = redis::cmd("KEYS")
-        .arg("*httpbody*")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let left: Vec<String> = redis::cmd("KEYS").arg("*httpbody*").query(&mut redis).unwrap();
     assert!(left.is_empty(), "refused request left its body in Redis: {left:?}");
 }
 

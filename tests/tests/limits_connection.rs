@@ -102,7 +102,8 @@ struct Monitor {
 impl Monitor {
     fn start(stack: &Stack, stream: String, marker: &'static str) -> Monitor {
         let append = format!("\"XADD\" \"{stream}\"");
-        let mut con = stack.redis_conn().unwrap();
+        // MONITOR shows one server's commands: a single-server test.
+        let mut con = stack.redis.single().conn().unwrap();
         redis::cmd("MONITOR").exec(&mut con).unwrap();
         con.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -134,8 +135,9 @@ impl Monitor {
 }
 
 /// Waits until the interface subscribed to `group`'s channel; a Redis connection and the channel.
+/// (A single-server test: it publishes hand-made broadcasts on the classic channel.)
 async fn subscribed(stack: &Stack, group: &str) -> (redis::Connection, String) {
-    let mut redis = stack.redis_conn().unwrap();
+    let mut redis = stack.redis.single().conn().unwrap();
     let channel = format!("{PREFIX}:group:{{{group}}}");
     let done = eventually(Duration::from_secs(10), || {
         let numsub: Vec<(String, u64)> = redis::cmd("PUBSUB")
@@ -289,6 +291,7 @@ async fn a_client_that_does_not_read_is_closed_and_memory_stays_flat() {
         // 8 MiB may wait for the slow client; 320 MiB is pushed at it.
         const MAX_GROWTH_KIB: u64 = 32 << 10;
         let mut stack = Stack::builder("slow-reader")
+            .single_redis()
             .workers(1)
             .interface_arg("--max-send-queue")
             .interface_arg("8")
@@ -367,6 +370,7 @@ async fn a_write_blocked_past_the_send_timeout_drops_the_client() {
     bounded(Duration::from_secs(60), async {
         const MESSAGE: usize = 1 << 20;
         let stack = Stack::builder("send-timeout")
+            .single_redis()
             .workers(1)
             .interface_arg("--max-send-queue")
             .interface_arg("0")
@@ -415,6 +419,7 @@ async fn a_write_blocked_past_the_send_timeout_drops_the_client() {
 async fn a_client_over_its_message_rate_is_closed_with_1008() {
     bounded(Duration::from_secs(60), async {
         let stack = Stack::builder("rate")
+            .single_redis()
             .workers(1)
             .interface_arg("--max-message-rate")
             .interface_arg("5")

@@ -2,6 +2,9 @@
 //! sides reconnect on their own and carry on once it is back. Under load, for 10 s, frozen
 //! (SIGSTOP) or stopped: with `--redis-hold` above the outage nothing is lost or closed;
 //! below it, senders get 1013 and every message is accounted for.
+//!
+//! Outages of *the* server: these tests always run on a single redis-server
+//! (`.single_redis()`), whatever `SWITCHYARD_TEST_REDIS` says.
 
 use std::time::{Duration, Instant};
 
@@ -12,12 +15,12 @@ use switchyard_tests::{bounded, eventually, http, Incoming, Stack};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_survive_a_redis_restart() {
     bounded(Duration::from_secs(60), async {
-        let mut stack = Stack::builder("redis-outage").workers(1).start().await;
+        let mut stack = Stack::builder("redis-outage").single_redis().workers(1).start().await;
         let mut c = stack.ws("/ws/echo/").await;
         c.send_text("before").await.unwrap();
         assert_eq!(c.recv(REPLY_TIMEOUT).await.unwrap(), Incoming::Text("before".into()));
 
-        stack.redis.kill();
+        stack.redis.single_mut().kill();
         let addr = stack.addr.clone();
         let not_ready = readyz_becomes(&addr, 503, Duration::from_secs(15)).await;
         assert!(not_ready, "/readyz did not turn 503 within 15 s of Redis dying");
@@ -28,7 +31,7 @@ async fn sockets_survive_a_redis_restart() {
         );
 
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stack.redis.restart().await.unwrap();
+        stack.redis.single_mut().restart().await.unwrap();
         let ready = readyz_becomes(&addr, 200, Duration::from_secs(20)).await;
         assert!(ready, "/readyz did not return to 200 within 20 s of Redis coming back");
 
@@ -69,16 +72,16 @@ async fn redis_down(stack: &mut Stack, outage: Outage) -> (Option<Duration>, Ins
     let addr = stack.addr.clone();
     let start = Instant::now();
     match outage {
-        Outage::Frozen => stack.redis.pause(),
-        Outage::Stopped => stack.redis.stop().await,
+        Outage::Frozen => stack.redis.single_mut().pause(),
+        Outage::Stopped => stack.redis.single_mut().stop().await,
     }
     let not_ready = readyz_becomes(&addr, 503, OUTAGE - Duration::from_secs(1))
         .await
         .then(|| start.elapsed());
     tokio::time::sleep(OUTAGE.saturating_sub(start.elapsed())).await;
     match outage {
-        Outage::Frozen => stack.redis.resume(),
-        Outage::Stopped => stack.redis.restart().await.expect("restart redis-server"),
+        Outage::Frozen => stack.redis.single_mut().resume(),
+        Outage::Stopped => stack.redis.single_mut().restart().await.expect("restart redis-server"),
     }
     (not_ready, Instant::now())
 }
@@ -114,6 +117,7 @@ fn assert_no_crash(stack: &mut Stack, pids: &[u32]) {
 async fn load_rides_out(outage: Outage) {
     let name = format!("redis-outage-load-{outage:?}").to_lowercase();
     let mut builder = Stack::builder(&name)
+        .single_redis()
         .workers(2)
         .interface_arg("--redis-hold")
         .interface_arg("30");
@@ -185,6 +189,7 @@ async fn load_rides_out_a_stopped_redis() {
 async fn short_hold_closes_senders_with_1013() {
     bounded(Duration::from_secs(120), async {
         let mut stack = Stack::builder("redis-outage-hold")
+            .single_redis()
             .workers(1)
             .interface_arg("--redis-hold")
             .interface_arg("2")
@@ -215,7 +220,7 @@ async fn short_hold_closes_senders_with_1013() {
         );
         assert_ready(&stack).await;
         let down = Instant::now();
-        stack.redis.pause();
+        stack.redis.single_mut().pause();
         tokio::time::sleep(Duration::from_secs(1)).await;
         // A message sent into a frozen Redis: held --redis-hold, then 1013.
         let late_closes = futures::future::join_all(late.iter_mut().enumerate().map(|(i, c)| async move {
@@ -228,7 +233,7 @@ async fn short_hold_closes_senders_with_1013() {
         }))
         .await;
         tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
-        stack.redis.resume();
+        stack.redis.single_mut().resume();
         let back = Instant::now();
         let at_return = load.answered();
         // Let the connections that were not closed carry on a little (all may have been

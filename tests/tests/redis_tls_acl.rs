@@ -88,7 +88,11 @@ async fn tls_with_a_private_ca() {
             tls: Some(tls),
             ..RedisOptions::default()
         };
-        let mut stack = Stack::builder("redis-tls").redis_options(options).start().await;
+        let mut stack = Stack::builder("redis-tls")
+            .single_redis()
+            .redis_options(options)
+            .start()
+            .await;
         assert!(stack.redis.url().starts_with("rediss://"));
         echo_round_trip(&mut stack, "over tls").await;
 
@@ -139,7 +143,11 @@ async fn mutual_tls() {
             tls: Some(tls.clone()),
             ..RedisOptions::default()
         };
-        let mut stack = Stack::builder("redis-mtls").redis_options(options).start().await;
+        let mut stack = Stack::builder("redis-mtls")
+            .single_redis()
+            .redis_options(options)
+            .start()
+            .await;
         assert!(stack.redis.client_args().iter().any(|a| a == "--redis-client-cert"));
         echo_round_trip(&mut stack, "over mutual tls").await;
 
@@ -182,7 +190,11 @@ async fn acl_user_and_wrong_password() {
             user: Some(("sy".into(), password.into())),
             ..RedisOptions::default()
         };
-        let mut stack = Stack::builder("redis-acl").redis_options(options).start().await;
+        let mut stack = Stack::builder("redis-acl")
+            .single_redis()
+            .redis_options(options)
+            .start()
+            .await;
         echo_round_trip(&mut stack, "as sy").await;
         let log = stack.interface().log();
         assert!(
@@ -202,7 +214,7 @@ async fn acl_user_and_wrong_password() {
         assert!(log.contains("sy:***@") && !log.contains(password), "{log}");
 
         // A wrong password (or none): both binaries exit at once, naming the flag.
-        let port = stack.redis.port();
+        let port = stack.redis.single().port();
         for (url, what) in [
             (format!("redis://sy:wrong-Pw@127.0.0.1:{port}/"), "wrong"),
             (format!("redis://127.0.0.1:{port}/"), "none"),

@@ -34,8 +34,9 @@ async fn entry_delivered_over_a_broken_connection_is_handled_after_reconnect() {
 
         // Deliver that entry to the worker's consumer name on a connection of ours, as Redis
         // did for the worker's read whose reply was lost.
+        // (On the node serving the stream: the worker's reader connection is there too.)
         let stream = format!("{PREFIX}:chan:{{echo:0}}");
-        let mut con = cluster.redis.conn().unwrap();
+        let mut con = cluster.redis.conn_for_key(&stream).unwrap();
         let delivered = eventually(Duration::from_secs(10), || {
             let reply: redis::RedisResult<redis::Value> = redis::cmd("XREADGROUP")
                 .arg("GROUP")

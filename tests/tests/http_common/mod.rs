@@ -1,5 +1,6 @@
-//! Minimal helpers for the HTTP end-to-end tests: a private redis-server, the
-//! real interface and worker binaries on free ports, and an HTTP/1.1 client
+//! Minimal helpers for the HTTP end-to-end tests: a private Redis (the crate's
+//! `TestRedis`: one server, or a Redis Cluster with `SWITCHYARD_TEST_REDIS=cluster`),
+//! the real interface and worker binaries on free ports, and an HTTP/1.1 client
 //! that can keep a connection alive across requests.
 //!
 //! They live here (not in the crate's harness) so the HTTP tests can grow
@@ -19,6 +20,8 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use switchyard_tests::redis_server::RedisOptions;
+use switchyard_tests::{TestConn, TestRedis, Topology};
 use tokio::net::TcpStream;
 
 /// Directory holding the workspace binaries: `target/<profile>/`, the parent
@@ -171,7 +174,7 @@ impl Default for Options {
     }
 }
 
-/// redis-server, one interface, some workers — all private to one test.
+/// Redis, one interface, some workers — all private to one test.
 pub struct Stack {
     pub addr: String,
     pub redis_url: String,
@@ -179,7 +182,8 @@ pub struct Stack {
     pub workers: Vec<Proc>,
     worker_env: Vec<(&'static str, String)>,
     next_worker: usize,
-    redis: Proc,
+    /// One server or a Redis Cluster, as `SWITCHYARD_TEST_REDIS` says.
+    pub redis: TestRedis,
     // Dropped last: the processes above log into it.
     pub dir: RunDir,
 }
@@ -189,29 +193,11 @@ impl Stack {
     /// (not for readiness: a test may want a stack without workers).
     pub async fn start(name: &str, options: Options) -> Stack {
         let dir = RunDir::new(name);
-        let redis_port = free_port();
-        let redis = Proc::spawn(
-            "redis",
-            Path::new("redis-server"),
-            &[
-                "--port".into(),
-                redis_port.to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-            ],
-            &[],
-            &dir,
-        );
-        let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-        wait_for(Duration::from_secs(10), || async {
-            TcpStream::connect(("127.0.0.1", redis_port)).await.is_ok()
-        })
-        .await
-        .expect("redis-server listens");
+        let topology = Topology::from_env();
+        let redis = TestRedis::start(&dir.path, topology, RedisOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("start the test's Redis ({topology:?}): {e:#}"));
+        let redis_url = redis.url();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec![
@@ -276,12 +262,10 @@ impl Stack {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection")
+    /// A synchronous connection to the test's Redis (a cluster connection on a cluster:
+    /// `KEYS` asks every master).
+    pub fn redis_conn(&self) -> TestConn {
+        self.redis.conn().expect("connect to the test's Redis")
     }
 }
 

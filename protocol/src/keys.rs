@@ -248,6 +248,9 @@ mod tests {
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
         assert_eq!(slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
         assert_eq!(slot(b"123456789"), 0x31c3 % SLOTS);
+        assert_eq!(slot(b"somekey"), 11058);
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
     }
 
     #[test]

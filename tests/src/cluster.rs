@@ -388,7 +388,7 @@ impl Cluster {
 /// How group broadcasts travel through Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupPubSub {
-    /// `PUBLISH`/`SUBSCRIBE` on `switchyard:group:<group>` (a single server).
+    /// `PUBLISH`/`SUBSCRIBE` on `switchyard:group:{<group>}` (a single server).
     Classic,
     /// `SPUBLISH`/`SSUBSCRIBE` on `switchyard:group:{<group>}` (a Redis Cluster: the hash
     /// tag puts the channel in the group's slot, served by one shard).
@@ -396,20 +396,14 @@ pub enum GroupPubSub {
 }
 
 impl GroupPubSub {
-    /// The channel name of `group`.
+    /// The channel name of `group` (the same on both: the hash tag only matters to a cluster).
     pub fn channel(self, group: &str) -> String {
-        match self {
-            GroupPubSub::Classic => format!("{PREFIX}:group:{group}"),
-            GroupPubSub::Sharded => format!("{PREFIX}:group:{{{group}}}"),
-        }
+        format!("{PREFIX}:group:{{{group}}}")
     }
 }
 
-/// The pub/sub the binaries use for groups on this topology.
-///
-/// TODO(cluster): this is the planned design — groups move to sharded pub/sub with the
-/// channel `switchyard:group:{GROUP}` on a Redis Cluster, and stay on classic pub/sub on one
-/// server. If the implementation ends up otherwise, change it here (and only here).
+/// The pub/sub the binaries use for groups on this topology: sharded pub/sub on a Redis
+/// Cluster, classic pub/sub on one server (docs/protocol.md, "Group broadcasts").
 pub fn group_pubsub(cluster: bool) -> GroupPubSub {
     if cluster {
         GroupPubSub::Sharded

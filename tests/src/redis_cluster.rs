@@ -877,54 +877,15 @@ fn info_field(info: &str, name: &str) -> Option<String> {
     })
 }
 
-/// The hash slot of `key`, as Redis Cluster computes it: CRC16 (XMODEM) of the key — or
-/// of its hash tag, the part between the first `{` and the next `}` when that is not
-/// empty — modulo 16384.
+/// The hash slot of `key`, as Redis Cluster computes it (the project's own computation,
+/// checked against `CLUSTER KEYSLOT` in `tests/tests/redis_cluster_harness.rs`).
 pub fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = match bytes.iter().position(|&b| b == b'{') {
-        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
-            _ => bytes,
-        },
-        None => bytes,
-    };
-    crc16_xmodem(hashed) % SLOTS
-}
-
-/// CRC16-CCITT as XMODEM computes it (polynomial 0x1021, initial value 0), the checksum
-/// Redis Cluster uses for key slots.
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    switchyard_protocol::keys::slot(key.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_slots_match_redis() {
-        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
-        assert_eq!(key_slot("somekey"), 11058);
-        assert_eq!(key_slot("foo"), 12182);
-        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
-        // An empty first tag means no tag: the whole key is hashed.
-        assert_eq!(key_slot("foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
-        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
-        assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
-    }
 
     #[test]
     fn cluster_nodes_lines_parse() {

@@ -17,6 +17,7 @@
 //! `docs/protocol.md` describes the same contract for workers in other languages.
 
 pub mod address;
+pub mod cluster;
 pub mod codec;
 pub mod groups;
 pub mod keys;

@@ -59,7 +59,13 @@ pub struct ClusterMessages {
     wanted: Wanted,
     pushes: mpsc::UnboundedReceiver<PushInfo>,
     restoring: Option<JoinHandle<()>>,
+    /// Set by a restore that could not subscribe again for [`GIVE_UP`]: the
+    /// connection is given up and the caller starts over with a new one.
+    given_up: Arc<tokio::sync::Notify>,
 }
+
+/// How long a restore keeps trying on one connection before giving it up.
+const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(15);
 
 type Wanted = Arc<Mutex<HashSet<Vec<u8>>>>;
 
@@ -77,7 +83,15 @@ pub async fn connect(client: &RedisClient) -> RedisResult<(Subscriptions, Messag
     let cluster = client
         .cluster_push_client(tx)
         .expect("a cluster client builds a push client")?;
-    let con = cluster.get_async_connection().await?;
+    let con = match tokio::time::timeout(crate::redis_conn::COMMAND_TIMEOUT, cluster.get_async_connection()).await {
+        Ok(con) => con?,
+        Err(_) => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no cluster connection within the command timeout",
+            )))
+        }
+    };
     let wanted = Wanted::default();
     Ok((
         Subscriptions::Cluster(ClusterSubscriptions {
@@ -89,6 +103,7 @@ pub async fn connect(client: &RedisClient) -> RedisResult<(Subscriptions, Messag
             wanted,
             pushes,
             restoring: None,
+            given_up: Arc::default(),
         }),
     ))
 }
@@ -132,7 +147,13 @@ impl Messages {
 impl ClusterMessages {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            let push = self.pushes.recv().await?;
+            let push = tokio::select! {
+                push = self.pushes.recv() => push?,
+                () = self.given_up.notified() => {
+                    tracing::warn!("group subscriptions could not be restored on this connection; starting over");
+                    return None;
+                }
+            };
             match push.kind {
                 PushKind::SMessage | PushKind::Message => {
                     if let Some(payload) = push.data.get(1).and_then(bytes_of) {
@@ -177,12 +198,19 @@ impl ClusterMessages {
         }
         let mut con = self.con.clone();
         let wanted = self.wanted.clone();
+        let given_up = self.given_up.clone();
         self.restoring = Some(tokio::spawn(async move {
             let mut backoff = Backoff::default();
+            let started = tokio::time::Instant::now();
             for channel in channels {
                 while lock(&wanted).contains(&channel) {
                     match con.ssubscribe(&channel).await {
                         Ok(()) => break,
+                        Err(error) if started.elapsed() >= GIVE_UP => {
+                            tracing::warn!(%error, "cannot subscribe again; giving this connection up");
+                            given_up.notify_one();
+                            return;
+                        }
                         Err(error) => {
                             tracing::debug!(%error, "subscribing again failed; retrying");
                             backoff.wait().await;

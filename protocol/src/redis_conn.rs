@@ -37,6 +37,7 @@ use redis::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::cluster::SharedCluster;
 use crate::keys::slot;
 
 /// Response timeout for ordinary commands.
@@ -340,12 +341,7 @@ impl RedisClient {
                     config,
                 )?))
             }
-            RedisClient::Cluster(setup) => {
-                let client = setup.builder().build()?;
-                Ok(Redis::Cluster(client.get_pending_async_connection_with_config(
-                    redis::cluster::ClusterConfig::new(),
-                )))
-            }
+            RedisClient::Cluster(setup) => Ok(Redis::SharedCluster(SharedCluster::new(setup.builder().build()?))),
         }
     }
 
@@ -362,7 +358,15 @@ impl RedisClient {
             }
             RedisClient::Cluster(setup) => {
                 let client = setup.builder().response_timeout(block + COMMAND_TIMEOUT).build()?;
-                Ok(Redis::Cluster(client.get_async_connection().await?))
+                // The first connection can wait for a cluster that is failing over;
+                // the reader retries, so bound it.
+                match tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection()).await {
+                    Ok(connection) => Ok(Redis::Cluster(connection?)),
+                    Err(_) => Err(RedisError::from((
+                        ErrorKind::Io,
+                        "no cluster connection within the command timeout",
+                    ))),
+                }
             }
         }
     }
@@ -403,13 +407,24 @@ pub enum Redis {
     Single(ConnectionManager),
     /// A dedicated connection to one server (blocking reads).
     Blocking(MultiplexedConnection),
-    /// A cluster connection (shared or dedicated).
+    /// The shared connection to a cluster, replaced when it stops answering.
+    SharedCluster(SharedCluster),
+    /// A dedicated connection to a cluster (blocking reads).
     Cluster(ClusterConnection),
 }
 
 impl Redis {
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Redis::Cluster(_))
+        matches!(self, Redis::Cluster(_) | Redis::SharedCluster(_))
+    }
+
+    /// The cluster connection underneath, for routing a command to a chosen node.
+    fn cluster_connection(&self) -> Option<ClusterConnection> {
+        match self {
+            Redis::SharedCluster(shared) => Some(shared.connection()),
+            Redis::Cluster(con) => Some(con.clone()),
+            _ => None,
+        }
     }
 
     /// What work on `key` may be grouped by: its hash slot on a cluster, one
@@ -434,8 +449,8 @@ impl Redis {
 /// Every key matching `pattern` (`SCAN`; on a cluster, on every primary).
 /// For operators' tools and tests, never on a hot path.
 pub async fn scan_keys(con: &mut Redis, pattern: &str) -> RedisResult<Vec<String>> {
-    let nodes: Vec<Option<(String, u16)>> = match con {
-        Redis::Cluster(_) => cluster_shards(con)
+    let nodes: Vec<Option<(String, u16)>> = match con.is_cluster() {
+        true => cluster_shards(con)
             .await?
             .into_iter()
             .filter_map(|shard| {
@@ -443,7 +458,7 @@ pub async fn scan_keys(con: &mut Redis, pattern: &str) -> RedisResult<Vec<String
                 Some(Some((host.to_owned(), port.parse().ok()?)))
             })
             .collect(),
-        _ => vec![None],
+        false => vec![None],
     };
     let mut keys = Vec::new();
     for node in nodes {
@@ -451,8 +466,8 @@ pub async fn scan_keys(con: &mut Redis, pattern: &str) -> RedisResult<Vec<String
         loop {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-            let value = match (&node, &mut *con) {
-                (Some((host, port)), Redis::Cluster(cluster)) => {
+            let value = match (&node, con.cluster_connection()) {
+                (Some((host, port)), Some(mut cluster)) => {
                     let routing = redis::cluster_routing::RoutingInfo::SingleNode(
                         redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
@@ -461,7 +476,7 @@ pub async fn scan_keys(con: &mut Redis, pattern: &str) -> RedisResult<Vec<String
                     );
                     cluster.route_command(scan, routing).await?
                 }
-                (_, con) => scan.query_async(con).await?,
+                _ => scan.query_async(con).await?,
             };
             let (next, found): (u64, Vec<String>) = redis::from_redis_value(value)?;
             keys.extend(found);
@@ -561,6 +576,7 @@ impl ConnectionLike for Redis {
         match self {
             Redis::Single(con) => con.req_packed_command(cmd),
             Redis::Blocking(con) => con.req_packed_command(cmd),
+            Redis::SharedCluster(con) => con.req_packed_command(cmd),
             Redis::Cluster(con) => con.req_packed_command(cmd),
         }
     }
@@ -574,6 +590,7 @@ impl ConnectionLike for Redis {
         match self {
             Redis::Single(con) => con.req_packed_commands(pipeline, offset, count),
             Redis::Blocking(con) => con.req_packed_commands(pipeline, offset, count),
+            Redis::SharedCluster(con) => con.req_packed_commands(pipeline, offset, count),
             Redis::Cluster(con) => con.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -582,18 +599,19 @@ impl ConnectionLike for Redis {
         match self {
             Redis::Single(con) => con.get_db(),
             Redis::Blocking(con) => con.get_db(),
+            Redis::SharedCluster(con) => con.get_db(),
             Redis::Cluster(con) => con.get_db(),
         }
     }
 }
 
-/// Commands that go out together: one pipeline on a single server, one
-/// pipeline per hash slot on a cluster (sent at once). Each command's outcome
-/// comes back on its own, so a slot whose node is failing over fails only its
-/// own commands.
+/// Commands that go out together: one pipeline on a single server; on a
+/// cluster every command at once, each to the node that owns its key. Each
+/// command's outcome comes back on its own, so a slot whose node is failing
+/// over fails only its own commands.
 #[derive(Default)]
 pub struct SlotBatch {
-    commands: Vec<(u16, Cmd)>,
+    commands: Vec<Cmd>,
 }
 
 impl SlotBatch {
@@ -602,8 +620,8 @@ impl SlotBatch {
     }
 
     /// Adds `cmd`, which touches `key` (and only keys of its slot).
-    pub fn add(&mut self, key: &str, cmd: Cmd) -> &mut SlotBatch {
-        self.commands.push((slot(key.as_bytes()), cmd));
+    pub fn add(&mut self, _key: &str, cmd: Cmd) -> &mut SlotBatch {
+        self.commands.push(cmd);
         self
     }
 
@@ -616,51 +634,40 @@ impl SlotBatch {
     }
 
     /// Runs every command; the outcomes in the order the commands were added.
+    ///
+    /// On a cluster each command goes out as a request of its own, all at once
+    /// (the connection to each node pipelines them on the wire anyway): redis-rs
+    /// follows MOVED and ASK for a command, but inside a pipeline's answer a
+    /// MOVED is only an error value, so a pipeline to a node that just lost its
+    /// slots would fail until something else refreshed the slot map.
     pub async fn run(self, con: &Redis) -> Vec<RedisResult<Value>> {
-        let total = self.commands.len();
-        let mut groups: Vec<(u16, Vec<usize>, Pipeline)> = Vec::new();
-        for (index, (slot, cmd)) in self.commands.into_iter().enumerate() {
-            let group = if con.is_cluster() { slot } else { 0 };
-            let position = match groups.iter().position(|(g, _, _)| *g == group) {
-                Some(position) => position,
-                None => {
-                    groups.push((group, Vec::new(), redis::pipe()));
-                    groups.len() - 1
-                }
-            };
-            let (_, indices, pipe) = &mut groups[position];
-            indices.push(index);
+        if con.is_cluster() {
+            let requests = self.commands.into_iter().map(|cmd| {
+                let mut con = con.clone();
+                async move { cmd.query_async::<Value>(&mut con).await }
+            });
+            return futures::future::join_all(requests).await;
+        }
+        if self.commands.is_empty() {
+            return Vec::new();
+        }
+        let mut pipe = redis::pipe();
+        let count = self.commands.len();
+        for cmd in self.commands {
             pipe.add_command(cmd);
         }
-        let runs = groups.into_iter().map(|(_, indices, pipe)| {
-            let mut con = con.clone();
-            async move {
-                let outcome: RedisResult<Vec<Value>> = pipe.query_async(&mut con).await;
-                (indices, outcome)
-            }
-        });
-        let mut outcomes: Vec<Option<RedisResult<Value>>> = (0..total).map(|_| None).collect();
-        for (indices, outcome) in futures::future::join_all(runs).await {
-            match outcome {
-                Ok(values) => {
-                    for (index, value) in indices.into_iter().zip(values) {
-                        outcomes[index] = Some(match value {
-                            Value::ServerError(error) => Err(error.into()),
-                            value => Ok(value),
-                        });
-                    }
-                }
-                Err(error) => {
-                    for index in indices {
-                        outcomes[index] = Some(Err(error.clone()));
-                    }
-                }
-            }
+        let mut con = con.clone();
+        // `Value` answers keep each command's error in place (`ServerError`).
+        match con.req_packed_commands(&pipe, 0, count).await {
+            Ok(values) => values
+                .into_iter()
+                .map(|value| match value {
+                    Value::ServerError(error) => Err(error.into()),
+                    value => Ok(value),
+                })
+                .collect(),
+            Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(RedisError::from((ErrorKind::Client, "no answer for a command")))))
-            .collect()
     }
 
     /// Runs every command; the first error, if any.

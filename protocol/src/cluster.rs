@@ -1,0 +1,169 @@
+//! The shared connection to a Redis Cluster, watched.
+//!
+//! redis-rs's `ClusterConnection` follows MOVED/ASK, reconnects to nodes and
+//! refreshes its slot map by itself. But under load through a failover we have
+//! seen one stop answering for good (redis 1.8.1): every request timed out long
+//! after the cluster was healthy again, while a fresh connection in the same
+//! process worked at once (the chaos test on a cluster, `tests/tests/chaos.rs`:
+//! an interface held its clients' messages until `--redis-hold` closed them,
+//! minutes after the failover). A process's shared connection is what all its
+//! appends, commits and liveness writes go through, so it is watched: every
+//! request records whether it got an answer, and once nothing has been
+//! answered for [`STALL`] while requests were made, a probe `PING` decides —
+//! no answer, and the connection is replaced by a new one. Requests already
+//! under way finish (or time out) on the old one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionLike;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// How long requests may go unanswered before the connection is probed.
+pub const STALL: Duration = Duration::from_secs(2);
+/// How long the probe waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the watchdog looks.
+const EVERY: Duration = Duration::from_millis(500);
+
+/// A shared cluster connection that is replaced when it stops answering.
+#[derive(Clone)]
+pub struct SharedCluster {
+    state: Arc<State>,
+}
+
+struct State {
+    client: ClusterClient,
+    current: Mutex<ClusterConnection>,
+    started: Instant,
+    /// Milliseconds since `started` of the last answer (any reply, errors
+    /// from the server included), and of the last request made.
+    last_answer: AtomicU64,
+    last_request: AtomicU64,
+    /// Connections replaced so far.
+    replaced: AtomicU64,
+}
+
+impl SharedCluster {
+    /// A lazily connecting shared connection from `client`, with its watchdog.
+    pub fn new(client: ClusterClient) -> SharedCluster {
+        let connection = pending(&client);
+        let state = Arc::new(State {
+            client,
+            current: Mutex::new(connection),
+            started: Instant::now(),
+            last_answer: AtomicU64::new(0),
+            last_request: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
+        });
+        tokio::spawn(watch(Arc::downgrade(&state)));
+        SharedCluster { state }
+    }
+
+    /// The connection requests go through now.
+    pub fn connection(&self) -> ClusterConnection {
+        self.state.current()
+    }
+
+    /// How many times the connection was replaced (for tests and logs).
+    pub fn replaced(&self) -> u64 {
+        self.state.replaced.load(Ordering::Relaxed)
+    }
+}
+
+fn pending(client: &ClusterClient) -> ClusterConnection {
+    client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new())
+}
+
+impl State {
+    fn current(&self) -> ClusterConnection {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn record<T>(&self, outcome: &RedisResult<T>) {
+        // A server's answer, even an error, shows the connection works; a
+        // timeout or a dropped connection does not.
+        let answered = match outcome {
+            Ok(_) => true,
+            Err(error) => !(error.is_timeout() || error.is_io_error() || error.is_connection_dropped()),
+        };
+        if answered {
+            self.last_answer.store(self.now(), Ordering::Relaxed);
+        }
+    }
+}
+
+async fn watch(state: Weak<State>) {
+    let mut ticker = tokio::time::interval(EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let now = state.now();
+        let last_answer = state.last_answer.load(Ordering::Relaxed);
+        let last_request = state.last_request.load(Ordering::Relaxed);
+        let stalled = last_request > last_answer && now.saturating_sub(last_answer) >= STALL.as_millis() as u64;
+        if !stalled {
+            continue;
+        }
+        let mut con = state.current();
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut con)).await;
+        if matches!(probe, Ok(Ok(_))) {
+            state.last_answer.store(state.now(), Ordering::Relaxed);
+            continue;
+        }
+        *state.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = pending(&state.client);
+        state.replaced.fetch_add(1, Ordering::Relaxed);
+        // Give the new connection its own grace period.
+        state.last_answer.store(state.now(), Ordering::Relaxed);
+        tracing::warn!(
+            silent_ms = now.saturating_sub(last_answer),
+            "Redis Cluster connection stopped answering; replaced it with a new one"
+        );
+    }
+}
+
+impl ConnectionLike for SharedCluster {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let state = self.state.clone();
+        state.last_request.store(state.now(), Ordering::Relaxed);
+        let mut con = state.current();
+        Box::pin(async move {
+            let outcome = con.req_packed_command(cmd).await;
+            state.record(&outcome);
+            outcome
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let state = self.state.clone();
+        state.last_request.store(state.now(), Ordering::Relaxed);
+        let mut con = state.current();
+        Box::pin(async move {
+            let outcome = con.req_packed_commands(pipeline, offset, count).await;
+            state.record(&outcome);
+            outcome
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}

@@ -3,7 +3,7 @@
 //! `switchyard-worker --seed-display-demo` writes it when the school is
 //! missing (so a restart never resets edits or bindings), then serves as usual.
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::RedisResult;
 use serde_json::json;
 use switchyard_protocol::Keys;
@@ -26,40 +26,26 @@ pub fn demo_schedule() -> serde_json::Value {
     })
 }
 
-/// Creates a school (revision 1) and its screens unless the school exists;
-/// returns whether it did.
-pub async fn seed_school(
-    con: &mut ConnectionManager,
-    keys: &Keys,
-    school: &str,
-    name: &str,
-    screens: &[String],
-) -> RedisResult<bool> {
-    let created: bool = redis::cmd("HSETNX")
-        .arg(model::school_key(keys, school))
-        .arg("name")
-        .arg(name)
+/// Writes the demo school and its screens unless the school exists (so a
+/// restart never resets edits or bindings); returns whether it did.
+pub async fn seed_demo<C: ConnectionLike>(con: &mut C, keys: &Keys) -> RedisResult<bool> {
+    let dk = model::DisplayKeys::new(keys);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(dk.school(DEMO_SCHOOL))
         .query_async(con)
         .await?;
-    if !created {
+    if exists {
         return Ok(false);
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic().hset(model::school_key(keys, school), "revision", 1).hset(
-        model::school_key(keys, school),
-        "schedule",
-        demo_schedule().to_string(),
-    );
-    for token in screens {
-        pipe.hset(model::screen_key(keys, token), "school", school);
-    }
-    pipe.query_async::<()>(con).await?;
-    Ok(true)
-}
-
-pub async fn seed_demo(con: &mut ConnectionManager, keys: &Keys) -> RedisResult<bool> {
     let screens: Vec<String> = DEMO_SCREENS.iter().map(|s| (*s).to_owned()).collect();
-    seed_school(con, keys, DEMO_SCHOOL, "Demo School", &screens).await
+    let schedule = demo_schedule().to_string();
+    match model::create_school(con, &dk, DEMO_SCHOOL, "Demo School", &schedule, &screens).await? {
+        Ok(created) => Ok(created),
+        Err(model::CreateError::TokenTaken { token, school }) => {
+            tracing::warn!(%token, %school, "display: a demo token belongs to another school; demo not seeded");
+            Ok(false)
+        }
+    }
 }
 
 /// `--seed-display-demo`: seeds once at start; a failure is logged, not fatal

@@ -159,8 +159,10 @@ fn array(value: Option<&Value>) -> &[Value] {
     }
 }
 
-/// When each interface started (ms), as far as its liveness key tells;
-/// `None`: the interface is gone. Cached for one census.
+/// When each interface started (ms): its last refresh (its score in the
+/// interface index) minus the uptime it wrote then; `None`: the interface is
+/// gone (its liveness key expired, 10 s after its last refresh). Cached for
+/// one census.
 struct Interfaces(HashMap<String, Option<u64>>);
 
 impl Interfaces {
@@ -178,13 +180,23 @@ impl Interfaces {
             .arg(dk.base.interface_alive(interface))
             .query_async(con)
             .await?;
-        let started = alive.map(|text| {
-            let uptime = serde_json::from_str::<Json>(&text)
-                .ok()
-                .and_then(|v| v.get("uptime_seconds").and_then(Json::as_u64))
-                .unwrap_or(0);
-            now.saturating_sub(uptime * 1000)
-        });
+        let started = match alive {
+            None => None,
+            Some(text) => {
+                // Its uptime as of its last refresh, which also stamped the index.
+                let uptime = serde_json::from_str::<Json>(&text)
+                    .ok()
+                    .and_then(|v| v.get("uptime_seconds").and_then(Json::as_u64))
+                    .unwrap_or(0);
+                let seen: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(dk.base.interfaces_index())
+                    .arg(interface)
+                    .query_async(con)
+                    .await?;
+                let seen = seen.map_or(now, |ms| ms as u64);
+                Some(seen.saturating_sub(uptime * 1000))
+            }
+        };
         self.0.insert(interface.to_owned(), started);
         Ok(started)
     }

@@ -1,7 +1,8 @@
 // Drives the /display/ page in headless Chromium for tests/tests/display_browser.rs.
 // The test sends commands on stdin, one per line, and reads one JSON line per command:
 //   wait MODE REVISION TIMEOUT_MS  → waits until <body data-mode> is MODE and #revision is
-//                                    REVISION; {"ok", "ms", "mode", "revision", "title", "rows"}
+//                                    REVISION (`*`: any); {"ok", "ms", "mode", "ws", "revision",
+//                                    "title", "rows", "error"}
 //   shot PATH                      → a screenshot; {"ok": true}
 //   quit
 //
@@ -29,6 +30,7 @@ await page.goto(url);
 const shown = () =>
   page.evaluate(() => ({
     mode: document.body.dataset.mode,
+    ws: document.body.dataset.ws,
     revision: document.getElementById("revision").textContent,
     title: document.getElementById("subtitle").textContent,
     rows: document.querySelectorAll("#schedule tr").length,
@@ -46,7 +48,8 @@ for await (const line of createInterface({ input: process.stdin })) {
     try {
       await page.waitForFunction(
         ([mode, revision]) =>
-          document.body.dataset.mode === mode && document.getElementById("revision").textContent === revision,
+          document.body.dataset.mode === mode &&
+          (revision === "*" || document.getElementById("revision").textContent === revision),
         [mode, revision],
         { timeout: Number(timeout), polling: 10 },
       );

@@ -73,6 +73,15 @@
     startPolling();
   }
 
+  // The snapshot answered 200 or 304: this device holds the screen (again).
+  function accepted() {
+    showError("");
+    if (!state.rejected) return;
+    state.rejected = false;
+    setMode("connecting");
+    applyFlag(state.wsEnabled);
+  }
+
   // GET the snapshot (conditional); returns true when it changed.
   let fetching = null;
   async function fetchSnapshot() {
@@ -81,7 +90,7 @@
       const headers = state.etag ? { "If-None-Match": state.etag } : {};
       const url = `${conf.api}/api/display/snapshot/${encodeURIComponent(conf.token)}/?dk=${encodeURIComponent(conf.dk)}`;
       const res = await fetch(url, { headers, cache: "no-store" });
-      if (res.status === 304) return false;
+      if (res.status === 304) { accepted(); return false; }
       if (res.status === 403 || res.status === 404) {
         const body = await res.json().catch(() => ({}));
         reject(body.detail || `HTTP ${res.status}`);
@@ -91,10 +100,10 @@
       const snap = await res.json();
       state.etag = res.headers.get("ETag");
       state.revision = snap.revision;
-      if (state.rejected) { state.rejected = false; setMode("connecting"); }
-      showError("");
       render(snap);
-      applyFlag(!!(snap.meta && snap.meta.ws_enabled));
+      state.wsEnabled = !!(snap.meta && snap.meta.ws_enabled);
+      accepted();
+      applyFlag(state.wsEnabled);
       return true;
     })();
     try { return await fetching; } finally { fetching = null; }

@@ -8,7 +8,7 @@
 //
 // usage: node display_page.mjs PAGE_URL USER_DATA_DIR
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { openPage } from "./chromium.mjs";
 
 const [url, userDataDir] = process.argv.slice(2);
 if (!url || !userDataDir) {
@@ -16,15 +16,7 @@ if (!url || !userDataDir) {
   process.exit(2);
 }
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 1000, height: 700 },
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const page = context.pages()[0] ?? (await context.newPage());
-page.on("console", (m) => console.error(`[page] ${m.text()}`));
+const { context, page } = await openPage(userDataDir, { width: 1000, height: 700 });
 await page.goto(url);
 
 const shown = () =>

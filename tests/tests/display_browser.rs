@@ -11,63 +11,31 @@
 mod display_common;
 mod http_common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use display_common::{admin, put_schedule, set_rollout, snapshot, ADMIN};
+use display_common::{admin, put_schedule, set_rollout, snapshot, Browser, ADMIN};
 use http::Method;
-use http_common::{binary, free_port, repo_root, wait_for, Options, Proc, RunDir, Stack};
+use http_common::{binary, free_port, wait_for, Proc, Stack};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
 
-struct Page {
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    node: Child,
-    _profile: RunDir,
-}
+/// The display page, driven by `tests/browser/display_page.mjs`.
+struct Page(Browser);
 
 impl Page {
-    /// Opens `url` in headless Chromium (installed by `scripts/browser-setup`).
     fn open(url: &str) -> Page {
-        let setup = Command::new(repo_root().join("scripts/browser-setup"))
-            .status()
-            .expect("run scripts/browser-setup");
-        assert!(setup.success(), "scripts/browser-setup failed");
-        let profile = RunDir::new("display-browser-profile");
-        let mut node = tokio::process::Command::new("node")
-            .arg(repo_root().join("tests/browser/display_page.mjs"))
-            .arg(url)
-            .arg(profile.path.join("profile"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run node");
-        Page {
-            stdin: node.stdin.take().expect("stdin"),
-            lines: BufReader::new(node.stdout.take().expect("stdout")).lines(),
-            node,
-            _profile: profile,
-        }
+        Page(Browser::open("display_page.mjs", url))
     }
 
-    async fn quit(mut self) {
-        let _ = self.stdin.write_all(b"quit\n").await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.node.wait()).await;
+    async fn quit(self) {
+        self.0.quit("quit").await;
     }
 
     /// Waits (in the page) for `mode` and `revision` (`*`: any); returns the page's report.
     async fn wait(&mut self, mode: &str, revision: impl std::fmt::Display, timeout_ms: u64) -> Value {
-        let command = format!("wait {mode} {revision} {timeout_ms}\n");
-        self.stdin.write_all(command.as_bytes()).await.expect("write to node");
-        let line = tokio::time::timeout(Duration::from_millis(timeout_ms + 30_000), self.lines.next_line())
+        let command = format!("wait {mode} {revision} {timeout_ms}");
+        self.0
+            .command(&command, Duration::from_millis(timeout_ms + 30_000))
             .await
-            .expect("node answers")
-            .expect("read from node")
-            .expect("node still runs");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 }
 
@@ -84,27 +52,9 @@ fn interface_a(stack: &Stack, port: u16) -> Proc {
     Proc::spawn("interface-a", &binary("switchyard-interface"), &args, &[], &stack.dir)
 }
 
-/// redis, interface B (every display route and the page), one display worker
-/// with sockets on; ready and seeded.
-async fn page_stack(name: &str) -> Stack {
-    let mut interface_args = display_common::interface_args();
-    interface_args.extend([
-        "--static".to_owned(),
-        format!("/display/={}", repo_root().join("web/display").display()),
-    ]);
-    let options = Options {
-        interface_args,
-        workers: vec![display_common::worker_args()],
-        worker_env: display_common::worker_env(Some("true")),
-    };
-    let stack = Stack::start(name, options).await;
-    stack.wait_ready().await;
-    stack
-}
-
 #[tokio::test]
 async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone() {
-    let stack = page_stack("display-browser").await;
+    let stack = display_common::start_pages("display-browser").await;
     let port_a = free_port();
     let mut a = interface_a(&stack, port_a);
     let a_listens = || async move { tokio::net::TcpStream::connect(("127.0.0.1", port_a)).await.is_ok() };
@@ -172,7 +122,7 @@ async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone
 
 #[tokio::test]
 async fn a_stuck_screen_binds_once_unbound_and_leaves_and_rejoins_the_rollout_within_a_poll() {
-    let stack = page_stack("display-browser-rollout").await;
+    let stack = display_common::start_pages("display-browser-rollout").await;
     let addr = stack.addr.clone();
     // Another device (a second tab with other storage, say) holds the screen.
     assert_eq!(snapshot(&addr, "demo-2", "other", None).await.status, 200);

@@ -3,14 +3,17 @@
 //! workers' metrics and logs.
 #![allow(dead_code)]
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 use switchyard_tests::ws::{self, Incoming, WsClient};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::http_common::{free_port, get, wait_for, Client, Options, Reply, Stack};
+use crate::http_common::{free_port, get, repo_root, wait_for, Client, Options, Reply, RunDir, Stack};
 
 pub const ADMIN: &str = "test-admin";
 
@@ -77,6 +80,24 @@ pub async fn start_with(name: &str, workers: usize, worker_env: Vec<(&'static st
     .await;
     assert!(seeded.is_ok(), "the demo school was never seeded");
     Display { stack, metrics }
+}
+
+/// A stack whose interface also serves the pages (`/display/` from
+/// `web/display`), one display worker, sockets on; ready and seeded.
+pub async fn start_pages(name: &str) -> Stack {
+    let mut interface_args = interface_args();
+    interface_args.extend([
+        "--static".to_owned(),
+        format!("/display/={}", repo_root().join("web/display").display()),
+    ]);
+    let options = Options {
+        interface_args,
+        workers: vec![worker_args()],
+        worker_env: worker_env(Some("true")),
+    };
+    let stack = Stack::start(name, options).await;
+    stack.wait_ready().await;
+    stack
 }
 
 /// [`start_with`] the usual environment; `ws_default` is `DISPLAY_WS_ENABLED`.
@@ -252,4 +273,58 @@ pub fn log_lines(stack: &Stack, needles: &[&str]) -> Vec<String> {
         .filter(|line| needles.iter().all(|n| line.contains(n)))
         .map(str::to_owned)
         .collect()
+}
+
+/// A page in headless Chromium, driven by a script of `tests/browser/` that
+/// takes one command per stdin line and answers one JSON line each.
+/// `scripts/browser-setup` installs Chromium and playwright-core when missing.
+pub struct Browser {
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    node: Child,
+    _profile: RunDir,
+}
+
+impl Browser {
+    pub fn open(script: &str, url: &str) -> Browser {
+        let setup = Command::new(repo_root().join("scripts/browser-setup"))
+            .status()
+            .expect("run scripts/browser-setup");
+        assert!(setup.success(), "scripts/browser-setup failed");
+        let profile = RunDir::new("display-browser-profile");
+        let mut node = tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/browser").join(script))
+            .arg(url)
+            .arg(profile.path.join("profile"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run node");
+        Browser {
+            stdin: node.stdin.take().expect("stdin"),
+            lines: BufReader::new(node.stdout.take().expect("stdout")).lines(),
+            node,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one command line; returns the script's JSON answer.
+    pub async fn command(&mut self, line: &str, within: Duration) -> Value {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to node");
+        let answer = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("node did not answer {line} within {within:?}"))
+            .expect("read from node")
+            .expect("node still runs");
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"))
+    }
+
+    pub async fn quit(mut self, line: &str) {
+        let _ = self.stdin.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.node.wait()).await;
+    }
 }

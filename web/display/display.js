@@ -17,6 +17,8 @@
 // retried every poll_max, so an operator's unbind lets this device bind at its next try.
 // <body data-ws>: "on"/"off", whether the server wants this screen on a socket (the
 // switch and its school's place in the rollout).
+// The browser console shows what the runbook looks for: "[WS] connecting to …",
+// "[WS] connected", "[WS] invalidate received: revision N", "[WS] closed: code N".
 "use strict";
 (function () {
   const q = new URLSearchParams(location.search);
@@ -121,9 +123,11 @@
     if (state.socket || state.rejected || !state.wsEnabled) return;
     const url = `${conf.ws}/ws/display/?token=${encodeURIComponent(conf.token)}&dk=${encodeURIComponent(conf.dk)}`;
     let ws;
+    console.info(`[WS] connecting to ${url}`);
     try { ws = new WebSocket(url); } catch (e) { scheduleReconnect(); return; }
     state.socket = ws;
     ws.onopen = () => {
+      console.info("[WS] connected");
       state.attempts = 0;
       setMode("ws");
       stopPolling();
@@ -132,6 +136,8 @@
     };
     ws.onmessage = (event) => {
       let msg; try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg.type === "invalidate") console.info(`[WS] invalidate received: revision ${msg.revision}`);
+      else if (msg.type === "config") console.info(`[WS] config received: ws_enabled ${msg.ws_enabled}`);
       if ((msg.type === "invalidate" || msg.type === "hello") && msg.revision !== state.revision) {
         fetchSnapshot().catch(() => {});
       } else if (msg.type === "config") {
@@ -140,6 +146,7 @@
     };
     ws.onclose = (event) => {
       if (state.socket !== ws) return;
+      console.info(`[WS] closed: code ${event.code}`);
       state.socket = null;
       clearInterval(state.pingTimer);
       if (event.code === 4400) {                                   // sockets off for this screen

@@ -3,10 +3,10 @@
 //! `switchyard-worker --seed-display-demo` writes it when the school is
 //! missing (so a restart never resets edits or bindings), then serves as usual.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::RedisResult;
 use serde_json::json;
-use switchyard_protocol::Keys;
+use switchyard_protocol::{redis_conn, Keys};
 
 use super::model;
 use crate::config::WorkerConfig;
@@ -54,7 +54,8 @@ pub async fn seed_at_start(config: &WorkerConfig) {
     let keys = Keys::new(config.prefix.clone());
     let seeded = async {
         let client = config.redis.client()?;
-        let mut con = ConnectionManager::new(client).await?;
+        // The same kind of connection the worker's runtime opens.
+        let mut con = redis_conn::shared(&client)?;
         anyhow::Ok(seed_demo(&mut con, &keys).await?)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), seeded).await {

@@ -1,13 +1,14 @@
 // Drives the /display/ page in headless Chromium for tests/tests/display_browser.rs.
 // The test sends commands on stdin, one per line, and reads one JSON line per command:
 //   wait MODE REVISION TIMEOUT_MS  → waits until <body data-mode> is MODE and #revision is
-//                                    REVISION; {"ok", "ms", "mode", "revision", "title", "rows"}
+//                                    REVISION (`*`: any); {"ok", "ms", "mode", "ws", "revision",
+//                                    "title", "rows", "error"}
 //   shot PATH                      → a screenshot; {"ok": true}
 //   quit
 //
 // usage: node display_page.mjs PAGE_URL USER_DATA_DIR
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { openPage } from "./chromium.mjs";
 
 const [url, userDataDir] = process.argv.slice(2);
 if (!url || !userDataDir) {
@@ -15,20 +16,13 @@ if (!url || !userDataDir) {
   process.exit(2);
 }
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 1000, height: 700 },
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const page = context.pages()[0] ?? (await context.newPage());
-page.on("console", (m) => console.error(`[page] ${m.text()}`));
+const { context, page } = await openPage(userDataDir, { width: 1000, height: 700 });
 await page.goto(url);
 
 const shown = () =>
   page.evaluate(() => ({
     mode: document.body.dataset.mode,
+    ws: document.body.dataset.ws,
     revision: document.getElementById("revision").textContent,
     title: document.getElementById("subtitle").textContent,
     rows: document.querySelectorAll("#schedule tr").length,
@@ -46,7 +40,8 @@ for await (const line of createInterface({ input: process.stdin })) {
     try {
       await page.waitForFunction(
         ([mode, revision]) =>
-          document.body.dataset.mode === mode && document.getElementById("revision").textContent === revision,
+          document.body.dataset.mode === mode &&
+          (revision === "*" || document.getElementById("revision").textContent === revision),
         [mode, revision],
         { timeout: Number(timeout), polling: 10 },
       );

@@ -2,37 +2,40 @@
 //! (A) and its HTTP on another (B): it shows the schedule, an edit arrives
 //! through the socket in under a second, with A killed it keeps updating by
 //! polling B, and when A is back it returns to the socket (`data-mode`).
+//! And the runbook's operator steps as a screen sees them: a screen stuck on
+//! `screen_bound` binds once unbound; a school leaving the rollout polls at
+//! once (`data-mode="poll"`, `data-ws="off"`) and returns within a poll.
 //!
 //! `scripts/browser-setup` installs Chromium and playwright-core when missing.
 
 mod display_common;
 mod http_common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use display_common::{put_schedule, ADMIN};
-use http_common::{binary, free_port, repo_root, wait_for, Options, Proc, RunDir, Stack};
+use display_common::{admin, put_schedule, set_rollout, snapshot, Browser, ADMIN};
+use http::Method;
+use http_common::{binary, free_port, wait_for, Proc, Stack};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout};
 
-struct Page {
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
+/// The display page, driven by `tests/browser/display_page.mjs`.
+struct Page(Browser);
 
 impl Page {
-    /// Waits (in the page) for `mode` and `revision`; returns the page's report.
-    async fn wait(&mut self, mode: &str, revision: u64, timeout_ms: u64) -> Value {
-        let command = format!("wait {mode} {revision} {timeout_ms}\n");
-        self.stdin.write_all(command.as_bytes()).await.expect("write to node");
-        let line = tokio::time::timeout(Duration::from_millis(timeout_ms + 30_000), self.lines.next_line())
+    fn open(url: &str) -> Page {
+        Page(Browser::open("display_page.mjs", url))
+    }
+
+    async fn quit(self) {
+        self.0.quit("quit").await;
+    }
+
+    /// Waits (in the page) for `mode` and `revision` (`*`: any); returns the page's report.
+    async fn wait(&mut self, mode: &str, revision: impl std::fmt::Display, timeout_ms: u64) -> Value {
+        let command = format!("wait {mode} {revision} {timeout_ms}");
+        self.0
+            .command(&command, Duration::from_millis(timeout_ms + 30_000))
             .await
-            .expect("node answers")
-            .expect("read from node")
-            .expect("node still runs");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 }
 
@@ -51,24 +54,7 @@ fn interface_a(stack: &Stack, port: u16) -> Proc {
 
 #[tokio::test]
 async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone() {
-    let root = repo_root();
-    let setup = Command::new(root.join("scripts/browser-setup"))
-        .status()
-        .expect("run scripts/browser-setup");
-    assert!(setup.success(), "scripts/browser-setup failed");
-
-    let mut interface_args = display_common::interface_args();
-    interface_args.extend([
-        "--static".to_owned(),
-        format!("/display/={}", root.join("web/display").display()),
-    ]);
-    let options = Options {
-        interface_args,
-        workers: vec![display_common::worker_args()],
-        worker_env: vec![("DISPLAY_ADMIN_TOKEN", ADMIN.to_owned())],
-    };
-    let stack = Stack::start("display-browser", options).await;
-    stack.wait_ready().await;
+    let stack = display_common::start_pages("display-browser").await;
     let port_a = free_port();
     let mut a = interface_a(&stack, port_a);
     let a_listens = || async move { tokio::net::TcpStream::connect(("127.0.0.1", port_a)).await.is_ok() };
@@ -79,20 +65,7 @@ async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone
          &poll_min=0.3&poll_max=1&backoff_min=0.3&backoff_max=1",
         b = stack.addr
     );
-    let profile = RunDir::new("display-browser-profile");
-    let mut node = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/display_page.mjs"))
-        .arg(&url)
-        .arg(profile.path.join("profile"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run node");
-    let mut page = Page {
-        stdin: node.stdin.take().expect("stdin"),
-        lines: BufReader::new(node.stdout.take().expect("stdout")).lines(),
-    };
+    let mut page = Page::open(&url);
 
     let shown = page.wait("ws", 1, 20_000).await;
     assert_eq!(
@@ -144,7 +117,59 @@ async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone
     assert_eq!(shown["ok"], true, "no edit by socket after A came back: {shown}");
     let back_latency = started.elapsed();
     eprintln!("socket: {socket_latency:?}, polling: {poll_latency:?}, socket again: {back_latency:?}");
+    page.quit().await;
+}
 
-    let _ = page.stdin.write_all(b"quit\n").await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
+#[tokio::test]
+async fn a_stuck_screen_binds_once_unbound_and_leaves_and_rejoins_the_rollout_within_a_poll() {
+    let stack = display_common::start_pages("display-browser-rollout").await;
+    let addr = stack.addr.clone();
+    // Another device (a second tab with other storage, say) holds the screen.
+    assert_eq!(snapshot(&addr, "demo-2", "other", None).await.status, 200);
+    let url =
+        format!("http://{addr}/display/?token=demo-2&dk=browser&poll_min=0.3&poll_max=1&backoff_min=0.3&backoff_max=1");
+    let mut page = Page::open(&url);
+    let shown = page.wait("rejected", "*", 20_000).await;
+    assert_eq!(shown["ok"], true, "the page did not say it is refused: {shown}");
+    assert_eq!(shown["error"], "screen_bound", "{shown}");
+
+    // Scenario 3: the operator unbinds; the page binds at its next retry (poll_max).
+    let started = Instant::now();
+    let unbound = admin(&addr, Method::DELETE, "screens/demo-2/binding/", None).await;
+    assert_eq!(unbound.status, 200, "{}", unbound.text());
+    let shown = page.wait("ws", 1, 5_000).await;
+    assert_eq!(shown["ok"], true, "the page never bound after the unbind: {shown}");
+    assert_eq!(shown["error"], "", "{shown}");
+    let rebind = started.elapsed();
+    assert_eq!(snapshot(&addr, "demo-2", "other", None).await.status, 403);
+
+    // The school leaves the rollout: told over the socket, it polls at once.
+    let started = Instant::now();
+    set_rollout(&addr, &[], 0).await;
+    let shown = page.wait("poll", 1, 1_500).await;
+    assert_eq!(shown["ok"], true, "the page did not fall back to polling: {shown}");
+    assert_eq!(shown["ws"], "off", "{shown}");
+    let leave = started.elapsed();
+    let edit = json!({"title": "while polling", "periods": []});
+    assert_eq!(put_schedule(&addr, "demo", &edit, Some(ADMIN)).await.status, 200);
+    let shown = page.wait("poll", 2, 3_000).await;
+    assert_eq!(shown["ok"], true, "no edit by polling: {shown}");
+
+    // Back in (named): the next poll sees the new ETag and the page reconnects.
+    let started = Instant::now();
+    set_rollout(&addr, &["demo"], 0).await;
+    let shown = page.wait("ws", 2, 3_000).await;
+    assert_eq!(shown["ok"], true, "the page did not return to the socket: {shown}");
+    assert_eq!(shown["ws"], "on", "{shown}");
+    let rejoin = started.elapsed();
+
+    // Unbound while open: 4408, refused, then it is the next device to fetch.
+    let unbound = admin(&addr, Method::DELETE, "screens/demo-2/binding/", None).await;
+    assert_eq!(unbound.json()["sockets_closed"], 1, "{}", unbound.text());
+    let shown = page.wait("rejected", 2, 2_000).await;
+    assert_eq!(shown["ok"], true, "the 4408 did not reach the page: {shown}");
+    let shown = page.wait("ws", 2, 5_000).await;
+    assert_eq!(shown["ok"], true, "the page did not bind again: {shown}");
+    eprintln!("rebind after unbind: {rebind:?}, leave: {leave:?}, rejoin: {rejoin:?}");
+    page.quit().await;
 }

@@ -6,12 +6,12 @@ mod http_common;
 
 use std::time::{Duration, Instant};
 
-use display_common::{put_schedule, recv_type, set_ws_enabled, snapshot, socket, start, ADMIN};
+use display_common::{log_lines, put_schedule, recv_type, set_ws_enabled, snapshot, socket, start, ADMIN};
 use serde_json::json;
 
 #[tokio::test]
 async fn close_codes_ping_and_invalidation() {
-    let stack = start("display-socket", 2, None).await;
+    let stack = start("display-socket", 2, Some("true")).await;
     let addr = &stack.addr;
 
     let mut screens = Vec::new();
@@ -40,11 +40,19 @@ async fn close_codes_ping_and_invalidation() {
         }
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     }
+
+    // The runbook's greps: `WS connected.*school:`, `WS broadcast sent`,
+    // `schedule_revision bumped`, `device_binding_reject` (screen_bound).
+    let count = |needles: &[&str]| log_lines(&stack, needles).len();
+    assert_eq!(count(&["WS connected", "school:demo"]), 3);
+    assert_eq!(count(&["WS broadcast sent", "school:demo", "invalidate"]), 3);
+    assert_eq!(count(&["schedule_revision bumped"]), 3);
+    assert_eq!(count(&["device_binding_reject", "screen_bound", "someone-else"]), 1);
 }
 
 #[tokio::test]
 async fn the_flag_flips_live_and_its_default_comes_from_the_environment() {
-    let stack = start("display-flag", 1, None).await;
+    let stack = start("display-flag", 1, Some("true")).await;
     let addr = &stack.addr;
     let mut screen = socket(addr, "demo-1", "a").await;
     recv_type(&mut screen, "hello", Duration::from_secs(5)).await;
@@ -64,7 +72,8 @@ async fn the_flag_flips_live_and_its_default_comes_from_the_environment() {
     recv_type(&mut back, "hello", Duration::from_secs(5)).await;
     drop(stack);
 
-    let off = start("display-flag-off", 1, Some("false")).await;
+    // DISPLAY_WS_ENABLED unset: off ("Feature flag is OFF initially").
+    let off = start("display-flag-off", 1, None).await;
     let mut refused = socket(&off.addr, "demo-1", "a").await;
     assert_eq!(refused.expect_close(Duration::from_secs(5)).await.unwrap(), Some(4400));
     assert_eq!(

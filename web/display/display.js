@@ -10,6 +10,15 @@
 //              while nothing changes and drops back to poll_min on a change
 //   ping       keep-alive ping interval (30)
 //   backoff_min / backoff_max   reconnect backoff bounds (1 / 60), exponential with jitter
+//
+// <body data-mode>: "connecting" at first, "ws" while the socket is open, "poll" while
+// polling (socket down, or sockets off for this screen), "rejected" while the screen is
+// bound to another device or unknown (403/404, close 4408/4404) — then the snapshot is
+// retried every poll_max, so an operator's unbind lets this device bind at its next try.
+// <body data-ws>: "on"/"off", whether the server wants this screen on a socket (the
+// switch and its school's place in the rollout).
+// The browser console shows what the runbook looks for: "[WS] connecting to …",
+// "[WS] connected", "[WS] invalidate received: revision N", "[WS] closed: code N".
 "use strict";
 (function () {
   const q = new URLSearchParams(location.search);
@@ -27,7 +36,8 @@
   };
   const $ = (id) => document.getElementById(id);
   const state = { revision: null, etag: null, wsEnabled: true, socket: null, attempts: 0,
-                  reconnectTimer: null, pingTimer: null, pollTimer: null, pollEvery: conf.pollMin, fatal: false };
+                  reconnectTimer: null, pingTimer: null, pollTimer: null, pollEvery: conf.pollMin,
+                  rejected: false };
 
   function deviceKey() {
     try {
@@ -57,6 +67,23 @@
     $("updated").textContent = new Date().toLocaleTimeString();
   }
 
+  // Bound elsewhere or unknown: no socket; the poll loop retries the snapshot.
+  function reject(detail) {
+    state.rejected = true;
+    showError(detail);
+    stopSocket();
+    startPolling();
+  }
+
+  // The snapshot answered 200 or 304: this device holds the screen (again).
+  function accepted() {
+    showError("");
+    if (!state.rejected) return;
+    state.rejected = false;
+    setMode("connecting");
+    applyFlag(state.wsEnabled);
+  }
+
   // GET the snapshot (conditional); returns true when it changed.
   let fetching = null;
   async function fetchSnapshot() {
@@ -65,18 +92,20 @@
       const headers = state.etag ? { "If-None-Match": state.etag } : {};
       const url = `${conf.api}/api/display/snapshot/${encodeURIComponent(conf.token)}/?dk=${encodeURIComponent(conf.dk)}`;
       const res = await fetch(url, { headers, cache: "no-store" });
-      if (res.status === 304) return false;
+      if (res.status === 304) { accepted(); return false; }
       if (res.status === 403 || res.status === 404) {
         const body = await res.json().catch(() => ({}));
-        state.fatal = true; showError(body.detail || `HTTP ${res.status}`); stopSocket(); return false;
+        reject(body.detail || `HTTP ${res.status}`);
+        return false;
       }
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const snap = await res.json();
       state.etag = res.headers.get("ETag");
       state.revision = snap.revision;
-      showError("");
       render(snap);
-      applyFlag(!!(snap.meta && snap.meta.ws_enabled));
+      state.wsEnabled = !!(snap.meta && snap.meta.ws_enabled);
+      accepted();
+      applyFlag(state.wsEnabled);
       return true;
     })();
     try { return await fetching; } finally { fetching = null; }
@@ -84,17 +113,21 @@
 
   function applyFlag(enabled) {
     state.wsEnabled = enabled;
+    document.body.dataset.ws = enabled ? "on" : "off";
+    $("sockets").textContent = enabled ? "on" : "off";
     if (!enabled) { stopSocket(); startPolling(); }
-    else if (!state.socket && !state.reconnectTimer && !state.fatal) connect();
+    else if (!state.socket && !state.reconnectTimer && !state.rejected) connect();
   }
 
   function connect() {
-    if (state.socket || state.fatal || !state.wsEnabled) return;
+    if (state.socket || state.rejected || !state.wsEnabled) return;
     const url = `${conf.ws}/ws/display/?token=${encodeURIComponent(conf.token)}&dk=${encodeURIComponent(conf.dk)}`;
     let ws;
+    console.info(`[WS] connecting to ${url}`);
     try { ws = new WebSocket(url); } catch (e) { scheduleReconnect(); return; }
     state.socket = ws;
     ws.onopen = () => {
+      console.info("[WS] connected");
       state.attempts = 0;
       setMode("ws");
       stopPolling();
@@ -103,6 +136,8 @@
     };
     ws.onmessage = (event) => {
       let msg; try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg.type === "invalidate") console.info(`[WS] invalidate received: revision ${msg.revision}`);
+      else if (msg.type === "config") console.info(`[WS] config received: ws_enabled ${msg.ws_enabled}`);
       if ((msg.type === "invalidate" || msg.type === "hello") && msg.revision !== state.revision) {
         fetchSnapshot().catch(() => {});
       } else if (msg.type === "config") {
@@ -111,14 +146,17 @@
     };
     ws.onclose = (event) => {
       if (state.socket !== ws) return;
+      console.info(`[WS] closed: code ${event.code}`);
       state.socket = null;
       clearInterval(state.pingTimer);
-      if (event.code === 4400) state.wsEnabled = false;           // switched off: poll until it is back on
-      else if (event.code === 4404 || event.code === 4408) {      // unknown screen / other device
-        state.fatal = true; showError(event.code === 4404 ? "unknown_token" : "screen_bound");
+      if (event.code === 4400) {                                   // sockets off for this screen
+        state.wsEnabled = false; document.body.dataset.ws = "off"; $("sockets").textContent = "off";
+      } else if (event.code === 4404 || event.code === 4408) {     // unknown screen / other device / unbound
+        reject(event.code === 4404 ? "unknown_token" : "screen_bound");
+        return;
       }
       startPolling();
-      if (state.wsEnabled && !state.fatal) scheduleReconnect();
+      if (state.wsEnabled && !state.rejected) scheduleReconnect();
     };
   }
 
@@ -142,28 +180,39 @@
 
   function startPolling() {
     if (state.socket && state.socket.readyState === 1) return;
-    setMode("poll");
+    setMode(state.rejected ? "rejected" : "poll");
     if (state.pollTimer) return;
-    state.pollEvery = conf.pollMin;
+    state.pollEvery = state.rejected ? conf.pollMax : conf.pollMin;
     state.pollTimer = setTimeout(poll, state.pollEvery);
   }
 
   function stopPolling() { clearTimeout(state.pollTimer); state.pollTimer = null; }
 
+  // One poll: the status call (a bodiless 304 while the ETag still holds), or,
+  // while rejected, the snapshot itself (which binds the screen if it is free).
   async function poll() {
     state.pollTimer = null;
     let changed = false;
     try {
-      const url = `${conf.api}/api/display/status/${encodeURIComponent(conf.token)}/?v=${state.revision ?? ""}`;
-      const res = await fetch(url, { cache: "no-store" });
-      if (res.ok) {
-        const status = await res.json();
-        if (status.fetch_required) changed = await fetchSnapshot();
-        if (status.ws_enabled !== state.wsEnabled) applyFlag(!!status.ws_enabled);
+      if (state.rejected) {
+        changed = await fetchSnapshot();
+      } else {
+        const url = `${conf.api}/api/display/status/${encodeURIComponent(conf.token)}/?v=${state.revision ?? ""}`;
+        const headers = state.etag ? { "If-None-Match": state.etag } : {};
+        const res = await fetch(url, { headers, cache: "no-store" });
+        if (res.status === 404) reject("unknown_token");
+        else if (res.ok) {
+          const status = await res.json();
+          if (status.fetch_required || status.ws_enabled !== state.wsEnabled) changed = await fetchSnapshot();
+          if (status.ws_enabled !== state.wsEnabled) applyFlag(!!status.ws_enabled);
+        }
       }
     } catch (e) { /* the next poll tries again */ }
     if (state.socket && state.socket.readyState === 1) return;
-    state.pollEvery = changed ? conf.pollMin : Math.min(conf.pollMax, state.pollEvery * 1.5);
+    if (state.pollTimer) return;
+    if (state.rejected) state.pollEvery = conf.pollMax;
+    else state.pollEvery = changed ? conf.pollMin : Math.min(conf.pollMax, state.pollEvery * 1.5);
+    setMode(state.rejected ? "rejected" : (state.socket ? document.body.dataset.mode : "poll"));
     state.pollTimer = setTimeout(poll, state.pollEvery);
   }
 

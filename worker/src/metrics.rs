@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -101,13 +101,25 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The registry in Prometheus text format.
+    /// The registry, then the apps' ([`app_registry`]), in Prometheus text format.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
+        let apps = app_registry().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &apps);
+        let _ = encode_eof(&mut text);
         text
     }
+}
+
+/// Where apps register their own metrics (once per process, e.g. from a
+/// `LazyLock`); rendered by `/metrics` with the worker's. Names must not
+/// clash with the worker's (`worker_*`): prefix them with the app's name.
+pub fn app_registry() -> &'static Mutex<Registry> {
+    static APPS: OnceLock<Mutex<Registry>> = OnceLock::new();
+    APPS.get_or_init(|| Mutex::new(Registry::default()))
 }
 
 impl Default for Metrics {

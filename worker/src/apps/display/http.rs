@@ -1,27 +1,34 @@
-//! `http.display` on `/api/display/`: snapshots, status polls and admin edits.
+//! `http.display` on `/api/display/`: what screens call, plus the admin API
+//! ([`super::admin`]).
 //!
-//! - `GET /api/display/snapshot/{token}/?dk=D` → `{"school", "name", "revision",
-//!   "schedule", "meta": {"ws_enabled"}}` with an ETag (`If-None-Match` → 304);
-//!   the first `dk` binds the screen, another → 403 `{"detail": "screen_bound"}`,
-//! - `GET /api/display/status/{token}/?v=N` → `{"fetch_required", "revision", "ws_enabled"}`
-//!   — the cheap call a polling screen makes,
-//! - `PUT /api/display/admin/schools/{school}/schedule/` (bearer
-//!   `DISPLAY_ADMIN_TOKEN`) → `{"revision": n}`, and one group send of
-//!   `{"type": "invalidate", "revision": n}` to `school:{school}`,
-//! - `PUT /api/display/admin/ws-enabled/` `{"enabled": bool}` flips the flag
-//!   live and tells every screen (`{"type": "config", "ws_enabled": b}`).
+//! - `GET snapshot/{token}/?dk=D` → `{"school", "name", "revision",
+//!   "schedule", "meta": {"ws_enabled"}}` with an ETag (`If-None-Match` →
+//!   304); the first `dk` binds the screen, another → 403 `{"detail":
+//!   "screen_bound"}`,
+//! - `GET status/{token}/?v=N` → `{"fetch_required", "revision", "ws_enabled"}`
+//!   — the cheap call a polling screen makes; with the snapshot's ETag in
+//!   `If-None-Match` it is a bodiless 304 while nothing changed.
+//!
+//! `ws_enabled` is per screen: the switch and its school's place in the
+//! rollout. It is part of the ETag, so a screen whose school leaves or joins
+//! the rollout sees a change at its next poll.
+//!
+//! Every answer is counted in `display_http_responses_total{endpoint,
+//! status}`; 304s are logged as `status 304` (the runbook counts them).
 
-use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query};
+use axum::extract::{Extension, MatchedPath, Path, Query, Request};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use switchyard_protocol::groups::{self, GroupFrame};
 
-use super::model::{self, Bind};
+use super::census;
+use super::metrics::METRICS;
+use super::model::{self, Bind, DisplayKeys};
+use super::rollout;
 use crate::http::WorkerRedis;
 
 pub const CHANNEL: &str = "http.display";
@@ -30,17 +37,73 @@ pub fn router() -> Router {
     Router::new()
         .route("/api/display/snapshot/{token}/", get(snapshot))
         .route("/api/display/status/{token}/", get(status))
-        .route("/api/display/admin/schools/{school}/schedule/", put(put_schedule))
-        .route("/api/display/admin/ws-enabled/", put(put_ws_enabled))
+        .merge(super::admin::router())
+        .layer(middleware::from_fn(count))
 }
 
-fn detail(status: StatusCode, detail: &str) -> Response {
+/// Counts every answer by endpoint and status, and starts the census.
+async fn count(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    if let Some(r) = request.extensions().get::<WorkerRedis>() {
+        census::ensure_running(&r.redis, &DisplayKeys::new(&r.keys));
+    }
+    let path = matched.as_ref().map_or("", |m| m.as_str());
+    let endpoint = if path.starts_with("/api/display/snapshot/") {
+        "snapshot"
+    } else if path.starts_with("/api/display/status/") {
+        "status"
+    } else if path.starts_with("/api/display/admin/") {
+        "admin"
+    } else {
+        "other"
+    };
+    let response = next.run(request).await;
+    METRICS.http(endpoint, response.status().as_u16());
+    response
+}
+
+/// `{"detail": …}` with a status: every error of the display API.
+pub(super) fn detail(status: StatusCode, detail: &str) -> Response {
     (status, Json(json!({ "detail": detail }))).into_response()
 }
 
-fn redis_down(error: redis::RedisError) -> Response {
+pub(super) fn redis_down(error: redis::RedisError) -> Response {
     tracing::warn!(%error, "display: Redis failed");
     detail(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+}
+
+/// The tag of what a screen shows: the school's revision and whether it
+/// should use a socket.
+fn etag(revision: u64, ws_enabled: bool) -> String {
+    format!("\"r{revision}-w{}\"", u8::from(ws_enabled))
+}
+
+fn matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+}
+
+fn not_modified(etag: String, endpoint: &'static str, token: &str, school: &str) -> Response {
+    tracing::info!(endpoint, %token, %school, "status 304");
+    (StatusCode::NOT_MODIFIED, cache_headers(etag)).into_response()
+}
+
+fn cache_headers(etag: String) -> [(header::HeaderName, String); 2] {
+    [(header::ETAG, etag), (header::CACHE_CONTROL, "no-cache".to_owned())]
+}
+
+/// The screen's school and the current config, or the answer to give.
+async fn locate(r: &mut WorkerRedis, dk: &DisplayKeys, token: &str) -> Result<(String, rollout::Config), Response> {
+    let school = match model::school_of(&mut r.redis, dk, token).await {
+        Ok(Some(school)) => school,
+        Ok(None) => return Err(detail(StatusCode::NOT_FOUND, "unknown_token")),
+        Err(error) => return Err(redis_down(error)),
+    };
+    match rollout::load(&mut r.redis, dk).await {
+        Ok(config) => Ok((school, config)),
+        Err(error) => Err(redis_down(error)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -54,31 +117,32 @@ async fn snapshot(
     Query(query): Query<SnapshotQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(device) = query.dk.filter(|d| !d.is_empty() && d.len() <= 128) else {
+    let Some(device) = query.dk.filter(|d| model::valid_device(d)) else {
         return detail(StatusCode::BAD_REQUEST, "dk_required");
     };
-    let snapshot = match model::bind(&mut r.redis, &r.keys, &token, &device).await {
-        Ok(Bind::Ok(snapshot)) => snapshot,
-        Ok(Bind::Mismatch) => return detail(StatusCode::FORBIDDEN, "screen_bound"),
+    let dk = DisplayKeys::new(&r.keys);
+    let (school, config) = match locate(&mut r, &dk, &token).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let (snapshot, binding) = match model::bind(&mut r.redis, &dk, &school, &token, &device, None).await {
+        Ok(Bind::Ok { snapshot, binding, .. }) => (snapshot, binding),
+        Ok(Bind::Mismatch { school }) => {
+            METRICS.binding_check("snapshot", "rejected");
+            tracing::warn!(%token, %school, %device, via = "snapshot", detail = "screen_bound", "device_binding_reject");
+            return detail(StatusCode::FORBIDDEN, "screen_bound");
+        }
         Ok(Bind::UnknownToken) => return detail(StatusCode::NOT_FOUND, "unknown_token"),
         Err(error) => return redis_down(error),
     };
-    let ws_enabled = match model::ws_enabled(&mut r.redis, &r.keys).await {
-        Ok(enabled) => enabled,
-        Err(error) => return redis_down(error),
-    };
-    // The flag is part of the snapshot, so it is part of the tag.
-    let etag = format!("\"r{}-w{}\"", snapshot.revision, u8::from(ws_enabled));
-    let cache = [
-        (header::ETAG, etag.clone()),
-        (header::CACHE_CONTROL, "no-cache".to_owned()),
-    ];
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
-    if matches {
-        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    METRICS.binding_check("snapshot", binding.label());
+    if binding == model::Binding::Bound {
+        tracing::info!(%token, %school, %device, via = "snapshot", "device bound");
+    }
+    let ws_enabled = config.sockets_for(&school);
+    let etag = etag(snapshot.revision, ws_enabled);
+    if matches(&headers, &etag) {
+        return not_modified(etag, "snapshot", &token, &school);
     }
     let schedule: Value = serde_json::from_str(&snapshot.schedule).unwrap_or(Value::Null);
     let body = json!({
@@ -88,7 +152,7 @@ async fn snapshot(
         "schedule": schedule,
         "meta": {"ws_enabled": ws_enabled},
     });
-    (cache, Json(body)).into_response()
+    (cache_headers(etag), Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -100,87 +164,28 @@ async fn status(
     Extension(mut r): Extension<WorkerRedis>,
     Path(token): Path<String>,
     Query(query): Query<StatusQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    let revision = match model::revision_of_screen(&mut r.redis, &r.keys, &token).await {
+    let dk = DisplayKeys::new(&r.keys);
+    let (school, config) = match locate(&mut r, &dk, &token).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let revision = match model::poll(&mut r.redis, &dk, &school, &token).await {
         Ok(Some(revision)) => revision,
         Ok(None) => return detail(StatusCode::NOT_FOUND, "unknown_token"),
         Err(error) => return redis_down(error),
     };
-    let ws_enabled = match model::ws_enabled(&mut r.redis, &r.keys).await {
-        Ok(enabled) => enabled,
-        Err(error) => return redis_down(error),
-    };
+    let ws_enabled = config.sockets_for(&school);
+    let etag = etag(revision, ws_enabled);
+    if matches(&headers, &etag) {
+        return not_modified(etag, "status", &token, &school);
+    }
     let known = query.v.and_then(|v| v.parse::<u64>().ok());
-    Json(json!({
+    let body = json!({
         "fetch_required": known != Some(revision),
         "revision": revision,
         "ws_enabled": ws_enabled,
-    }))
-    .into_response()
-}
-
-/// Whether the request carries `Authorization: Bearer $DISPLAY_ADMIN_TOKEN`
-/// (no admin at all when the variable is unset or empty).
-fn is_admin(headers: &HeaderMap) -> bool {
-    let Ok(expected) = std::env::var("DISPLAY_ADMIN_TOKEN") else {
-        return false;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    !expected.is_empty() && constant_time_eq(given.as_bytes(), expected.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn put_schedule(
-    Extension(mut r): Extension<WorkerRedis>,
-    Path(school): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !is_admin(&headers) {
-        return detail(StatusCode::UNAUTHORIZED, "unauthorized");
-    }
-    let Ok(schedule) = serde_json::from_slice::<Value>(&body) else {
-        return detail(StatusCode::BAD_REQUEST, "invalid_json");
-    };
-    let revision = match model::put_schedule(&mut r.redis, &r.keys, &school, &schedule.to_string()).await {
-        Ok(Some(revision)) => revision,
-        Ok(None) => return detail(StatusCode::NOT_FOUND, "unknown_school"),
-        Err(error) => return redis_down(error),
-    };
-    // Stored first, then one publish; a screen that misses it catches up by polling.
-    let invalidate = GroupFrame::Text(json!({"type": "invalidate", "revision": revision}).to_string());
-    let group = model::school_group(&school);
-    if let Err(error) = groups::group_send(&mut r.redis, &r.keys, &group, &invalidate).await {
-        tracing::warn!(%error, %group, "display: invalidate not sent; screens will poll");
-    }
-    Json(json!({ "revision": revision })).into_response()
-}
-
-#[derive(Deserialize)]
-struct WsEnabled {
-    enabled: bool,
-}
-
-async fn put_ws_enabled(Extension(mut r): Extension<WorkerRedis>, headers: HeaderMap, body: Bytes) -> Response {
-    if !is_admin(&headers) {
-        return detail(StatusCode::UNAUTHORIZED, "unauthorized");
-    }
-    let Ok(WsEnabled { enabled }) = serde_json::from_slice(&body) else {
-        return detail(StatusCode::BAD_REQUEST, "expected {\"enabled\": bool}");
-    };
-    if let Err(error) = model::set_ws_enabled(&mut r.redis, &r.keys, enabled).await {
-        return redis_down(error);
-    }
-    let config = GroupFrame::Text(json!({"type": "config", "ws_enabled": enabled}).to_string());
-    if let Err(error) = groups::group_send(&mut r.redis, &r.keys, model::ALL_GROUP, &config).await {
-        tracing::warn!(%error, "display: flag change not broadcast");
-    }
-    Json(json!({ "enabled": enabled })).into_response()
+    });
+    (cache_headers(etag), Json(body)).into_response()
 }

@@ -3,9 +3,9 @@
 //! `switchyard-worker --seed-display-demo` writes it when the school is
 //! missing (so a restart never resets edits or bindings), then serves as usual.
 
+use redis::aio::ConnectionLike;
 use redis::RedisResult;
 use serde_json::json;
-use switchyard_protocol::redis_conn::{Redis, SlotBatch};
 use switchyard_protocol::Keys;
 
 use super::model;
@@ -26,44 +26,26 @@ pub fn demo_schedule() -> serde_json::Value {
     })
 }
 
-/// Creates a school (revision 1) and its screens unless the school exists;
-/// returns whether it did.
-pub async fn seed_school(
-    con: &mut Redis,
-    keys: &Keys,
-    school: &str,
-    name: &str,
-    screens: &[String],
-) -> RedisResult<bool> {
-    let created: bool = redis::cmd("HSETNX")
-        .arg(model::school_key(keys, school))
-        .arg("name")
-        .arg(name)
+/// Writes the demo school and its screens unless the school exists (so a
+/// restart never resets edits or bindings); returns whether it did.
+pub async fn seed_demo<C: ConnectionLike>(con: &mut C, keys: &Keys) -> RedisResult<bool> {
+    let dk = model::DisplayKeys::new(keys);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(dk.school(DEMO_SCHOOL))
         .query_async(con)
         .await?;
-    if !created {
+    if exists {
         return Ok(false);
     }
-    redis::pipe()
-        .hset(model::school_key(keys, school), "revision", 1)
-        .hset(model::school_key(keys, school), "schedule", demo_schedule().to_string())
-        .query_async::<()>(con)
-        .await?;
-    // Each screen is a key of its own (its own hash slot on a Redis Cluster).
-    let mut screens_batch = SlotBatch::new();
-    for token in screens {
-        let key = model::screen_key(keys, token);
-        let mut hset = redis::cmd("HSET");
-        hset.arg(&key).arg("school").arg(school);
-        screens_batch.add(&key, hset);
-    }
-    screens_batch.run_all(con).await?;
-    Ok(true)
-}
-
-pub async fn seed_demo(con: &mut Redis, keys: &Keys) -> RedisResult<bool> {
     let screens: Vec<String> = DEMO_SCREENS.iter().map(|s| (*s).to_owned()).collect();
-    seed_school(con, keys, DEMO_SCHOOL, "Demo School", &screens).await
+    let schedule = demo_schedule().to_string();
+    match model::create_school(con, &dk, DEMO_SCHOOL, "Demo School", &schedule, &screens).await? {
+        Ok(created) => Ok(created),
+        Err(model::CreateError::TokenTaken { token, school }) => {
+            tracing::warn!(%token, %school, "display: a demo token belongs to another school; demo not seeded");
+            Ok(false)
+        }
+    }
 }
 
 /// `--seed-display-demo`: seeds once at start; a failure is logged, not fatal
@@ -72,6 +54,7 @@ pub async fn seed_at_start(config: &WorkerConfig) {
     let keys = Keys::new(config.prefix.clone());
     let seeded = async {
         let client = config.redis.client()?;
+        // The same kind of connection the worker's runtime opens.
         let mut con = client.shared()?;
         anyhow::Ok(seed_demo(&mut con, &keys).await?)
     };

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_protocol::redis_conn::{Backoff, Redis, SlotBatch};
+use switchyard_protocol::redis_conn::{wait_for_replicas, Backoff, Redis, SlotBatch};
 use switchyard_protocol::PAYLOAD_FIELD;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -172,8 +172,9 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
     }
 }
 
-/// One attempt: the XADDs (a pipeline per slot), then `WAIT` if asked for.
-/// The outcome of each message.
+/// One attempt: the XADDs (one pipeline, or one request per stream on a
+/// cluster), then `WAIT` on the nodes written to if asked for. The outcome of
+/// each message.
 async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<()>> {
     let mut batch = SlotBatch::new();
     for item in items {
@@ -185,31 +186,18 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
     }
     let mut outcomes: Vec<redis::RedisResult<()>> = batch.run(con).await.into_iter().map(|o| o.map(drop)).collect();
     if wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
-        if let Err(error) = wait(con, wait_replicas).await {
+        let written = items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_ok())
+            .filter_map(|(item, _)| item.stream.as_deref());
+        if let Err(error) = wait_for_replicas(con, written, wait_replicas, WAIT_TIMEOUT).await {
             for outcome in outcomes.iter_mut() {
                 *outcome = Err(error.clone());
             }
         }
     }
     outcomes
-}
-
-/// `WAIT n`: fails when fewer replicas than asked have what was written.
-async fn wait(con: &Redis, replicas: u32) -> redis::RedisResult<()> {
-    let mut con = con.clone();
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(replicas)
-        .arg(WAIT_TIMEOUT.as_millis() as u64)
-        .query_async(&mut con)
-        .await?;
-    if acked < i64::from(replicas) {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "fewer replicas than --redis-wait-replicas acknowledged the append",
-            format!("{acked} of {replicas}"),
-        )));
-    }
-    Ok(())
 }
 
 fn acknowledge(item: Item, ok: bool) {

@@ -22,12 +22,16 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use crate::redis_conn::{cluster_shards, primary_of, ClusterShard, Redis};
+
 /// How long requests may go unanswered before the connection is probed.
 pub const STALL: Duration = Duration::from_secs(2);
 /// How long the probe waits.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the watchdog looks.
 const EVERY: Duration = Duration::from_millis(500);
+/// How long a read of the cluster's shards is trusted for routing `WAIT`s.
+const SHARDS_FRESH: Duration = Duration::from_secs(2);
 
 /// A shared cluster connection that is replaced when it stops answering.
 #[derive(Clone)]
@@ -38,6 +42,9 @@ pub struct SharedCluster {
 struct State {
     client: ClusterClient,
     current: Mutex<ClusterConnection>,
+    /// Which primary serves which slots, as last read (for `WAIT`); refreshed
+    /// when older than [`SHARDS_FRESH`].
+    shards: tokio::sync::Mutex<Option<(Instant, Vec<ClusterShard>)>>,
     started: Instant,
     /// Milliseconds since `started` of the last answer (any reply, errors
     /// from the server included), and of the last request made.
@@ -54,6 +61,7 @@ impl SharedCluster {
         let state = Arc::new(State {
             client,
             current: Mutex::new(connection),
+            shards: tokio::sync::Mutex::new(None),
             started: Instant::now(),
             last_answer: AtomicU64::new(0),
             last_request: AtomicU64::new(0),
@@ -66,6 +74,31 @@ impl SharedCluster {
     /// The connection requests go through now.
     pub fn connection(&self) -> ClusterConnection {
         self.state.current()
+    }
+
+    /// One slot per primary among `slots`, with that primary's address: the
+    /// nodes a `WAIT` must go to. From `CLUSTER SHARDS`, read again when older
+    /// than [`SHARDS_FRESH`]; if it cannot be read, every slot stands for itself.
+    pub async fn masters_of(&self, slots: &[u16]) -> Vec<(u16, String)> {
+        let mut cached = self.state.shards.lock().await;
+        let stale = cached.as_ref().is_none_or(|(at, _)| at.elapsed() > SHARDS_FRESH);
+        if stale {
+            let mut con = Redis::SharedCluster(self.clone());
+            if let Ok(shards) = cluster_shards(&mut con).await {
+                *cached = Some((Instant::now(), shards));
+            }
+        }
+        let mut by_node: Vec<(u16, String)> = Vec::new();
+        for &slot in slots {
+            let node = cached
+                .as_ref()
+                .and_then(|(_, shards)| primary_of(shards, slot))
+                .map_or_else(|| format!("slot {slot}"), str::to_owned);
+            if !by_node.iter().any(|(_, n)| *n == node) {
+                by_node.push((slot, node));
+            }
+        }
+        by_node
     }
 
     /// How many times the connection was replaced (for tests and logs).

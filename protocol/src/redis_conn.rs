@@ -499,6 +499,69 @@ pub fn primary_of(shards: &[ClusterShard], slot: u16) -> Option<&str> {
         .map(|shard| shard.primary.as_str())
 }
 
+/// Waits until `replicas` replicas have every write made so far on this
+/// connection to the nodes that hold `keys` (`WAIT replicas timeout`, sent to
+/// each of those nodes once). Fails when fewer replicas answer in time.
+///
+/// `WAIT` counts the writes of one client connection, and redis-rs keeps one
+/// connection per node: a `WAIT` on a node covers everything this process
+/// wrote there. On a cluster it goes only to the masters that hold `keys`, so
+/// a shard that lost its replica (a failover not yet healed) holds up only the
+/// writes that go to it.
+pub async fn wait_for_replicas<'k>(
+    con: &Redis,
+    keys: impl IntoIterator<Item = &'k str>,
+    replicas: u32,
+    timeout: Duration,
+) -> RedisResult<()> {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(timeout.as_millis() as u64);
+    let acknowledged: Vec<i64> = match con.cluster_connection() {
+        None => {
+            let mut con = con.clone();
+            vec![wait.query_async(&mut con).await?]
+        }
+        Some(cluster) => {
+            let mut seen = std::collections::BTreeSet::new();
+            let slots: Vec<u16> = keys
+                .into_iter()
+                .map(|k| slot(k.as_bytes()))
+                .filter(|s| seen.insert(*s))
+                .collect();
+            // One slot per master is enough: the master answers for all its slots.
+            let nodes = match con {
+                Redis::SharedCluster(shared) => shared.masters_of(&slots).await,
+                _ => slots.iter().map(|s| (*s, format!("slot {s}"))).collect(),
+            };
+            let waits = nodes.into_iter().map(|(slot, _)| {
+                let mut cluster = cluster.clone();
+                let wait = wait.clone();
+                async move {
+                    let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                        redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+                            redis::cluster_routing::Route::new(slot, redis::cluster_routing::SlotAddr::Master),
+                        ),
+                    );
+                    let value = cluster.route_command(wait, routing).await?;
+                    Ok::<i64, RedisError>(redis::from_redis_value::<i64>(value)?)
+                }
+            });
+            futures::future::join_all(waits)
+                .await
+                .into_iter()
+                .collect::<RedisResult<Vec<i64>>>()?
+        }
+    };
+    match acknowledged.iter().min() {
+        Some(&n) if n < i64::from(replicas) => Err(RedisError::from((
+            ErrorKind::Io,
+            "fewer replicas than --redis-wait-replicas acknowledged a write",
+            format!("{n} of {replicas}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// One shard of a cluster as `CLUSTER SHARDS` tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterShard {

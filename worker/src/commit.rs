@@ -44,7 +44,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Script, Value};
 use switchyard_protocol::groups::{publish_command, GroupFrame};
-use switchyard_protocol::redis_conn::{Redis, SlotBatch};
+use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
 use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -280,12 +280,12 @@ async fn run(settings: Arc<Settings>, scripts: Arc<Scripts>, mut rx: mpsc::Unbou
 /// Runs the four steps over a batch; each item ends with its outcome or the
 /// first error it met (its handler then runs the message again).
 async fn commit_batch(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
-    session_step(settings, scripts, items).await;
-    wait_replicas(settings, items).await;
-    groups_step(settings, scripts, items).await;
-    wait_replicas(settings, items).await;
-    reply_step(settings, scripts, items).await;
-    wait_replicas(settings, items).await;
+    let written = session_step(settings, scripts, items).await;
+    wait_replicas(settings, items, &written).await;
+    let written = groups_step(settings, scripts, items).await;
+    wait_replicas(settings, items, &written).await;
+    let written = reply_step(settings, scripts, items).await;
+    wait_replicas(settings, items, &written).await;
     ack_step(settings, items).await;
 }
 
@@ -307,8 +307,9 @@ fn by_slot(
     groups
 }
 
-/// Step 1: session writes and outboxes, once per message.
-async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+/// Step 1: session writes and outboxes, once per message. Returns the keys
+/// written (one per slot).
+async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
     let keys = &settings.keys;
     let groups = by_slot(&settings.redis, items, |item| {
         let session = item.commit.session.as_ref()?;
@@ -348,6 +349,10 @@ async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]
         async move { invocation.invoke_async::<Vec<Value>>(&mut con).await }
     });
     let results = join_all(calls).await;
+    let written = groups
+        .values()
+        .filter_map(|m| m.first().map(|(_, key)| key.clone()))
+        .collect();
     for (members, result) in groups.values().zip(results) {
         match result {
             Ok(codes) => {
@@ -365,6 +370,7 @@ async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]
             }
         }
     }
+    written
 }
 
 fn encode_outbox(commit: &Commit) -> Vec<u8> {
@@ -440,8 +446,9 @@ fn apply_session_result(item: &mut Item, code: Value) {
     }
 }
 
-/// Step 2: group sends, once per message and group.
-async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+/// Step 2: group sends, once per message and group. Returns the keys written
+/// (one per slot).
+async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
     let keys = &settings.keys;
     // One entry per (message, group): the sends of a message to a group stay together.
     let mut sends: BTreeMap<u16, Vec<(usize, &str, &GroupFrame)>> = BTreeMap::new();
@@ -455,8 +462,12 @@ async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item])
         }
     }
     if sends.is_empty() {
-        return;
+        return Vec::new();
     }
+    let written = sends
+        .values()
+        .filter_map(|m| m.first().map(|(_, group, _)| keys.group_seq(group)))
+        .collect();
     let publish = publish_command(settings.redis.is_cluster());
     let calls = sends.values().map(|members| {
         let mut invocation = scripts.groups.prepare_invoke();
@@ -486,10 +497,12 @@ async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item])
     for (index, error) in failed {
         items[index].state = Err(error);
     }
+    written
 }
 
-/// Step 3: replies and HTTP request bodies.
-async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+/// Step 3: replies and HTTP request bodies. Returns the keys written (one
+/// per slot).
+async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
     let keys = &settings.keys;
     let groups = by_slot(&settings.redis, items, |item| {
         item.writing().then(|| keys.reply_stream(&item.commit.interface))
@@ -518,6 +531,10 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
         async move { invocation.invoke_async::<i64>(&mut con).await }
     });
     let results = join_all(calls).await;
+    let written = groups
+        .values()
+        .filter_map(|m| m.first().map(|(_, key)| key.clone()))
+        .collect();
     for (members, result) in groups.values().zip(results) {
         if let Err(error) = result {
             for (index, _) in members {
@@ -525,6 +542,7 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
             }
         }
     }
+    written
 }
 
 /// Step 4: one `XACK` per stream for everything that got this far.
@@ -558,29 +576,24 @@ async fn ack_step(settings: &Settings, items: &mut [Item]) {
 }
 
 /// With `--redis-wait-replicas N`: waits until N replicas have what the last
-/// step wrote; if they do not within the timeout, every item still under way
-/// fails (and is handled again: every step is safe to repeat).
-async fn wait_replicas(settings: &Settings, items: &mut [Item]) {
-    if settings.wait_replicas == 0 || !items.iter().any(Item::writing) {
+/// step wrote (`written`: a key per slot it wrote to); if they do not within
+/// the timeout, every item still under way fails (and is handled again: every
+/// step is safe to repeat).
+async fn wait_replicas(settings: &Settings, items: &mut [Item], written: &[String]) {
+    if settings.wait_replicas == 0 || written.is_empty() || !items.iter().any(Item::writing) {
         return;
     }
-    let mut con = settings.redis.clone();
-    let acked: RedisResult<i64> = redis::cmd("WAIT")
-        .arg(settings.wait_replicas)
-        .arg(WAIT_TIMEOUT.as_millis() as u64)
-        .query_async(&mut con)
-        .await;
-    let error = match acked {
-        Ok(n) if n >= i64::from(settings.wait_replicas) => return,
-        Ok(n) => RedisError::from((
-            redis::ErrorKind::Io,
-            "fewer replicas than --redis-wait-replicas acknowledged the commit",
-            format!("{n} of {}", settings.wait_replicas),
-        )),
-        Err(error) => error,
-    };
-    for item in items.iter_mut().filter(|item| item.writing()) {
-        item.state = Err(error.clone());
+    let waited = wait_for_replicas(
+        &settings.redis,
+        written.iter().map(String::as_str),
+        settings.wait_replicas,
+        WAIT_TIMEOUT,
+    )
+    .await;
+    if let Err(error) = waited {
+        for item in items.iter_mut().filter(|item| item.writing()) {
+            item.state = Err(error.clone());
+        }
     }
 }
 

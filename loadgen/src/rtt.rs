@@ -163,6 +163,8 @@ pub struct PidCpu {
     pub pid: u32,
     pub name: String,
     pub cpu_us: u64,
+    /// Of `cpu_us`, the part spent in the kernel (syscalls, scheduling, the TCP stack).
+    pub sys_cpu_us: u64,
     pub cpu_us_per_msg: Option<f64>,
 }
 
@@ -327,6 +329,7 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
                 pid: d.pid,
                 name: d.name.clone(),
                 cpu_us: d.cpu_us,
+                sys_cpu_us: d.sys_cpu_us,
                 cpu_us_per_msg: per_msg(d.cpu_us),
             })
             .collect(),

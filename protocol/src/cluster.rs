@@ -50,6 +50,10 @@ struct State {
     /// from the server included), and of the last request made.
     last_answer: AtomicU64,
     last_request: AtomicU64,
+    /// Milliseconds since `started` (+1, so 0 is "none") of the first and the
+    /// last request that timed out since the connection was made.
+    first_timeout: AtomicU64,
+    last_timeout: AtomicU64,
     /// Connections replaced so far.
     replaced: AtomicU64,
 }
@@ -65,6 +69,8 @@ impl SharedCluster {
             started: Instant::now(),
             last_answer: AtomicU64::new(0),
             last_request: AtomicU64::new(0),
+            first_timeout: AtomicU64::new(0),
+            last_timeout: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
         });
         tokio::spawn(watch(Arc::downgrade(&state)));
@@ -123,7 +129,10 @@ impl State {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn record<T>(&self, outcome: &RedisResult<T>) {
+    /// Records a request's outcome; `generation` is the value of `replaced`
+    /// when it started: late timeouts from a replaced connection do not count
+    /// against the new one.
+    fn record<T>(&self, outcome: &RedisResult<T>, generation: u64) {
         // A server's answer, even an error, shows the connection works; a
         // timeout or a dropped connection does not.
         let answered = match outcome {
@@ -133,6 +142,34 @@ impl State {
         if answered {
             self.last_answer.store(self.now(), Ordering::Relaxed);
         }
+        let current = generation == self.replaced.load(Ordering::Relaxed);
+        if current && matches!(outcome, Err(error) if error.is_timeout()) {
+            let now = self.now() + 1;
+            let _ = self
+                .first_timeout
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            self.last_timeout.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests to part of the cluster have been timing out for [`STALL`]
+    /// and still are: other nodes may answer, but some slots are stuck.
+    fn timing_out(&self) -> bool {
+        let first = self.first_timeout.load(Ordering::Relaxed);
+        let last = self.last_timeout.load(Ordering::Relaxed);
+        let now = self.now() + 1;
+        let stall = STALL.as_millis() as u64;
+        first != 0 && now.saturating_sub(first) >= stall && now.saturating_sub(last) < stall
+    }
+
+    fn replace(&self, why: &str, silent_ms: u64) {
+        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = pending(&self.client);
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+        // Give the new connection its own grace period.
+        self.last_answer.store(self.now(), Ordering::Relaxed);
+        self.first_timeout.store(0, Ordering::Relaxed);
+        self.last_timeout.store(0, Ordering::Relaxed);
+        tracing::warn!(silent_ms, why, "Redis Cluster connection replaced with a new one");
     }
 }
 
@@ -145,6 +182,10 @@ async fn watch(state: Weak<State>) {
             return;
         };
         let now = state.now();
+        if state.timing_out() {
+            state.replace("requests to part of the cluster keep timing out", 0);
+            continue;
+        }
         let last_answer = state.last_answer.load(Ordering::Relaxed);
         let last_request = state.last_request.load(Ordering::Relaxed);
         let stalled = last_request > last_answer && now.saturating_sub(last_answer) >= STALL.as_millis() as u64;
@@ -157,14 +198,7 @@ async fn watch(state: Weak<State>) {
             state.last_answer.store(state.now(), Ordering::Relaxed);
             continue;
         }
-        *state.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = pending(&state.client);
-        state.replaced.fetch_add(1, Ordering::Relaxed);
-        // Give the new connection its own grace period.
-        state.last_answer.store(state.now(), Ordering::Relaxed);
-        tracing::warn!(
-            silent_ms = now.saturating_sub(last_answer),
-            "Redis Cluster connection stopped answering; replaced it with a new one"
-        );
+        state.replace("stopped answering", now.saturating_sub(last_answer));
     }
 }
 
@@ -172,10 +206,11 @@ impl ConnectionLike for SharedCluster {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let state = self.state.clone();
         state.last_request.store(state.now(), Ordering::Relaxed);
+        let generation = state.replaced.load(Ordering::Relaxed);
         let mut con = state.current();
         Box::pin(async move {
             let outcome = con.req_packed_command(cmd).await;
-            state.record(&outcome);
+            state.record(&outcome, generation);
             outcome
         })
     }
@@ -188,10 +223,11 @@ impl ConnectionLike for SharedCluster {
     ) -> RedisFuture<'a, Vec<Value>> {
         let state = self.state.clone();
         state.last_request.store(state.now(), Ordering::Relaxed);
+        let generation = state.replaced.load(Ordering::Relaxed);
         let mut con = state.current();
         Box::pin(async move {
             let outcome = con.req_packed_commands(pipeline, offset, count).await;
-            state.record(&outcome);
+            state.record(&outcome, generation);
             outcome
         })
     }

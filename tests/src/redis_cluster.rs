@@ -56,6 +56,9 @@ pub struct RedisClusterOptions {
     pub node_timeout: Duration,
     /// Append-only file fsynced on every write, on every node.
     pub persistent: bool,
+    /// Replicas per master (1 by default: six nodes). With 2, a master's failover still
+    /// leaves its successor a replica, which `--redis-wait-replicas 1` needs to go on writing.
+    pub replicas_per_master: usize,
 }
 
 impl Default for RedisClusterOptions {
@@ -63,6 +66,7 @@ impl Default for RedisClusterOptions {
         RedisClusterOptions {
             node_timeout: Duration::from_millis(2000),
             persistent: false,
+            replicas_per_master: 1,
         }
     }
 }
@@ -193,7 +197,7 @@ impl RedisCluster {
             nodes: Vec::new(),
             down: HashMap::new(),
         };
-        for _ in 0..NODES {
+        for _ in 0..MASTERS * (1 + cluster.options.replicas_per_master) {
             let node = cluster.launch_new_node().await?;
             cluster.nodes.push(node);
         }
@@ -303,7 +307,7 @@ impl RedisCluster {
         }
     }
 
-    /// `redis-cli --cluster create <six nodes> --cluster-replicas 1 --cluster-yes` (the first
+    /// `redis-cli --cluster create <nodes> --cluster-replicas N --cluster-yes` (the first
     /// three become masters); its output goes to `redis-cli-create.log`.
     async fn create(&self) -> Result<()> {
         let program = which("redis-cli").context(
@@ -312,7 +316,11 @@ impl RedisCluster {
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(["--cluster", "create"])
             .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.options.replicas_per_master.to_string(),
+                "--cluster-yes",
+            ])
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())

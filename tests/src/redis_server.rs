@@ -41,6 +41,8 @@ pub struct RedisOptions {
     /// An ACL user `(name, password)` with every right; the default user is disabled, so
     /// nothing works without these credentials.
     pub user: Option<(String, String)>,
+    /// On a Redis Cluster only: replicas per master (default 1).
+    pub replicas_per_master: Option<usize>,
 }
 
 /// A redis-server child process.

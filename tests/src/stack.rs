@@ -81,6 +81,13 @@ impl StackBuilder {
         self
     }
 
+    /// Runs on a Redis Cluster with `replicas` replicas per master.
+    pub fn redis_cluster_with_replicas(mut self, replicas: usize) -> Self {
+        self.topology = Some(Topology::Cluster);
+        self.redis.replicas_per_master = Some(replicas);
+        self
+    }
+
     /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
     pub fn persistent_redis(mut self) -> Self {
         self.redis.persistent = true;

@@ -70,9 +70,11 @@ impl TestRedis {
                          `.single_redis()`"
                     );
                 }
+                let defaults = RedisClusterOptions::default();
                 let cluster_options = RedisClusterOptions {
                     persistent: options.persistent,
-                    ..RedisClusterOptions::default()
+                    replicas_per_master: options.replicas_per_master.unwrap_or(defaults.replicas_per_master),
+                    ..defaults
                 };
                 Ok(TestRedis::Cluster(
                     RedisCluster::start_with_options(dir, cluster_options).await?,

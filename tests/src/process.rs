@@ -62,7 +62,7 @@ impl Proc {
             cmd.env_remove(key);
         }
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+            cmd.env("RUST_LOG", "info,redis=warn");
         }
         cmd.env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
         for (k, v) in env {

@@ -113,7 +113,7 @@ async fn the_admin_page_shows_screens_flips_the_switch_and_the_rollout_edits_and
     page.fill("#rollout-percent", "0").await;
     page.click("#rollout-apply").await;
     page.wait(
-        "document.querySelector('#status').textContent.startsWith('rollout applied')",
+        "document.querySelector('#status').textContent.startsWith('rollout applied:')",
         "the rollout is applied",
     )
     .await;

@@ -403,3 +403,54 @@ async fn blue_green_interfaces_clients_resume_by_session_uuid() {
     })
     .await
 }
+
+/// `REDIS_CLUSTER=3 scripts/up`: the same stack on a local Redis Cluster (3 masters with a
+/// replica each) — ready, serving chat and groups through the cluster — and its six nodes stop
+/// with the stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_up_on_a_redis_cluster_serves_and_stops_its_nodes() {
+    let _heavy = exclusive().await;
+    bounded(Duration::from_secs(150), async {
+        let stack = Supervised::builder("ops-up-cluster")
+            .env("REDIS_CLUSTER", "3")
+            .start()
+            .await;
+        assert!(
+            stack.redis_url().starts_with("redis+cluster://"),
+            "REDIS_URL is {}",
+            stack.redis_url()
+        );
+        let ports: Vec<u16> = std::fs::read_to_string(stack.run_dir().join("cluster/ports"))
+            .expect("the cluster's ports")
+            .split_whitespace()
+            .map(|p| p.parse().expect("a port"))
+            .collect();
+        assert_eq!(ports.len(), 6, "{ports:?}");
+
+        let mut chat = ws::connect_retry(
+            &stack.ws_url("/ws/chat/?session_uuid=up-cluster"),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("chat");
+        for expected in 1..=3 {
+            assert_eq!(chat.chat("hi", REPLY_TIMEOUT).await.expect("chat answer"), expected);
+        }
+        let (status, code) = stack.status().await.expect("switchyard status");
+        assert_eq!(code, 0, "{status}");
+        assert_eq!(status["redis"]["topology"], "cluster", "{status}");
+        assert_eq!(status["redis"]["shards"].as_array().map_or(0, Vec::len), 3, "{status}");
+        chat.close().await;
+
+        drop(stack);
+        for port in ports {
+            let alive = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ping"])
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).contains("PONG"))
+                .unwrap_or(false);
+            assert!(!alive, "cluster node {port} still runs after the stack stopped");
+        }
+    })
+    .await
+}

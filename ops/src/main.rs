@@ -86,6 +86,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 GroupFrame::Text(message)
             };
             let seq = groups::group_send(&mut con, &keys, &group, &frame).await?;
+            if cli.redis.wait_replicas > 0 {
+                let key = keys.group_seq(&group);
+                redis_conn::wait_for_replicas(
+                    &con,
+                    [key.as_str()],
+                    cli.redis.wait_replicas,
+                    std::time::Duration::from_secs(2),
+                )
+                .await?;
+            }
             println!("sent to group {group} (broadcast #{seq})");
             Ok(ExitCode::SUCCESS)
         }

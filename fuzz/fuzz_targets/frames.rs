@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard_interface::websocket::reader::fuzzing::{Inbound, OpCode, Reader};
+use switchyard_interface::websocket::frames::fuzzing::{Inbound, OpCode, Reader};
 use switchyard_protocol::Payload;
 
 const OPCODES: [OpCode; 6] = [

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use switchyard_protocol::logging::LogFormat;
-use switchyard_protocol::redis_conn;
+use switchyard_cli::logging::LogFormat;
+use switchyard_cli::seconds::{self, HOUR, THIRTY_DAYS};
+use switchyard_cli::RedisArgs;
 
-use crate::admission::OriginPattern;
-use crate::router::{Route, Routes};
-use crate::static_files::Mount;
-use crate::websocket::limits::{self, ConnLimits};
+use crate::front::admission::OriginPattern;
+use crate::front::router::{Route, Routes};
+use crate::front::static_files::Mount;
+use crate::websocket::limits::ConnLimits;
 
 /// Switchyard interface server: terminates HTTP and WebSocket connections and
 /// hands every client event to workers over Redis streams.
@@ -47,8 +48,8 @@ pub struct Config {
     /// Seconds a client has to send a complete request head (request line and
     /// headers) before its TCP connection is closed: the slowloris guard. An
     /// idle keep-alive connection is closed after this long too.
-    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
-    pub header_read_timeout: f64,
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value = "10", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
+    pub header_read_timeout: Duration,
 
     /// Largest request head (request line and headers) in bytes; a larger one
     /// gets 431 Request Header Fields Too Large. Range 1024..=262144.
@@ -63,7 +64,7 @@ pub struct Config {
     pub allowed_origins: Vec<OriginPattern>,
 
     #[command(flatten)]
-    pub redis: redis_conn::RedisArgs,
+    pub redis: RedisArgs,
 
     /// Prefix of every Redis key, so deployments can share one Redis.
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
@@ -107,12 +108,12 @@ pub struct Config {
 
     /// Seconds an HTTP request waits for a worker to start answering (and,
     /// while a response streams, for its next piece) before 503.
-    #[arg(long, env = "SWITCHYARD_HTTP_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
-    pub http_timeout: f64,
+    #[arg(long, env = "SWITCHYARD_HTTP_TIMEOUT", default_value = "60", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
+    pub http_timeout: Duration,
 
     /// Seconds a WebSocket handshake waits for a worker's answer before 503.
-    #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT", default_value_t = 5.0, value_parser = parse_seconds)]
-    pub connect_timeout: f64,
+    #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT", default_value = "5", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
+    pub connect_timeout: Duration,
 
     /// Largest WebSocket message (and frame) in bytes; larger ones close with 1009.
     #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
@@ -120,14 +121,14 @@ pub struct Config {
 
     /// Seconds between the pings the interface sends on every WebSocket, so
     /// proxies and load balancers do not cut quiet sockets (0: no pings).
-    #[arg(long, env = "SWITCHYARD_PING_INTERVAL", default_value_t = 20.0, value_parser = limits::parse_seconds_or_off)]
-    pub ping_interval: f64,
+    #[arg(long, env = "SWITCHYARD_PING_INTERVAL", default_value = "20", value_parser = seconds::between(0.0, HOUR))]
+    pub ping_interval: Duration,
 
     /// Seconds without any frame from a client (data, ping, pong or close)
     /// after which its WebSocket is closed with 1001 "idle timeout": a client
     /// that no longer answers pings is gone. Must exceed --ping-interval (0: never).
-    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = limits::parse_seconds_or_off)]
-    pub idle_timeout: f64,
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value = "60", value_parser = seconds::between(0.0, HOUR))]
+    pub idle_timeout: Duration,
 
     /// Messages that may wait for one client that reads too slowly; one more
     /// closes its WebSocket with 1008 "send queue full" (0: unbounded).
@@ -136,12 +137,12 @@ pub struct Config {
 
     /// Seconds one write to a client may stay blocked before its WebSocket is
     /// dropped as a slow reader, without a close frame (0: no limit).
-    #[arg(long, env = "SWITCHYARD_SEND_TIMEOUT", default_value_t = 30.0, value_parser = limits::parse_seconds_or_off)]
-    pub send_timeout: f64,
+    #[arg(long, env = "SWITCHYARD_SEND_TIMEOUT", default_value = "30", value_parser = seconds::between(0.0, HOUR))]
+    pub send_timeout: Duration,
 
     /// Messages per second one client may send on average; a client over it is
     /// closed with 1008 "message rate exceeded" (0: no limit).
-    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_RATE", default_value_t = 0.0, value_parser = limits::parse_rate)]
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub max_message_rate: f64,
 
     /// Messages one client may send at once before --max-message-rate applies
@@ -150,18 +151,18 @@ pub struct Config {
     pub message_burst: u32,
 
     /// Seconds a graceful shutdown may take before every socket is closed anyway.
-    #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT", default_value_t = 8.0, value_parser = parse_seconds)]
-    pub shutdown_timeout: f64,
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT", default_value = "8", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
+    pub shutdown_timeout: Duration,
 
     /// Seconds client messages are held while Redis is unreachable before the
     /// connection is closed with 1013 (try again later).
-    #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value_t = 10.0, value_parser = parse_seconds)]
-    pub redis_hold: f64,
+    #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value = "10", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
+    pub redis_hold: Duration,
 
     /// Seconds a group membership survives in Redis without being refreshed
     /// (presence counts; members of an interface that died expire after this).
-    #[arg(long, env = "SWITCHYARD_GROUP_EXPIRY", default_value_t = 86_400.0, value_parser = parse_seconds_long)]
-    pub group_expiry: f64,
+    #[arg(long, env = "SWITCHYARD_GROUP_EXPIRY", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
+    pub group_expiry: Duration,
 
     /// Interface id (names its reply stream); random by default.
     #[arg(long, env = "SWITCHYARD_INTERFACE_ID")]
@@ -203,22 +204,18 @@ fn parse_origin(text: &str) -> Result<OriginPattern, String> {
     OriginPattern::parse(text)
 }
 
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(value > 0.0 && value <= 3600.0) {
-        return Err(format!("{value} is out of range (0, 3600] seconds"));
-    }
-    Ok(value)
-}
+/// The shortest timeout a flag takes: 0 would mean "fail at once".
+const MIN_TIMEOUT: f64 = 0.001;
 
-fn parse_seconds_long(text: &str) -> Result<f64, String> {
+/// Messages per second in [0, 1000000]; 0 turns the limit off.
+fn parse_rate(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(1.0..=30.0 * 86_400.0).contains(&value) {
-        return Err(format!("{value} is out of range [1, 2592000] seconds"));
+        .map_err(|_| format!("`{text}` is not a number of messages per second"))?;
+    if !(0.0..=1_000_000.0).contains(&value) {
+        return Err(format!(
+            "{value} is out of range [0, 1000000] messages per second (0: off)"
+        ));
     }
     Ok(value)
 }
@@ -284,7 +281,22 @@ impl Config {
                 self.max_header_size
             );
         }
-        ConnLimits::validate(self)?;
+        if let (Some(ping), Some(idle)) = (
+            seconds::off_if_zero(self.ping_interval),
+            seconds::off_if_zero(self.idle_timeout),
+        ) {
+            if idle <= ping {
+                bail!(
+                    "--idle-timeout: {} s must exceed --ping-interval ({} s), or a quiet client \
+                     is closed before it was even pinged",
+                    idle.as_secs_f64(),
+                    ping.as_secs_f64()
+                );
+            }
+        }
+        if self.message_burst > 0 && self.max_message_rate == 0.0 {
+            bail!("--message-burst: needs --max-message-rate");
+        }
         if self.channel_shards > switchyard_protocol::shards::MAX_SHARDS {
             bail!(
                 "--channel-shards: {} is above the limit of {}",
@@ -314,12 +326,25 @@ impl Config {
         match self.max_connections {
             Some(0) => None,
             Some(n) => Some(n),
-            None => crate::admission::default_max_connections(),
+            None => crate::front::admission::default_max_connections(),
         }
     }
 
-    pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.header_read_timeout)
+    /// The per-connection limits of established WebSockets (built once, at start).
+    pub fn conn_limits(&self) -> ConnLimits {
+        let rate = self.max_message_rate;
+        let burst = if self.message_burst == 0 {
+            rate.max(1.0)
+        } else {
+            f64::from(self.message_burst)
+        };
+        ConnLimits {
+            ping_interval: seconds::off_if_zero(self.ping_interval),
+            idle_timeout: seconds::off_if_zero(self.idle_timeout),
+            max_send_queue: self.max_send_queue,
+            send_timeout: seconds::off_if_zero(self.send_timeout),
+            message_rate: (rate > 0.0).then_some((rate, burst)),
+        }
     }
 
     /// The configuration as `--check` prints it: the Redis password hidden.
@@ -328,26 +353,6 @@ impl Config {
             redis: self.redis.redacted(),
             ..self.clone()
         }
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.connect_timeout)
-    }
-
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_timeout)
-    }
-
-    pub fn group_expiry(&self) -> Duration {
-        Duration::from_secs_f64(self.group_expiry)
-    }
-
-    pub fn redis_hold(&self) -> Duration {
-        Duration::from_secs_f64(self.redis_hold)
-    }
-
-    pub fn http_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.http_timeout)
     }
 }
 
@@ -377,12 +382,12 @@ mod admission_flag_tests {
     fn defaults() {
         let c = config(&[]);
         assert_eq!(c.max_connections_per_ip, 0);
-        assert_eq!(c.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_header_size, 16384);
         assert!(c.allowed_origins.is_empty());
         assert_eq!(
             c.effective_max_connections(),
-            crate::admission::default_max_connections()
+            crate::front::admission::default_max_connections()
         );
         c.validate().expect("defaults are valid");
     }
@@ -426,5 +431,101 @@ mod admission_flag_tests {
         config(&["--max-header-size", "1024"])
             .validate()
             .expect("lower bound is valid");
+    }
+}
+
+#[cfg(test)]
+mod limit_flag_tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let argv = std::iter::once("switchyard-interface").chain(args.iter().copied());
+        let config = Config::try_parse_from(argv).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults() {
+        let limits = config(&[]).unwrap().conn_limits();
+        assert_eq!(
+            limits,
+            ConnLimits {
+                ping_interval: Some(Duration::from_secs(20)),
+                idle_timeout: Some(Duration::from_secs(60)),
+                max_send_queue: 1024,
+                send_timeout: Some(Duration::from_secs(30)),
+                message_rate: None,
+            }
+        );
+    }
+
+    #[test]
+    fn zero_turns_limits_off() {
+        let off = ["--ping-interval", "0", "--idle-timeout", "0", "--send-timeout", "0"];
+        let limits = config(&off).unwrap().conn_limits();
+        assert_eq!(
+            (limits.ping_interval, limits.idle_timeout, limits.send_timeout),
+            (None, None, None)
+        );
+        // Either alone may be off.
+        assert!(config(&["--ping-interval", "0", "--idle-timeout", "5"]).is_ok());
+        assert!(config(&["--ping-interval", "90", "--idle-timeout", "0"]).is_ok());
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_the_ping_interval() {
+        let error = config(&["--ping-interval", "30", "--idle-timeout", "30"]).unwrap_err();
+        assert!(error.starts_with("--idle-timeout:"), "{error}");
+        assert!(config(&["--ping-interval", "0.5", "--idle-timeout", "1.5"]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (flag, value) in [
+            ("--ping-interval", "-1"),
+            ("--idle-timeout", "soon"),
+            ("--send-timeout", "4000"),
+            ("--max-send-queue", "-3"),
+            ("--max-message-rate", "-1"),
+            ("--message-burst", "x"),
+        ] {
+            let error = config(&[&format!("{flag}={value}")]).unwrap_err();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        let error = config(&["--message-burst", "5"]).unwrap_err();
+        assert!(error.starts_with("--message-burst:"), "{error}");
+    }
+
+    #[test]
+    fn burst_defaults_to_the_rate() {
+        let limits = config(&["--max-message-rate", "20"]).unwrap().conn_limits();
+        assert_eq!(limits.message_rate, Some((20.0, 20.0)));
+        let limits = config(&["--max-message-rate", "0.5"]).unwrap().conn_limits();
+        assert_eq!(limits.message_rate, Some((0.5, 1.0)));
+        let limits = config(&["--max-message-rate", "2", "--message-burst", "8"])
+            .unwrap()
+            .conn_limits();
+        assert_eq!(limits.message_rate, Some((2.0, 8.0)));
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let config = Config::try_parse_from(["switchyard-interface"]).unwrap();
+        // Names only: setting them would race with the other tests.
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for name in [
+            "SWITCHYARD_PING_INTERVAL",
+            "SWITCHYARD_IDLE_TIMEOUT",
+            "SWITCHYARD_MAX_SEND_QUEUE",
+            "SWITCHYARD_SEND_TIMEOUT",
+            "SWITCHYARD_MAX_MESSAGE_RATE",
+            "SWITCHYARD_MESSAGE_BURST",
+        ] {
+            assert!(help.contains(name), "{name} missing from --help");
+        }
+        assert!(config.validate().is_ok());
     }
 }

@@ -1,55 +1,61 @@
 //! Switchyard's interface server.
 //!
 //! It terminates HTTP and WebSocket connections and holds the sockets; the
-//! application runs in workers. Reading order for a newcomer:
+//! application runs in workers. The folders follow one client message:
 //!
-//! 1. [`config`] and [`router`]: what the server is told to do,
-//! 2. [`server`] and [`http`]: accepting connections and routing requests;
-//!    [`proxy`]: HTTP requests through workers; [`static_files`],
-//! 3. [`websocket`]: the handshake, the frame reader, the connection task,
-//! 4. [`outbound`] and [`replies`]: the two directions through Redis,
-//! 5. [`groups`]: broadcast fan-out ([`membership`]: its records in Redis),
-//!    [`presence`]: liveness and readiness,
-//! 6. [`shutdown`]: graceful draining.
+//! 1. [`front`]: the listener, admission, and [`front::dispatch`], which sends
+//!    each request to its place — a WebSocket handshake, the workers
+//!    ([`front::proxy`]), a static file or the interface's own endpoints;
+//! 2. [`websocket`]: the handshake, the frame reader ([`websocket::frames`]),
+//!    the connection task that keeps one message in flight
+//!    ([`websocket::connection`], its rules in [`websocket::flow`]);
+//! 3. [`bus`]: the Redis side — [`bus::outbound`] appends the message to its
+//!    channel's stream; a worker handles it and appends the answer to this
+//!    interface's reply stream, which [`bus::replies`] reads and hands through
+//!    the [`bus::registry`] back to the connection, which writes the frame out.
+//!    Broadcasts come through [`bus::groups`]; [`bus::presence`] keeps the
+//!    liveness record.
+//!
+//! Beside them: [`config`] (flags), [`state`] (what every task shares),
+//! [`metrics`], and [`shutdown`] (draining, and waiting for every socket).
 
-pub mod admission;
+pub mod bus;
 pub mod config;
-pub mod groups;
-pub mod http;
-pub mod membership;
+pub mod front;
 pub mod metrics;
-pub mod outbound;
-pub mod presence;
-pub mod proxy;
-pub mod registry;
-pub mod replies;
-pub mod router;
-pub mod server;
 pub mod shutdown;
 pub mod state;
-pub mod static_files;
 pub mod websocket;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
-use signal_hook::consts::{SIGINT, SIGTERM};
 use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{shards, Keys};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
+use crate::bus::groups::Groups;
+use crate::bus::outbound::{self, Outbound};
+use crate::bus::registry::Registry;
+use crate::bus::{presence, replies};
 use crate::config::Config;
-use crate::groups::Groups;
+use crate::front::router::Routes;
+use crate::front::server;
+use crate::front::static_files::StaticFiles;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
-use crate::registry::Registry;
 use crate::state::Shared;
-use crate::static_files::StaticFiles;
 
 /// A connection ceiling for people: `unlimited` or the number.
 pub fn describe_limit(limit: Option<usize>) -> String {
     limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+}
+
+/// Binds `--bind` (with `--reuse-port`); the error names the flag.
+pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    server::bind(config.bind, config.reuse_port).with_context(|| format!("--bind: cannot listen on {}", config.bind))
 }
 
 /// `--channel-shards`, or one shard per primary of the cluster; 1 if Redis
@@ -69,8 +75,10 @@ async fn channel_shards(config: &Config, redis: &Redis) -> u16 {
     }
 }
 
-/// Runs the interface until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Serves `listener` until `shutdown` completes, then drains: the listener
+/// closes, every connection says goodbye before `--shutdown-timeout`, and
+/// this returns once the last one has ended (or the time is up).
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -> anyhow::Result<()> {
     let routes = config.route_tables()?;
     let statics = StaticFiles::new(config.static_mounts(), config.static_max_age)?;
     let client = config.redis.open_at_start().await?;
@@ -83,33 +91,60 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = Keys::new(config.prefix.clone());
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
+    // Tasks that live as long as the interface; stopped (and awaited) at the end.
+    let mut background = JoinSet::new();
     let groups = Groups::start(
         client.clone(),
         redis.clone(),
         keys,
         id.clone(),
-        config.group_expiry(),
+        config.group_expiry,
         registry.clone(),
+        &mut background,
     );
     let outbound_settings = outbound::Settings {
-        hold: config.redis_hold(),
+        hold: config.redis_hold,
         wait_replicas: config.redis.wait_replicas,
     };
-    let (outbound, _batcher) = Outbound::start(redis.clone(), outbound_settings, metrics.clone());
-    let (trigger, shutdown) = shutdown::channel();
-    let listener = server::bind(config.bind, config.reuse_port)
-        .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
-    let shutdown_timeout = config.shutdown_timeout();
+    let outbound = Outbound::start(redis.clone(), outbound_settings, metrics.clone(), &mut background);
+    let (mut trigger, draining) = shutdown::channel();
+    let shutdown_timeout = config.shutdown_timeout;
     let shared = Arc::new(Shared::new(
-        config, id, routes, statics, redis, shards, registry, groups, outbound, metrics, shutdown,
+        config, id, routes, statics, redis, shards, registry, groups, outbound, metrics, draining,
     ));
 
-    tokio::spawn(replies::run(client, shared.clone()));
-    tokio::spawn(presence::run(shared.clone()));
+    background.spawn(replies::run(client, shared.clone()));
+    background.spawn(presence::run(shared.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone()));
-    let describe = |routes: &router::Routes| -> Vec<String> {
-        routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect()
-    };
+    log_start(&shared);
+
+    shutdown.await;
+    tracing::info!(
+        connections = shared.registry.len(),
+        "shutting down: draining connections"
+    );
+    trigger.start(shutdown_timeout);
+    if let Err(error) = server.await {
+        tracing::error!(%error, "the listener task failed");
+    }
+    let all_closed = tokio::time::timeout(shutdown_timeout + Duration::from_millis(500), trigger.finished()).await;
+    if all_closed.is_err() {
+        tracing::warn!(
+            left_open = shared.registry.len(),
+            "shutdown timeout: connections left open"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.groups.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.outbound.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), presence::leave(&shared)).await;
+    background.shutdown().await;
+    tracing::info!(left_open = shared.registry.len(), "interface stopped");
+    Ok(())
+}
+
+fn log_start(shared: &Shared) {
+    let describe =
+        |routes: &Routes| -> Vec<String> { routes.iter().map(|t| format!("{}={}", t.prefix, t.channel)).collect() };
     let statics: Vec<String> = shared
         .statics
         .mounts()
@@ -125,24 +160,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_connections = %describe_limit(shared.config.effective_max_connections()),
         "interface listening"
     );
-
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    let signal = signals.next().await;
-    tracing::info!(
-        ?signal,
-        connections = shared.registry.len(),
-        "shutting down: draining connections"
-    );
-    trigger.start(shutdown_timeout);
-    let _ = server.await;
-
-    let deadline = tokio::time::Instant::now() + shutdown_timeout + Duration::from_millis(500);
-    while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), shared.groups.shutdown()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), shared.outbound.flush()).await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), presence::leave(&shared)).await;
-    tracing::info!(left_open = shared.registry.len(), "interface stopped");
-    Ok(())
 }

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use switchyard_cli::{logging, signals};
 use switchyard_interface::config::Config;
-use switchyard_protocol::logging;
 
 fn main() -> ExitCode {
     // Before the limits are derived from it (`--max-connections`' default).
-    switchyard_interface::admission::raise_open_files_limit();
+    switchyard_interface::front::admission::raise_open_files_limit();
     let config = Config::parse();
     if let Err(error) = config.validate() {
         eprintln!("switchyard-interface: {error:#}");
@@ -41,7 +41,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(switchyard_interface::run(config)) {
+    let served = runtime.block_on(async {
+        // Installed before the port opens, so an early SIGTERM is not lost.
+        let stop = signals::stop_requested()?;
+        let listener = switchyard_interface::bind(&config)?;
+        switchyard_interface::run(config, listener, stop).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

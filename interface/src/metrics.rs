@@ -23,7 +23,7 @@ pub struct KindLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `max_connections`, `per_ip` or `origin` (see [`crate::admission::Refusal`]).
+    /// `max_connections`, `per_ip` or `origin` (see [`crate::front::admission::Refusal`]).
     pub reason: &'static str,
 }
 

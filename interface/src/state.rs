@@ -8,15 +8,16 @@ use std::time::Instant;
 use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{shards, Keys};
 
-use crate::admission::Admission;
+use crate::bus::groups::Groups;
+use crate::bus::outbound::Outbound;
+use crate::bus::registry::Registry;
 use crate::config::Config;
-use crate::groups::Groups;
+use crate::front::admission::Admission;
+use crate::front::router::Routes;
+use crate::front::static_files::StaticFiles;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
-use crate::registry::Registry;
-use crate::router::Routes;
 use crate::shutdown::Shutdown;
-use crate::static_files::StaticFiles;
+use crate::websocket::limits::ConnLimits;
 
 pub struct Shared {
     pub config: Config,
@@ -40,6 +41,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Connection ceilings and the Origin allowlist, from the config.
     pub admission: Arc<Admission>,
+    /// The per-connection limits of WebSockets, from the config.
+    pub limits: ConnLimits,
     pub shutdown: Shutdown,
     pub started: Instant,
     /// Set by the presence loop from its last Redis round trip.
@@ -86,7 +89,9 @@ impl Shared {
             config.max_connections_per_ip,
             config.allowed_origins.clone(),
         );
+        let limits = config.conn_limits();
         Shared {
+            limits,
             config,
             id,
             keys,

@@ -10,6 +10,7 @@ mod status;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use switchyard_cli::RedisArgs;
 use switchyard_protocol::groups::{self, GroupFrame};
 use switchyard_protocol::{redis_conn, Keys};
 
@@ -18,7 +19,7 @@ use switchyard_protocol::{redis_conn, Keys};
 #[command(name = "switchyard", version)]
 struct Cli {
     #[command(flatten)]
-    redis: redis_conn::RedisArgs,
+    redis: RedisArgs,
 
     /// Key prefix of the deployment.
     #[arg(long, global = true, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]

@@ -11,15 +11,17 @@ use std::process::ExitCode;
 
 use redis::Value;
 use serde_json::{json, Value as Json};
-use switchyard_protocol::redis_conn::{self, ClusterShard, Redis};
-use switchyard_protocol::stream::{fields, items, text_of};
-use switchyard_protocol::{keys, shards, Keys, WORKER_GROUP};
+use switchyard_protocol::liveness::{self, Role};
+use switchyard_protocol::redis_conn::{self, Redis};
+use switchyard_protocol::time::now_ms;
+use switchyard_protocol::topology::{self, ClusterShard};
+use switchyard_protocol::{keys, shards, xinfo, Keys, WORKER_GROUP};
 
 pub async fn run(con: &mut Redis, keys: &Keys, as_json: bool) -> anyhow::Result<ExitCode> {
-    let interfaces = live_entries(con, &keys.interfaces_index(), |id| keys.interface_alive(id)).await?;
-    let workers = live_entries(con, &keys.workers_index(), |c| keys.worker_alive(c)).await?;
+    let interfaces = live_entries(con, keys, Role::Interface).await?;
+    let workers = live_entries(con, keys, Role::Worker).await?;
     let cluster: Option<Vec<ClusterShard>> = if con.is_cluster() {
-        Some(redis_conn::cluster_shards(con).await?)
+        Some(topology::cluster_shards(con).await?)
     } else {
         None
     };
@@ -55,7 +57,7 @@ pub async fn run(con: &mut Redis, keys: &Keys, as_json: bool) -> anyhow::Result<
             backlog += shard_backlog;
             pending += shard_pending;
             let node = match &cluster {
-                Some(shards) => redis_conn::primary_of(shards, keys::slot(stream.as_bytes())).unwrap_or("?"),
+                Some(shards) => topology::primary_of(shards, keys::slot(stream.as_bytes())).unwrap_or("?"),
                 None => "single",
             };
             shard_rows
@@ -158,10 +160,7 @@ pub async fn run(con: &mut Redis, keys: &Keys, as_json: bool) -> anyhow::Result<
 
 /// Live (unexpired) members per group, from the member sets.
 async fn group_sizes(con: &mut Redis, keys: &Keys) -> anyhow::Result<BTreeMap<String, u64>> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = now_ms();
     let mut sizes = BTreeMap::new();
     for key in redis_conn::scan_keys(con, &keys.group_members_pattern()).await? {
         let live: u64 = redis::cmd("ZCOUNT")
@@ -179,47 +178,23 @@ async fn group_sizes(con: &mut Redis, keys: &Keys) -> anyhow::Result<BTreeMap<St
     Ok(sizes)
 }
 
-/// Members of an index whose liveness key still exists, with its JSON.
-async fn live_entries(
-    con: &mut Redis,
-    index: &str,
-    key: impl Fn(&str) -> String,
-) -> anyhow::Result<BTreeMap<String, Json>> {
-    let names: Vec<String> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(con).await?;
-    let mut live = BTreeMap::new();
-    for name in names {
-        let info: Option<String> = redis::cmd("GET").arg(key(&name)).query_async(con).await?;
-        if let Some(info) = info {
-            live.insert(name, serde_json::from_str(&info).unwrap_or(Json::Null));
-        }
-    }
-    Ok(live)
+/// Every live process of a role, with its liveness record.
+async fn live_entries(con: &Redis, keys: &Keys, role: Role) -> anyhow::Result<BTreeMap<String, Json>> {
+    Ok(liveness::live(con, keys, role, None)
+        .await?
+        .into_iter()
+        .map(|(name, info)| (name, serde_json::from_str(&info).unwrap_or(Json::Null)))
+        .collect())
 }
 
 /// (undelivered, delivered-but-unacknowledged) entries of a channel shard's group.
 async fn group_figures(con: &mut Redis, stream: &str) -> anyhow::Result<(i64, i64)> {
-    let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
-    for group in items(&groups) {
-        let fields = fields(group);
-        let get = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| redis::from_redis_value::<i64>((*v).clone()).ok())
-        };
-        let is_workers = fields
-            .iter()
-            .any(|(k, v)| k == "name" && text_of(v).as_deref() == Some(WORKER_GROUP));
-        if is_workers {
-            let last_delivered = fields
-                .iter()
-                .find(|(k, _)| k == "last-delivered-id")
-                .and_then(|(_, v)| text_of(v));
-            let backlog = undelivered(con, stream, get("lag"), last_delivered.as_deref()).await?;
-            return Ok((backlog, get("pending").unwrap_or(0)));
-        }
-    }
-    Ok((0, 0))
+    let Some(group) = xinfo::group(con, stream, WORKER_GROUP).await? else {
+        return Ok((0, 0));
+    };
+    let lag = group.lag.map(|lag| lag as i64);
+    let backlog = undelivered(con, stream, lag, group.last_delivered.as_deref()).await?;
+    Ok((backlog, group.pending as i64))
 }
 
 /// Entries past the group's last-delivered id, counted exactly up to

@@ -22,7 +22,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::redis_conn::{cluster_shards, primary_of, ClusterShard, Redis};
+use crate::topology::{cluster_shards, primary_of, ClusterShard};
 
 /// How long requests may go unanswered before the connection is probed.
 pub const STALL: Duration = Duration::from_secs(2);
@@ -89,7 +89,7 @@ impl SharedCluster {
         let mut cached = self.state.shards.lock().await;
         let stale = cached.as_ref().is_none_or(|(at, _)| at.elapsed() > SHARDS_FRESH);
         if stale {
-            let mut con = Redis::SharedCluster(self.clone());
+            let mut con = self.clone();
             if let Ok(shards) = cluster_shards(&mut con).await {
                 *cached = Some((Instant::now(), shards));
             }

@@ -7,7 +7,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::PROTOCOL_VERSION;
+/// Version of the wire format; carried as `v` in every message.
+pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Why bytes could not be turned into a message.
 #[derive(Debug, thiserror::Error)]
@@ -45,138 +46,5 @@ pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, Decode
             Ok(VersionOnly { v }) if v != PROTOCOL_VERSION => Err(DecodeError::Version { found: v }),
             _ => Err(DecodeError::Malformed(error)),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::*;
-
-    #[test]
-    fn channel_messages_round_trip() {
-        let messages = [
-            Event::Connect(ConnectScope {
-                headers: vec![("host".into(), "x".into())],
-                client: "127.0.0.1:5000".into(),
-                subprotocols: vec!["chat.v1".into()],
-            }),
-            Event::Receive(Payload::text("hello")),
-            Event::Receive(Payload::bytes(vec![0u8, 159, 255])),
-            Event::Disconnect { code: 1001 },
-            Event::Drain,
-            Event::HttpRequest(HttpRequest {
-                method: "POST".into(),
-                headers: vec![("content-type".into(), "text/plain".into())],
-                client: "127.0.0.1:5000".into(),
-                body: serde_bytes::ByteBuf::from(vec![0u8, 1, 255]),
-                more_body: true,
-            }),
-            Event::HttpDisconnect,
-        ];
-        for event in messages {
-            let message = ChannelMessage::new("if1!7".into(), 3, "/ws/chat/".into(), "a=b".into(), event);
-            let decoded: ChannelMessage = decode(&encode(&message)).unwrap();
-            assert_eq!(decoded, message);
-        }
-    }
-
-    #[test]
-    fn replies_round_trip() {
-        let reply = Reply::new(
-            9,
-            Some(4),
-            vec![
-                Action::Accept { subprotocol: None },
-                Action::Send(Payload::text("{\"count\": 1}")),
-                Action::Send(Payload::bytes(vec![1, 2, 3])),
-                Action::GroupAdd { group: "chat".into() },
-                Action::GroupDiscard { group: "chat".into() },
-                Action::Close {
-                    code: 4400,
-                    reason: String::new(),
-                },
-                Action::HttpResponseStart {
-                    status: 200,
-                    headers: vec![("content-type".into(), "application/json".into())],
-                },
-                Action::HttpResponseBody {
-                    body: serde_bytes::ByteBuf::from(b"{}".to_vec()),
-                    more_body: false,
-                },
-            ],
-        );
-        let decoded: Reply = decode(&encode(&reply)).unwrap();
-        assert_eq!(decoded, reply);
-    }
-
-    #[test]
-    fn group_messages_round_trip() {
-        let message = GroupMessage::new("school:5".into(), 17, Payload::text("hi"));
-        let decoded: GroupMessage = decode(&encode(&message)).unwrap();
-        assert_eq!(decoded, message);
-    }
-
-    #[test]
-    fn encodes_as_a_self_describing_map() {
-        let message = ChannelMessage::new(
-            "i!1".into(),
-            2,
-            "/p".into(),
-            String::new(),
-            Event::Receive(Payload::text("x")),
-        );
-        let value: rmpv_like::Map = rmp_serde::from_slice(&encode(&message)).unwrap();
-        assert_eq!(value.get("type").map(String::as_str), Some("websocket.receive"));
-        assert_eq!(value.get("text").map(String::as_str), Some("x"));
-    }
-
-    #[test]
-    fn refuses_garbage_and_other_versions() {
-        assert!(matches!(
-            decode::<ChannelMessage>(b"garbage"),
-            Err(DecodeError::Malformed(_))
-        ));
-        let truncated = &encode(&Reply::new(1, Some(1), vec![]))[..5];
-        assert!(matches!(decode::<Reply>(truncated), Err(DecodeError::Malformed(_))));
-        let mut future = Reply::new(1, Some(1), vec![]);
-        future.v = 99;
-        assert!(matches!(
-            decode::<Reply>(&encode(&future)),
-            Err(DecodeError::Version { found: 99 })
-        ));
-    }
-
-    /// Reads a msgpack map keeping only its string values.
-    mod rmpv_like {
-        use std::collections::HashMap;
-
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Scalar {
-            Text(String),
-            Other(serde::de::IgnoredAny),
-        }
-
-        pub struct Map(HashMap<String, String>);
-
-        impl Map {
-            pub fn get(&self, key: &str) -> Option<&String> {
-                self.0.get(key)
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for Map {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let raw: HashMap<String, Scalar> = HashMap::deserialize(d)?;
-                Ok(Map(raw
-                    .into_iter()
-                    .filter_map(|(k, v)| match v {
-                        Scalar::Text(t) => Some((k, t)),
-                        Scalar::Other(_) => None,
-                    })
-                    .collect()))
-            }
-        }
     }
 }

@@ -18,6 +18,9 @@
 
 use std::borrow::Cow;
 
+/// Consumer group that every worker of a channel joins.
+pub const WORKER_GROUP: &str = "workers";
+
 /// Number of hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 

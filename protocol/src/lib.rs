@@ -12,33 +12,33 @@
 //!   with sane timeouts, and how work is split by hash slot,
 //! - [`scripts`]: the Lua steps every worker runs, in `protocol/lua/`,
 //! - [`groups`]: group sends,
-//! - [`stream`]: the channel layer — appending, reading and trimming streams.
+//! - [`stream`]: the channel layer — appending, reading and trimming streams;
+//!   [`xinfo`]: what Redis says about their groups and consumers,
+//! - [`liveness`]: the records that say which workers and interfaces are alive,
+//! - [`close`]: WebSocket close codes by name, [`time`]: wall-clock milliseconds.
 //!
 //! `docs/protocol.md` describes the same contract for workers in other languages.
 
 pub mod address;
+pub mod close;
 pub mod cluster;
 pub mod codec;
 pub mod groups;
 pub mod keys;
-pub mod logging;
+pub mod liveness;
 pub mod message;
 pub mod pubsub;
 pub mod redis_conn;
 pub mod scripts;
 pub mod shards;
 pub mod stream;
+pub mod time;
+pub mod topology;
+pub mod value;
+pub mod xinfo;
 
 pub use address::ReplyAddress;
-pub use codec::{decode, encode, DecodeError, Versioned};
-pub use keys::Keys;
+pub use codec::{decode, encode, DecodeError, Versioned, PROTOCOL_VERSION};
+pub use keys::{Keys, WORKER_GROUP};
 pub use message::*;
-
-/// Version of the wire format; carried as `v` in every message.
-pub const PROTOCOL_VERSION: u16 = 1;
-
-/// Consumer group that every worker of a channel joins.
-pub const WORKER_GROUP: &str = "workers";
-
-/// Name of the stream entry field that carries the msgpack payload.
-pub const PAYLOAD_FIELD: &str = "m";
+pub use stream::PAYLOAD_FIELD;

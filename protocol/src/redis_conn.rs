@@ -1,10 +1,11 @@
 //! Opening Redis connections: the client (URL, TLS files, credentials) and
 //! connections with timeouts that fit each use, on one Redis or a Redis Cluster.
 //!
-//! Every binary builds its client with [`open`], so `rediss://`, a private CA
-//! (`--redis-ca-file`), mutual TLS (`--redis-client-cert`/`--redis-client-key`)
-//! and a cluster (`redis+cluster://host:port,host:port…`) behave the same
-//! everywhere, and a bad combination is refused before start, naming the flag.
+//! Every binary builds its client with [`open`] (through the flags of the
+//! `switchyard-cli` crate), so `rediss://`, a private CA (`--redis-ca-file`),
+//! mutual TLS (`--redis-client-cert`/`--redis-client-key`) and a cluster
+//! (`redis+cluster://host:port,host:port…`) behave the same everywhere, and a
+//! bad combination is refused before start, naming the flag.
 //! [`check_at_start`] tells a wrong password or certificate (fatal: retrying
 //! cannot fix it) from a Redis that is merely away (retried).
 //!
@@ -39,99 +40,23 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cluster::SharedCluster;
 use crate::keys::slot;
+use crate::topology::cluster_shards;
 
 /// Response timeout for ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The Redis flags of every binary (interface, worker, `switchyard`), written
-/// once and flattened into each one's command line.
-#[derive(clap::Args, Debug, Clone)]
-pub struct RedisArgs {
-    /// Redis URL: `redis://[user:password@]host:port/db`, `rediss://…` for TLS,
-    /// or a Redis Cluster by some of its nodes: `redis+cluster://[user:password@]host:port,host:port`
-    /// (`rediss+cluster://…` for TLS).
-    #[arg(
-        long = "redis-url",
-        global = true,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub url: String,
-
-    #[command(flatten)]
-    pub tls: TlsFiles,
-
-    /// Replicas that must hold a write before it counts (Redis `WAIT`): the
-    /// worker's commit steps and the interface's appends wait for them, so a
-    /// failover that promotes a replica loses nothing acknowledged. 0: don't wait
-    /// (replication is asynchronous). Writes fail while fewer replicas answer.
-    #[arg(
-        long = "redis-wait-replicas",
-        global = true,
-        env = "SWITCHYARD_REDIS_WAIT_REPLICAS",
-        default_value_t = 0,
-        value_name = "N"
-    )]
-    pub wait_replicas: u32,
-}
-
-impl RedisArgs {
-    /// The client for these flags (see [`open`]).
-    pub fn client(&self) -> Result<RedisClient, ConfigError> {
-        open(&self.url, &self.tls)
-    }
-
-    /// The URL with its password hidden, for logs and `--check`.
-    pub fn redacted(&self) -> RedisArgs {
-        RedisArgs {
-            url: redacted(&self.url),
-            ..self.clone()
-        }
-    }
-
-    /// Opens the client and tries Redis once ([`check_at_start`]), logging the
-    /// outcome: refused credentials or certificates are an error, a Redis that
-    /// is merely unreachable is logged and left to the connections' retries.
-    pub async fn open_at_start(&self) -> Result<RedisClient, ConfigError> {
-        let client = self.client()?;
-        let shown = redacted(&self.url);
-        match check_at_start(&client).await? {
-            Contact::Ready => {
-                tracing::info!(redis = %shown, cluster = client.is_cluster(), "redis reachable")
-            }
-            Contact::Unreachable(error) => {
-                tracing::warn!(redis = %shown, %error, "redis unreachable at start: retrying in the background")
-            }
-        }
-        Ok(client)
-    }
-}
-
 /// TLS files for a `rediss://` URL; all optional (without a CA file the
-/// system's trusted roots are used).
-#[derive(clap::Args, Debug, Clone, Default)]
+/// system's trusted roots are used). The flags that fill it are in the
+/// `switchyard-cli` crate.
+#[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
-    /// PEM file of the CA that signs the Redis server's certificate (for a
-    /// private CA; needs a rediss:// URL). Default: the system's trusted roots.
-    #[arg(long = "redis-ca-file", value_name = "PATH", global = true, env = "REDIS_CA_FILE")]
+    /// PEM file of the CA that signs the Redis server's certificate.
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
-    #[arg(
-        long = "redis-client-cert",
-        value_name = "PATH",
-        global = true,
-        env = "REDIS_CLIENT_CERT"
-    )]
+    /// PEM client certificate for mutual TLS.
     pub client_cert: Option<PathBuf>,
-    /// PEM private key of --redis-client-cert.
-    #[arg(
-        long = "redis-client-key",
-        value_name = "PATH",
-        global = true,
-        env = "REDIS_CLIENT_KEY"
-    )]
+    /// PEM private key of `client_cert`.
     pub client_key: Option<PathBuf>,
 }
 
@@ -491,14 +416,6 @@ pub async fn scan_keys(con: &mut Redis, pattern: &str) -> RedisResult<Vec<String
     Ok(keys)
 }
 
-/// The primary (`host:port`) serving a hash slot, from `CLUSTER SHARDS`.
-pub fn primary_of(shards: &[ClusterShard], slot: u16) -> Option<&str> {
-    shards
-        .iter()
-        .find(|shard| shard.slots.iter().any(|(from, to)| (*from..=*to).contains(&slot)))
-        .map(|shard| shard.primary.as_str())
-}
-
 /// Waits until `replicas` replicas have every write made so far on this
 /// connection to the nodes that hold `keys` (`WAIT replicas timeout`, sent to
 /// each of those nodes once). Fails when fewer replicas answer in time.
@@ -559,78 +476,6 @@ pub async fn wait_for_replicas<'k>(
             format!("{n} of {replicas}"),
         ))),
         _ => Ok(()),
-    }
-}
-
-/// One shard of a cluster as `CLUSTER SHARDS` tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterShard {
-    /// `host:port` of its primary.
-    pub primary: String,
-    /// Slot ranges it serves.
-    pub slots: Vec<(u16, u16)>,
-    /// `host:port` of its replicas.
-    pub replicas: Vec<String>,
-}
-
-/// The cluster's shards (`CLUSTER SHARDS`, asked of any node).
-pub async fn cluster_shards(con: &mut Redis) -> RedisResult<Vec<ClusterShard>> {
-    let value: Value = redis::cmd("CLUSTER").arg("SHARDS").query_async(con).await?;
-    Ok(parse_cluster_shards(&value))
-}
-
-fn parse_cluster_shards(value: &Value) -> Vec<ClusterShard> {
-    let mut shards = Vec::new();
-    for shard in crate::stream::items(value) {
-        let fields = crate::stream::fields(shard);
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
-        let slots: Vec<i64> = get("slots")
-            .map(|v| crate::stream::items(v).iter().filter_map(int_of).collect())
-            .unwrap_or_default();
-        let mut primary = None;
-        let mut replicas = Vec::new();
-        for node in get("nodes").map(crate::stream::items).unwrap_or_default() {
-            let node = crate::stream::fields(node);
-            let text = |name: &str| {
-                node.iter()
-                    .find(|(k, _)| k == name)
-                    .and_then(|(_, v)| crate::stream::text_of(v))
-            };
-            let port = node.iter().find(|(k, _)| k == "port").and_then(|(_, v)| int_of(v));
-            let (Some(ip), Some(port)) = (text("ip").or_else(|| text("endpoint")), port) else {
-                continue;
-            };
-            let address = format!("{ip}:{port}");
-            let healthy = text("health").as_deref() != Some("fail");
-            match text("role").as_deref() {
-                Some("master") if healthy => primary = Some(address),
-                Some("replica") if healthy => replicas.push(address),
-                _ => {}
-            }
-        }
-        if let Some(primary) = primary {
-            let slots = slots
-                .chunks(2)
-                .filter_map(|pair| match pair {
-                    [a, b] => Some((u16::try_from(*a).ok()?, u16::try_from(*b).ok()?)),
-                    _ => None,
-                })
-                .collect();
-            shards.push(ClusterShard {
-                primary,
-                slots,
-                replicas,
-            });
-        }
-    }
-    shards.sort_by(|a, b| a.slots.first().cmp(&b.slots.first()));
-    shards
-}
-
-fn int_of(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        other => crate::stream::text_of(other)?.parse().ok(),
     }
 }
 
@@ -975,47 +820,5 @@ mod tests {
             redacted("redis+cluster://sy:secret@h:1,h:2"),
             "redis+cluster://sy:***@h:1,h:2"
         );
-    }
-
-    #[test]
-    fn parses_cluster_shards() {
-        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let node = |port: i64, role: &str, health: &str| {
-            Value::Array(vec![
-                text("ip"),
-                text("127.0.0.1"),
-                text("port"),
-                Value::Int(port),
-                text("role"),
-                text(role),
-                text("health"),
-                text(health),
-            ])
-        };
-        let shard = |from: i64, to: i64, nodes: Vec<Value>| {
-            Value::Array(vec![
-                text("slots"),
-                Value::Array(vec![Value::Int(from), Value::Int(to)]),
-                text("nodes"),
-                Value::Array(nodes),
-            ])
-        };
-        let reply = Value::Array(vec![
-            shard(
-                5461,
-                10922,
-                vec![node(7002, "master", "online"), node(7005, "replica", "online")],
-            ),
-            shard(
-                0,
-                5460,
-                vec![node(7001, "master", "fail"), node(7004, "master", "online")],
-            ),
-        ]);
-        let shards = parse_cluster_shards(&reply);
-        assert_eq!(shards.len(), 2);
-        assert_eq!(shards[0].primary, "127.0.0.1:7004");
-        assert_eq!(shards[0].slots, vec![(0, 5460)]);
-        assert_eq!(shards[1].replicas, vec!["127.0.0.1:7005".to_owned()]);
     }
 }

@@ -8,7 +8,10 @@
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
-use crate::PAYLOAD_FIELD;
+use crate::value::{bytes_of, items, text_of};
+
+/// Name of the stream entry field that carries the msgpack payload.
+pub const PAYLOAD_FIELD: &str = "m";
 
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,28 +71,6 @@ impl StreamEntry {
 pub struct StreamBatch {
     pub stream: String,
     pub entries: Vec<StreamEntry>,
-}
-
-fn bytes_of(value: &Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes.clone()),
-        Value::SimpleString(text) => Some(text.as_bytes().to_vec()),
-        Value::Int(n) => Some(n.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-/// A string-like reply value as text.
-pub fn text_of(value: &Value) -> Option<String> {
-    bytes_of(value).and_then(|bytes| String::from_utf8(bytes).ok())
-}
-
-/// The elements of an array (or set) reply; empty for anything else.
-pub fn items(value: &Value) -> &[Value] {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => &[],
-    }
 }
 
 /// Parses `[id, [field, value, …]]`; `None` for a deleted entry (nil).
@@ -176,8 +157,10 @@ pub async fn ensure_group<C: ConnectionLike>(con: &mut C, stream: &str, group: &
 /// after the group's last delivered one. Entries at or after the cut are never
 /// touched, so unacknowledged work survives. Returns the number removed.
 pub async fn trim_acked<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<u64> {
-    let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(con).await?;
-    let Some(last_delivered) = group_field(&groups, group, "last-delivered-id").and_then(|id| EntryId::parse(&id))
+    let info = crate::xinfo::group(con, stream, group).await?;
+    let Some(last_delivered) = info
+        .and_then(|info| info.last_delivered)
+        .and_then(|id| EntryId::parse(&id))
     else {
         return Ok(0);
     };
@@ -199,35 +182,6 @@ pub async fn trim_acked<C: ConnectionLike>(con: &mut C, stream: &str, group: &st
         .arg(cut.to_string())
         .query_async(con)
         .await
-}
-
-/// The name/value pairs of a map reply, or of a flat `[name, value, …]` array
-/// (RESP2 spells maps that way): what `XINFO`, `CLUSTER SHARDS` and friends return.
-pub fn fields(value: &Value) -> Vec<(String, &Value)> {
-    match value {
-        Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text_of(k)?, v))).collect(),
-        _ => items(value)
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [k, v] => Some((text_of(k)?, v)),
-                _ => None,
-            })
-            .collect(),
-    }
-}
-
-/// Reads one field of one group out of an `XINFO GROUPS` reply.
-fn group_field(groups: &Value, group: &str, field: &str) -> Option<String> {
-    for info in items(groups) {
-        let pairs = fields(info);
-        let is_group = pairs
-            .iter()
-            .any(|(k, v)| k == "name" && text_of(v).as_deref() == Some(group));
-        if is_group {
-            return pairs.iter().find(|(k, _)| k == field).and_then(|(_, v)| text_of(v));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -265,20 +219,5 @@ mod tests {
         assert_eq!(batches[0].entries[0].payload(), Some(&b"payload"[..]));
         assert_eq!(batches[0].entries[1].payload(), None);
         assert!(parse_read_reply(&Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn reads_group_fields() {
-        let groups = Value::Array(vec![Value::Array(vec![
-            bulk("name"),
-            bulk("workers"),
-            bulk("last-delivered-id"),
-            bulk("7-3"),
-        ])]);
-        assert_eq!(
-            group_field(&groups, "workers", "last-delivered-id").as_deref(),
-            Some("7-3")
-        );
-        assert_eq!(group_field(&groups, "other", "last-delivered-id"), None);
     }
 }

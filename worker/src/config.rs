@@ -5,8 +5,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use switchyard_protocol::logging::LogFormat;
-use switchyard_protocol::redis_conn;
+use switchyard_cli::logging::LogFormat;
+use switchyard_cli::seconds::{self, HOUR, THIRTY_DAYS};
+use switchyard_cli::RedisArgs;
 
 /// Switchyard worker: runs the consumers of the channels it serves, reading
 /// them from Redis streams. Stop it with SIGTERM: it finishes what it holds
@@ -15,7 +16,7 @@ use switchyard_protocol::redis_conn;
 #[command(name = "switchyard-worker", version)]
 pub struct WorkerConfig {
     #[command(flatten)]
-    pub redis: redis_conn::RedisArgs,
+    pub redis: RedisArgs,
 
     /// Prefix of every Redis key (must match the interfaces').
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]
@@ -45,22 +46,22 @@ pub struct WorkerConfig {
 
     /// Seconds a message may stay unacknowledged with a live owner before any
     /// worker takes it over (backstop; dead workers are taken over at once).
-    #[arg(long, env = "SWITCHYARD_CLAIM_IDLE", default_value_t = 60)]
-    pub claim_idle: u64,
+    #[arg(long, env = "SWITCHYARD_CLAIM_IDLE", default_value = "60", value_parser = seconds::between(1.0, HOUR))]
+    pub claim_idle: Duration,
 
     /// Seconds a session lives after its last use.
-    #[arg(long, env = "SWITCHYARD_SESSION_TTL", default_value_t = 86_400)]
-    pub session_ttl: u64,
+    #[arg(long, env = "SWITCHYARD_SESSION_TTL", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
+    pub session_ttl: Duration,
 
     /// Seconds an interface's reply stream outlives the interface.
-    #[arg(long, env = "SWITCHYARD_REPLY_TTL", default_value_t = 60)]
-    pub reply_ttl: u64,
+    #[arg(long, env = "SWITCHYARD_REPLY_TTL", default_value = "60", value_parser = seconds::between(5.0, THIRTY_DAYS))]
+    pub reply_ttl: Duration,
 
     /// Seconds a graceful stop waits for in-flight messages.
-    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value_t = 20)]
-    pub drain_timeout: u64,
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "20", value_parser = seconds::between(0.0, HOUR))]
+    pub drain_timeout: Duration,
 
-    /// Consumer name in the Redis group (default: host-pid-random).
+    /// This worker's name in the channel streams' consumer group (default: host-pid-random).
     #[arg(long, env = "SWITCHYARD_WORKER_NAME")]
     pub name: Option<String>,
 
@@ -99,12 +100,6 @@ impl WorkerConfig {
                 switchyard_protocol::shards::MAX_SHARDS
             );
         }
-        if self.claim_idle == 0 {
-            bail!("--claim-idle: must be at least 1 second");
-        }
-        if self.reply_ttl < 5 {
-            bail!("--reply-ttl: must be at least 5 seconds");
-        }
         if let Some(name) = &self.name {
             if name.is_empty() || name.contains(char::is_whitespace) {
                 bail!("--name: `{name}` may not be empty or contain spaces");
@@ -122,7 +117,8 @@ impl WorkerConfig {
         Ok((self.only_channels.is_empty() || only.is_match(channel)) && !exclude.is_match(channel))
     }
 
-    pub fn consumer_name(&self) -> String {
+    /// This worker's name in the channel streams' consumer group (`--name`).
+    pub fn member_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
@@ -138,10 +134,6 @@ impl WorkerConfig {
             redis: self.redis.redacted(),
             ..self.clone()
         }
-    }
-
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard_protocol::logging;
+use switchyard_cli::{logging, signals};
 use switchyard_worker::{apps, runtime, WorkerConfig};
 
 fn main() -> ExitCode {
@@ -33,7 +33,12 @@ fn main() -> ExitCode {
     if config.seed_display_demo {
         runtime.block_on(apps::display::seed::seed_at_start(&config));
     }
-    match runtime.block_on(runtime::run(config, apps)) {
+    let served = runtime.block_on(async {
+        // Installed before anything starts, so an early SIGTERM is not lost.
+        let stop = signals::stop_requested()?;
+        runtime::run(config, apps, stop).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("switchyard-worker: {error:#}");

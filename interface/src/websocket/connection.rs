@@ -27,11 +27,10 @@ use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
-use super::limits::ConnLimits;
+use super::frames::{Inbound, Inbox, POLICY_VIOLATION};
+use super::io::WriteHalf;
 use super::rate::TokenBucket;
-use super::reader::{Inbound, Inbox, POLICY_VIOLATION};
-use super::WriteHalf;
-use crate::registry::{Backlog, ConnEvent, Events};
+use crate::bus::registry::{Backlog, ConnEvent, Events};
 use crate::state::Shared;
 
 /// Client messages read ahead of the one in flight; when full, the inbox is
@@ -87,7 +86,8 @@ impl Connection {
         writer: WebSocketWrite<WriteHalf>,
         backlog: Arc<Backlog>,
     ) -> Connection {
-        let rate = ConnLimits::of(&shared.config)
+        let rate = shared
+            .limits
             .message_rate
             .map(|(rate, burst)| TokenBucket::new(rate, burst, Instant::now()));
         Connection {
@@ -123,7 +123,7 @@ impl Connection {
         let mut shutdown = self.shared.shutdown.clone();
         let mut drain_deadline: Option<Instant> = None;
         let mut drain_seq: Option<u64> = None;
-        let limits = ConnLimits::of(&self.shared.config);
+        let limits = self.shared.limits.clone();
         let mut next_ping = limits.ping_interval.map(|interval| Instant::now() + interval);
         // While the inbox is not polled nothing can be heard; the idle clock
         // starts again when reading resumes.
@@ -383,7 +383,7 @@ impl Connection {
         let limit = if overflowed {
             Some(CLOSE_WAIT)
         } else {
-            ConnLimits::of(&self.shared.config).send_timeout
+            self.shared.limits.send_timeout
         };
         let deadline = limit.map(|limit| Instant::now() + limit);
         let written = tokio::select! {

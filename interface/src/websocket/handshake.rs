@@ -6,7 +6,7 @@
 //! starts; close before accept → 403; no answer within `--connect-timeout` →
 //! 503 (and a disconnect, so a late worker can clean up).
 //!
-//! Before a worker is asked, [`crate::admission`] may turn the upgrade away:
+//! Before a worker is asked, [`crate::front::admission`] may turn the upgrade away:
 //! Origin not allowed → 403, connection ceiling → 503, per-IP ceiling → 429
 //! (both with Retry-After). The admitted connection's slot lives as long as
 //! its task. The 101 must reach the client within `--header-read-timeout`,
@@ -18,28 +18,30 @@ use std::sync::Arc;
 use fastwebsockets::{Role, WebSocket};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use switchyard_protocol::{encode, Action, ChannelMessage, ConnectScope, Event, ReplyAddress};
+use switchyard_protocol::{close, encode, Action, ChannelMessage, ConnectScope, Event, ReplyAddress};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
-use super::reader;
-use crate::admission::{Refusal, Slot};
-use crate::http::{header_pairs, text_response, Body};
-use crate::registry::{ConnEvent, Events};
-use crate::router::{Entered, Target};
+use super::frames;
+use crate::bus::registry::{ConnEvent, Events};
+use crate::front::admission::{Refusal, Slot};
+use crate::front::response::{header_pairs, text_response, Body};
+use crate::front::router::{Entered, Target};
+use crate::shutdown::TaskGuard;
 use crate::state::Shared;
 
 /// Answers an upgrade request on a routed path.
-pub async fn handle(
+pub async fn upgrade(
     shared: Arc<Shared>,
     mut request: Request<Incoming>,
     target: Target,
     remote: SocketAddr,
 ) -> Response<Body> {
-    if shared.shutdown.is_draining() {
+    // Held by the connection task: the interface does not exit under it.
+    let Some(guard) = shared.shutdown.guard() else {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
-    }
+    };
     let slot = match admit(&shared, &request, remote) {
         Ok(slot) => slot,
         Err(refusal) => return refused(&shared, refusal),
@@ -60,7 +62,7 @@ pub async fn handle(
     };
     let connect = ChannelMessage::new(reply.clone(), 1, path.clone(), query.clone(), Event::Connect(scope));
     let appended = shared.outbound.send(stream.clone(), encode(&connect));
-    let deadline = Instant::now() + shared.config.connect_timeout();
+    let deadline = Instant::now() + shared.config.connect_timeout;
 
     let verdict = tokio::time::timeout_at(deadline, async {
         if !appended.await.unwrap_or(false) {
@@ -86,7 +88,7 @@ pub async fn handle(
                 actions,
             };
             let span = tracing::info_span!(parent: None, "ws", conn = id, channel = %target.channel);
-            let connection = run_connection(shared, opened, upgrade, events, target.enter(), slot);
+            let connection = run_connection(shared, opened, upgrade, events, (target.enter(), slot, guard));
             tokio::spawn(connection.instrument(span));
             response
         }
@@ -199,12 +201,11 @@ async fn run_connection(
     opened: Opened,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     events: Events,
-    // Counts the connection on its route for as long as it lives.
-    _entered: Entered,
-    // Holds its admission slot for as long as it lives.
-    _slot: Slot,
+    // For as long as the connection lives: counted on its route, holding its
+    // admission slot, keeping the interface from exiting.
+    _held: (Entered, Slot, TaskGuard),
 ) {
-    let socket = match tokio::time::timeout(shared.config.header_read_timeout(), upgrade).await {
+    let socket = match tokio::time::timeout(shared.config.header_read_timeout, upgrade).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(%error, "upgrade did not complete");
@@ -223,7 +224,7 @@ async fn run_connection(
     // The upgraded stream already is our TokioIo; rewrap to split it.
     let socket = WebSocket::after_handshake(socket.into_inner(), Role::Server);
     let (read, write) = socket.split(tokio::io::split);
-    let inbox = reader::Inbox::new(read, shared.config.max_message_size);
+    let inbox = frames::Inbox::new(read, shared.config.max_message_size);
     Connection::new(shared, opened, write, events.backlog().clone())
         .run(inbox, events)
         .await;
@@ -233,6 +234,6 @@ async fn run_connection(
 /// have answered never opened, so a consumer that accepted it runs its
 /// disconnect and cleans up (sessions, groups) as for any other connection.
 fn disconnect_before_open(shared: &Shared, reply: String, stream: Arc<str>, path: String, query: String) {
-    let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: 1006 });
+    let gone = ChannelMessage::new(reply, 2, path, query, Event::Disconnect { code: close::ABNORMAL });
     shared.outbound.send_detached(stream, encode(&gone));
 }

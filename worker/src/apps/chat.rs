@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::app::Apps;
-use crate::consumer::{ConsumerResult, Message, WebSocketConsumer};
-use crate::context::Context;
-use crate::periodic::PeriodicContext;
+use crate::api::app::Apps;
+use crate::api::consumer::{ConsumerResult, Message, WebSocketConsumer};
+use crate::api::context::Context;
+use crate::api::periodic::PeriodicContext;
 
 pub const GROUP: &str = "chat";
 const COUNT: &str = "count";

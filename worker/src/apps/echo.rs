@@ -3,9 +3,9 @@
 
 use async_trait::async_trait;
 
-use crate::app::Apps;
-use crate::consumer::{ConsumerResult, Message, WebSocketConsumer};
-use crate::context::Context;
+use crate::api::app::Apps;
+use crate::api::consumer::{ConsumerResult, Message, WebSocketConsumer};
+use crate::api::context::Context;
 
 pub struct Echo;
 

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::app::Apps;
+use crate::api::app::Apps;
 
 pub const CHANNEL: &str = "http.example";
 const MAX_STREAM: u64 = 256 << 20;

@@ -8,7 +8,7 @@ pub mod echo;
 pub mod example;
 pub mod rooms;
 
-use crate::app::Apps;
+use crate::api::app::Apps;
 
 /// Every built-in app.
 pub fn builtin() -> Apps {

@@ -13,9 +13,9 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::app::Apps;
-use crate::consumer::{ConsumerResult, Message, WebSocketConsumer};
-use crate::context::Context;
+use crate::api::app::Apps;
+use crate::api::consumer::{ConsumerResult, Message, WebSocketConsumer};
+use crate::api::context::Context;
 
 pub struct Rooms;
 

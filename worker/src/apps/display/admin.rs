@@ -29,12 +29,12 @@ use switchyard_protocol::groups::{self, GroupFrame};
 use switchyard_protocol::redis_conn::Redis;
 
 use super::census;
-use super::http::{detail, redis_down};
+use super::errors::{detail, redis_down};
 use super::metrics::METRICS;
 use super::model::{self, CreateError, DisplayKeys};
 use super::rollout::{self, Config, Rollout, Switched};
 use super::socket::{close_sockets, CLOSE_SCREEN_BOUND};
-use crate::http::WorkerRedis;
+use crate::api::http_app::WorkerRedis;
 
 pub fn router() -> Router {
     Router::new()

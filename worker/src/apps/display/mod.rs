@@ -9,25 +9,31 @@
 //! maps the runbook's steps to requests).
 //!
 //! Files: [`model`] (Redis data, one hash slot per school), [`rollout`] (the
-//! kill switch and the staged rollout), [`http`] (snapshot and status, what
-//! screens call), [`admin`] (the operators' API), [`socket`] (the
+//! kill switch and the staged rollout), [`api`] (snapshot and status, what
+//! screens call), [`admin`] (the operators' API), [`errors`] (their error answers), [`socket`] (the
 //! invalidation socket), [`census`] (counting screens by mode), [`metrics`],
 //! [`seed`] (demo data). The clients are `web/display/` (the screen) and
 //! `web/display/admin/` (the admin page).
 
 pub mod admin;
+pub mod api;
 pub mod census;
-pub mod http;
+pub mod errors;
 pub mod metrics;
 pub mod model;
 pub mod rollout;
 pub mod seed;
 pub mod socket;
 
-use crate::app::Apps;
+use axum::middleware;
+
+use crate::api::app::Apps;
 
 pub fn app() -> Apps {
-    Apps::new()
-        .websocket(socket::CHANNEL, socket::DisplaySocket)
-        .http(http::CHANNEL, http::router())
+    Apps::new().websocket(socket::CHANNEL, socket::DisplaySocket).http(
+        api::CHANNEL,
+        api::router()
+            .merge(admin::router())
+            .layer(middleware::from_fn(api::count)),
+    )
 }

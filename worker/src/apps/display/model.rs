@@ -97,13 +97,7 @@ pub fn valid_device(device: &str) -> bool {
     (1..=128).contains(&device.len())
 }
 
-/// Milliseconds since the epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use switchyard_protocol::time::now_ms;
 
 /// The school a screen token belongs to, if any.
 pub async fn school_of<C: ConnectionLike>(con: &mut C, dk: &DisplayKeys, token: &str) -> RedisResult<Option<String>> {

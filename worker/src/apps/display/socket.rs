@@ -30,8 +30,8 @@ use super::census;
 use super::metrics::METRICS;
 use super::model::{self, Bind, DisplayKeys, SocketOpen};
 use super::rollout;
-use crate::consumer::{ConsumerResult, Message, WebSocketConsumer};
-use crate::context::Context;
+use crate::api::consumer::{ConsumerResult, Message, WebSocketConsumer};
+use crate::api::context::Context;
 
 pub const CHANNEL: &str = "display";
 

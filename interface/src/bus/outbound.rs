@@ -1,0 +1,212 @@
+//! Outbound batching: many connections' messages, one Redis round trip.
+//!
+//! Connection tasks hand their messages to one batcher task. It takes all that
+//! is queued (up to a batch size), sends the XADDs as one pipeline, and tells
+//! each sender whether its message is on the stream. While Redis is away it
+//! holds the batch and retries; a message that has waited `--redis-hold` is
+//! given up so its connection can close with 1013, the younger ones are
+//! retried. Each attempt is cut at the oldest message's deadline: a frozen
+//! Redis (no answer at all) would otherwise stretch the hold to the response
+//! timeout, and messages queued behind a failing batch would wait twice.
+//!
+//! On a Redis Cluster the batch goes out as one pipeline per hash slot (each
+//! channel shard has its own), all at once; a slot whose node is failing over
+//! holds only its own messages. With `--redis-wait-replicas N` a message counts
+//! as appended once N replicas have it (`WAIT`), so a failover cannot lose it.
+//!
+//! A retried batch may append a message twice; workers apply each effect of a
+//! message once and the interface applies each `done` once (docs/protocol.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_protocol::redis_conn::{wait_for_replicas, Backoff, Redis, SlotBatch};
+use switchyard_protocol::PAYLOAD_FIELD;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+const MAX_BATCH: usize = 512;
+/// Shortest attempt at appending a batch, however late it is.
+const MIN_ATTEMPT: Duration = Duration::from_millis(200);
+/// How long an append waits for `--redis-wait-replicas` replicas.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Item {
+    /// `None` marks a flush request: acknowledged once everything before it is sent.
+    stream: Option<Arc<str>>,
+    payload: Vec<u8>,
+    ack: Option<oneshot::Sender<bool>>,
+    queued: Instant,
+}
+
+/// Handle for enqueueing messages.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::UnboundedSender<Item>,
+}
+
+/// How appends are made.
+#[derive(Clone)]
+pub struct Settings {
+    /// How long a message is held through a Redis outage (`--redis-hold`).
+    pub hold: Duration,
+    /// Replicas an append waits for (`--redis-wait-replicas`).
+    pub wait_replicas: u32,
+}
+
+impl Outbound {
+    /// Starts the batcher task in `tasks`; it ends when every handle is
+    /// dropped and the queue is flushed.
+    pub fn start(con: Redis, settings: Settings, metrics: Arc<Metrics>, tasks: &mut JoinSet<()>) -> Outbound {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.spawn(run(con, rx, settings, metrics));
+        Outbound { tx }
+    }
+
+    /// Appends a message; the receiver yields `true` once it is on the stream
+    /// (`false`, or a dropped sender, when it could not be appended).
+    pub fn send(&self, stream: Arc<str>, payload: Vec<u8>) -> oneshot::Receiver<bool> {
+        let (ack, done) = oneshot::channel();
+        let _ = self.tx.send(Item {
+            stream: Some(stream),
+            payload,
+            ack: Some(ack),
+            queued: Instant::now(),
+        });
+        done
+    }
+
+    /// Appends a message without waiting (disconnect notices).
+    pub fn send_detached(&self, stream: Arc<str>, payload: Vec<u8>) {
+        let _ = self.tx.send(Item {
+            stream: Some(stream),
+            payload,
+            ack: None,
+            queued: Instant::now(),
+        });
+    }
+
+    /// Resolves once everything enqueued before the call has been sent (or given up).
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        let marker = Item {
+            stream: None,
+            payload: Vec::new(),
+            ack: Some(ack),
+            queued: Instant::now(),
+        };
+        if self.tx.send(marker).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn run(con: Redis, mut rx: mpsc::UnboundedReceiver<Item>, settings: Settings, metrics: Arc<Metrics>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Flush markers have nothing to append: acknowledged once the batch is done.
+        let (messages, markers): (Vec<Item>, Vec<Item>) = batch.drain(..).partition(|item| item.stream.is_some());
+        append_with_retry(&con, messages, &settings, &metrics).await;
+        metrics.redis_batches.inc();
+        for marker in markers {
+            acknowledge(marker, true);
+        }
+    }
+}
+
+/// Appends the messages, retrying the ones that failed while Redis fails. A
+/// message whose own hold has run out is given up (its sender learns
+/// `false`); the others are retried. Each connection has at most one message
+/// here, so giving one up never reorders another's.
+async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Settings, metrics: &Metrics) {
+    let hold = settings.hold;
+    let mut backoff = Backoff::default();
+    let mut tried = false;
+    while !pending.is_empty() {
+        if tried {
+            let now = Instant::now();
+            let (expired, kept): (Vec<Item>, Vec<Item>) =
+                pending.into_iter().partition(|item| item.queued + hold <= now);
+            pending = kept;
+            if !expired.is_empty() {
+                tracing::error!(
+                    refused = expired.len(),
+                    "Redis unreachable for longer than --redis-hold; refusing held messages"
+                );
+                expired.into_iter().for_each(|item| acknowledge(item, false));
+            }
+            if pending.is_empty() {
+                return;
+            }
+        }
+        let deadline = pending
+            .iter()
+            .map(|item| item.queued + hold)
+            .min()
+            .unwrap_or_else(Instant::now);
+        // Always one real attempt, even for messages that waited in the queue past their hold.
+        let limit = deadline.max(Instant::now() + MIN_ATTEMPT);
+        let attempt = tokio::time::timeout_at(limit, append(con, &pending, settings.wait_replicas)).await;
+        tried = true;
+        let outcomes = attempt.unwrap_or_else(|_| pending.iter().map(|_| Err(timed_out())).collect());
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (item, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => acknowledge(item, true),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    failed.push(item);
+                }
+            }
+        }
+        pending = failed;
+        if let Some(error) = first_error {
+            metrics.redis_errors.inc();
+            tracing::warn!(%error, held = pending.len(), "Redis append failed; holding the messages and retrying");
+            // Wake up for the next message's deadline even in the middle of a backoff.
+            let _ = tokio::time::timeout_at(deadline.max(Instant::now()), backoff.wait()).await;
+        }
+    }
+}
+
+/// One attempt: the XADDs (one pipeline, or one request per stream on a
+/// cluster), then `WAIT` on the nodes written to if asked for. The outcome of
+/// each message.
+async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<()>> {
+    let mut batch = SlotBatch::new();
+    for item in items {
+        if let Some(stream) = &item.stream {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&**stream).arg("*").arg(PAYLOAD_FIELD).arg(&item.payload);
+            batch.add(stream, xadd);
+        }
+    }
+    let mut outcomes: Vec<redis::RedisResult<()>> = batch.run(con).await.into_iter().map(|o| o.map(drop)).collect();
+    if wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
+        let written = items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_ok())
+            .filter_map(|(item, _)| item.stream.as_deref());
+        if let Err(error) = wait_for_replicas(con, written, wait_replicas, WAIT_TIMEOUT).await {
+            for outcome in outcomes.iter_mut() {
+                *outcome = Err(error.clone());
+            }
+        }
+    }
+    outcomes
+}
+
+fn acknowledge(item: Item, ok: bool) {
+    if let Some(ack) = item.ack {
+        let _ = ack.send(ok);
+    }
+}
+
+fn timed_out() -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer before --redis-hold ran out").into()
+}

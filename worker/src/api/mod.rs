@@ -1,0 +1,16 @@
+//! What an application sees: the consumer API.
+//!
+//! A WebSocket consumer implements [`consumer::WebSocketConsumer`] and works
+//! through a [`context::Context`] (replies, group changes, group sends and
+//! [`session::Session`] writes, all committed together); an HTTP app is any
+//! `tower::Service` ([`http_app`]); periodic tasks get a
+//! [`periodic::PeriodicContext`]. [`app::Apps`] registers them per channel.
+//! Nothing here talks to Redis on its own: the runtime (`crate::runtime`)
+//! reads messages, calls these and commits what they collected.
+
+pub mod app;
+pub mod consumer;
+pub mod context;
+pub mod http_app;
+pub mod periodic;
+pub mod session;

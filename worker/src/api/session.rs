@@ -1,0 +1,129 @@
+//! Sessions: per-client state in a Redis hash, written with the replies.
+//!
+//! A session is keyed by the client's `session_uuid` query parameter when it
+//! gives one (so state survives reconnects), else by the connection's reply
+//! address. It is loaded on first use and its changes are written in the same
+//! atomic commit as the message's replies and acknowledgement.
+
+use std::collections::HashMap;
+
+/// The session of the connection being handled.
+#[derive(Debug, Default, Clone)]
+pub struct Session {
+    values: HashMap<String, String>,
+    /// Changes to write: `Some` to set, `None` to delete.
+    changes: HashMap<String, Option<String>>,
+}
+
+impl Session {
+    pub(crate) fn loaded(values: HashMap<String, String>) -> Session {
+        Session {
+            values,
+            changes: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.values.get(field).map(String::as_str)
+    }
+
+    /// Reads a field as a number, `0` when missing or not a number.
+    pub fn get_u64(&self, field: &str) -> u64 {
+        self.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn set(&mut self, field: impl Into<String>, value: impl ToString) {
+        let field = field.into();
+        let value = value.to_string();
+        self.values.insert(field.clone(), value.clone());
+        self.changes.insert(field, Some(value));
+    }
+
+    pub fn remove(&mut self, field: &str) {
+        self.values.remove(field);
+        self.changes.insert(field.to_owned(), None);
+    }
+
+    /// Fields to set and fields to delete.
+    pub(crate) fn changes(&self) -> (Vec<(&str, &str)>, Vec<&str>) {
+        let mut sets = Vec::new();
+        let mut deletes = Vec::new();
+        for (field, change) in &self.changes {
+            match change {
+                Some(value) => sets.push((field.as_str(), value.as_str())),
+                None => deletes.push(field.as_str()),
+            }
+        }
+        (sets, deletes)
+    }
+}
+
+/// A session's changes, as the commit writes them: the session's id with the
+/// fields to set and the fields to delete.
+pub struct SessionWrite {
+    /// The session id (its `session_uuid`, or the reply address).
+    pub id: String,
+    pub sets: Vec<(String, String)>,
+    pub deletes: Vec<String>,
+}
+
+impl SessionWrite {
+    /// A session that was only read (or, for a message handled again, may
+    /// have been written by the first attempt): its outbox is still checked.
+    pub fn check_only(id: String) -> SessionWrite {
+        SessionWrite {
+            id,
+            sets: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+
+    /// Whether the message changed the session.
+    pub fn writes(&self) -> bool {
+        !self.sets.is_empty() || !self.deletes.is_empty()
+    }
+}
+
+/// The session id for a connection: a well-formed `session_uuid`, else the
+/// reply address.
+pub(crate) fn session_id(query: &str, reply: &str) -> String {
+    query_param(query, "session_uuid")
+        .filter(|id| {
+            !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        })
+        .unwrap_or_else(|| reply.to_owned())
+}
+
+/// First value of a query parameter (percent-decoding is not needed for the
+/// ids we read; values with escapes are returned as sent).
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_id_prefers_a_valid_uuid() {
+        assert_eq!(session_id("session_uuid=abc-123", "if!1"), "abc-123");
+        assert_eq!(session_id("x=1&session_uuid=abc", "if!1"), "abc");
+        assert_eq!(session_id("session_uuid=../etc", "if!1"), "if!1");
+        assert_eq!(session_id("", "if!1"), "if!1");
+    }
+
+    #[test]
+    fn tracks_changes() {
+        let mut session = Session::loaded(HashMap::from([("a".to_owned(), "1".to_owned())]));
+        session.set("count", 5);
+        session.remove("a");
+        assert_eq!(session.get_u64("count"), 5);
+        let (sets, deletes) = session.changes();
+        assert_eq!(sets, vec![("count", "5")]);
+        assert_eq!(deletes, vec!["a"]);
+    }
+}

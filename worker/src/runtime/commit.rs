@@ -1,0 +1,618 @@
+//! Committing handled messages: every effect once, in four slot-local steps.
+//!
+//! A message's effects live in up to four places: its session, the groups it
+//! sends to, its interface (reply, HTTP request body) and its channel shard
+//! (the acknowledgement). On a Redis Cluster those are different hash slots,
+//! and one atomic step may only touch one slot. So the commit is a sequence of
+//! steps, each atomic in its own slot, each safe to run again:
+//!
+//! 1. **session** (`commit_session.lua`): the session writes and an *outbox*
+//!    (the message's sequence number with its reply and group sends), only if
+//!    the outbox does not already hold this or a later message of the
+//!    connection. If it holds this one, a worker committed it before and died
+//!    (or was slow): the stored outcome is finished instead of ours, so the
+//!    reply is the one computed from the session before the writes.
+//! 2. **groups** (`commit_groups.lua`): each group send, only if the sender's
+//!    marker in the group's slot is below the message's sequence number.
+//! 3. **reply** (`commit_reply.lua`): the reply with its `done`; the HTTP
+//!    request body append, guarded by the interface's sequence table. A reply
+//!    appended twice is harmless: the interface applies each `done` once.
+//! 4. **ack**: `XACK`, so the message is never handed out again.
+//!
+//! A worker that dies between two steps leaves its message pending; whoever
+//! handles it next runs the steps again and each one that already happened is
+//! a no-op (docs/protocol.md has the failure analysis step by step). Nothing
+//! checks that the entry is still pending to this worker: a slow worker and the
+//! one that claimed its message both run the steps, and the guards let each
+//! effect happen once.
+//!
+//! Handlers hand their commits to one batcher task, which runs each step for
+//! every message of a batch together: one script call per hash slot (on a
+//! single Redis, one per step for the whole batch). With
+//! `--redis-wait-replicas N` each step waits until N replicas have it before the
+//! next one runs, so a failover cannot lose a step whose successor happened.
+//!
+//! A streamed HTTP response sends its first pieces before that commit, each
+//! after checking that the entry is still pending to this worker
+//! (`stream_owner.lua`), so a worker that lost its entry to another one stops
+//! streaming instead of mixing its output in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use redis::{RedisError, RedisResult, Script, Value};
+use switchyard_protocol::groups::{publish_command, GroupFrame};
+use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
+use switchyard_protocol::stream::StreamEntry;
+use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
+
+use crate::api::session::SessionWrite;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Most messages committed by one batch.
+const MAX_BATCH: usize = 64;
+/// Batches under way at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// How long an outbox outlives a connection that is gone: longer than any
+/// handing-over of its last messages to another worker.
+const CLOSING_TTL: Duration = Duration::from_secs(3600);
+/// How long a step waits for `--redis-wait-replicas` replicas.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the commit did for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    /// The message had been committed before (by an earlier attempt, or by
+    /// another worker): its stored outcome was finished, ours dropped.
+    Repeated,
+    /// The entry is no longer pending to this worker (streamed responses
+    /// only); nothing was written.
+    NotOwned,
+}
+
+/// One handled message, ready to commit.
+pub struct Commit {
+    pub stream: String,
+    pub entry_id: String,
+    pub interface: String,
+    pub conn: u64,
+    pub seq: u64,
+    /// Encoded reply; `None` when the connection is gone (disconnect).
+    pub reply: Option<Vec<u8>>,
+    /// The connection is over (a disconnect, or an HTTP request answered).
+    pub forget: bool,
+    /// What happens to the HTTP request body stored so far.
+    pub body: BodyOp,
+    /// The session, when it was used (or must be checked).
+    pub session: Option<SessionWrite>,
+    pub group_sends: GroupSends,
+}
+
+impl Commit {
+    fn reply_address(&self) -> String {
+        format!("{}!{}", self.interface, self.conn)
+    }
+}
+
+/// The HTTP request body kept in Redis between chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyOp {
+    Keep,
+    /// Append a chunk (the request goes on).
+    Append(Vec<u8>),
+    /// Drop it (the request is answered or gone).
+    Delete,
+}
+
+/// One early reply of a streamed HTTP response.
+pub struct StreamPiece<'a> {
+    pub stream: &'a str,
+    pub entry_id: &'a str,
+    pub interface: &'a str,
+    pub reply: &'a [u8],
+}
+
+/// Handle to the commit batcher (and the early-reply steps).
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::UnboundedSender<Pending>,
+    settings: Arc<Settings>,
+    scripts: Arc<Scripts>,
+}
+
+/// What every batch needs besides the commits.
+pub struct Settings {
+    pub redis: Redis,
+    pub keys: Keys,
+    /// This worker's name in the consumer group.
+    pub member: String,
+    pub reply_ttl: Duration,
+    pub session_ttl: Duration,
+    /// `--redis-wait-replicas`: replicas each step waits for (0: none).
+    pub wait_replicas: u32,
+}
+
+struct Scripts {
+    session: Script,
+    groups: Script,
+    reply: Script,
+    owner: Script,
+}
+
+type Pending = (Commit, oneshot::Sender<RedisResult<Outcome>>);
+
+/// A commit on its way through the steps.
+struct Item {
+    commit: Commit,
+    /// `Err` once a step failed (the handler retries the message).
+    state: RedisResult<Outcome>,
+    /// Only the acknowledgement is left: a later message of the connection is
+    /// committed, so this one was completely before.
+    finished: bool,
+    done: oneshot::Sender<RedisResult<Outcome>>,
+}
+
+impl Item {
+    fn going(&self) -> bool {
+        self.state.is_ok()
+    }
+
+    /// Still has steps to run (not failed, not found done already).
+    fn writing(&self) -> bool {
+        matches!(self.state, Ok(Outcome::Committed | Outcome::Repeated)) && !self.finished
+    }
+}
+
+impl Committer {
+    /// Starts the batcher task.
+    pub fn start(settings: Settings) -> Committer {
+        let settings = Arc::new(settings);
+        let scripts = Arc::new(Scripts {
+            session: Script::new(scripts::COMMIT_SESSION),
+            groups: Script::new(&scripts::commit_groups()),
+            reply: Script::new(scripts::COMMIT_REPLY),
+            owner: Script::new(scripts::STREAM_OWNER),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(settings.clone(), scripts.clone(), rx));
+        Committer { tx, settings, scripts }
+    }
+
+    /// Commits one message (batched with whatever else is ready).
+    pub async fn commit(&self, commit: Commit) -> RedisResult<Outcome> {
+        let (done, outcome) = oneshot::channel();
+        let closed = || RedisError::from((redis::ErrorKind::Client, "commit batcher stopped"));
+        self.tx.send((commit, done)).map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    /// Appends one piece of a streamed HTTP response ahead of the commit;
+    /// `false` when the entry is no longer ours (or already acknowledged).
+    pub async fn stream_reply(&self, piece: &StreamPiece<'_>) -> RedisResult<bool> {
+        let settings = &self.settings;
+        let mut con = settings.redis.clone();
+        let owned: i64 = self
+            .scripts
+            .owner
+            .key(piece.stream)
+            .arg(WORKER_GROUP)
+            .arg(&settings.member)
+            .arg(piece.entry_id)
+            .invoke_async(&mut con)
+            .await?;
+        if owned != 1 {
+            return Ok(false);
+        }
+        let stream = settings.keys.reply_stream(piece.interface);
+        redis::pipe()
+            .cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(switchyard_protocol::PAYLOAD_FIELD)
+            .arg(piece.reply)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&stream)
+            .arg(settings.reply_ttl.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(true)
+    }
+}
+
+async fn run(settings: Arc<Settings>, scripts: Arc<Scripts>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        // Take a batch slot first, so a busy Redis makes the next batch bigger.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let settings = settings.clone();
+        let scripts = scripts.clone();
+        tokio::spawn(async move {
+            let mut items: Vec<Item> = batch
+                .into_iter()
+                .map(|(commit, done)| Item {
+                    commit,
+                    state: Ok(Outcome::Committed),
+                    done,
+                    finished: false,
+                })
+                .collect();
+            commit_batch(&settings, &scripts, &mut items).await;
+            for item in items {
+                let _ = item.done.send(item.state);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Runs the four steps over a batch; each item ends with its outcome or the
+/// first error it met (its handler then runs the message again).
+async fn commit_batch(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+    let written = session_step(settings, scripts, items).await;
+    wait_replicas(settings, items, &written).await;
+    let written = groups_step(settings, scripts, items).await;
+    wait_replicas(settings, items, &written).await;
+    let written = reply_step(settings, scripts, items).await;
+    wait_replicas(settings, items, &written).await;
+    ack_step(settings, items).await;
+}
+
+/// Groups the indices of `items` by the slot group of a key.
+fn by_slot(
+    redis: &Redis,
+    items: &[Item],
+    key: impl Fn(&Item) -> Option<String>,
+) -> BTreeMap<u16, Vec<(usize, String)>> {
+    let mut groups: BTreeMap<u16, Vec<(usize, String)>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if let Some(key) = key(item) {
+            groups
+                .entry(redis.slot_group(key.as_bytes()))
+                .or_default()
+                .push((index, key));
+        }
+    }
+    groups
+}
+
+/// Step 1: session writes and outboxes, once per message. Returns the keys
+/// written (one per slot).
+async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
+    let keys = &settings.keys;
+    let groups = by_slot(&settings.redis, items, |item| {
+        let session = item.commit.session.as_ref()?;
+        item.writing().then(|| keys.session(&session.id))
+    });
+    let calls = groups.values().map(|members| {
+        let mut invocation = scripts.session.prepare_invoke();
+        invocation
+            .arg(settings.session_ttl.as_millis() as u64)
+            .arg(settings.session_ttl.as_millis() as u64)
+            .arg(CLOSING_TTL.min(settings.session_ttl).as_millis() as u64);
+        for (index, session_key) in members {
+            let commit = &items[*index].commit;
+            let Some(session) = &commit.session else { continue };
+            invocation
+                .key(session_key)
+                .key(keys.outbox(&session.id, &commit.reply_address()));
+            let outbox = if session.writes() {
+                encode_outbox(commit)
+            } else {
+                Vec::new()
+            };
+            invocation
+                .arg(commit.seq)
+                .arg(outbox)
+                .arg(if commit.forget { "1" } else { "0" })
+                .arg(session.sets.len());
+            for (field, value) in &session.sets {
+                invocation.arg(field).arg(value);
+            }
+            invocation.arg(session.deletes.len());
+            for field in &session.deletes {
+                invocation.arg(field);
+            }
+        }
+        let mut con = settings.redis.clone();
+        async move { invocation.invoke_async::<Vec<Value>>(&mut con).await }
+    });
+    let results = join_all(calls).await;
+    let written = groups
+        .values()
+        .filter_map(|m| m.first().map(|(_, key)| key.clone()))
+        .collect();
+    for (members, result) in groups.values().zip(results) {
+        match result {
+            Ok(codes) => {
+                for ((index, _), code) in members
+                    .iter()
+                    .zip(codes.into_iter().chain(std::iter::repeat(Value::Nil)))
+                {
+                    apply_session_result(&mut items[*index], code);
+                }
+            }
+            Err(error) => {
+                for (index, _) in members {
+                    items[*index].state = Err(error.clone());
+                }
+            }
+        }
+    }
+    written
+}
+
+fn encode_outbox(commit: &Commit) -> Vec<u8> {
+    let groups = commit
+        .group_sends
+        .iter()
+        .map(|(group, frame)| {
+            let (kind, data) = frame.kind_and_data();
+            OutboxSend {
+                group: group.clone(),
+                kind: kind.to_owned(),
+                data: data.to_vec().into(),
+            }
+        })
+        .collect();
+    encode(&Outbox {
+        v: switchyard_protocol::PROTOCOL_VERSION,
+        reply: commit.reply.clone().unwrap_or_default().into(),
+        groups,
+    })
+}
+
+/// A message's group sends: (group, frame).
+type GroupSends = Vec<(String, GroupFrame)>;
+
+/// The reply and group sends back from a stored "<seq> <outbox>".
+fn decode_outbox(stored: &[u8]) -> Option<(Option<Vec<u8>>, GroupSends)> {
+    let space = stored.iter().position(|&b| b == b' ')?;
+    let outbox: Outbox = decode(&stored[space + 1..]).ok()?;
+    let groups = outbox
+        .groups
+        .into_iter()
+        .map(|send| {
+            Some((
+                send.group,
+                GroupFrame::from_kind_and_data(&send.kind, send.data.into_vec())?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let reply = outbox.reply.into_vec();
+    Some(((!reply.is_empty()).then_some(reply), groups))
+}
+
+/// 1 → go on; 0 → a later message is committed (only the ack is left);
+/// "<seq> <outbox>" → this message was committed before: finish that.
+fn apply_session_result(item: &mut Item, code: Value) {
+    match code {
+        Value::Int(1) => {}
+        Value::Int(0) => {
+            item.state = Ok(Outcome::Repeated);
+            item.finished = true;
+        }
+        Value::BulkString(stored) => match decode_outbox(&stored) {
+            Some((reply, groups)) => {
+                item.commit.reply = reply;
+                item.commit.group_sends = groups;
+                item.state = Ok(Outcome::Repeated);
+            }
+            None => {
+                item.state = Err(RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "unreadable outbox in Redis",
+                )))
+            }
+        },
+        other => {
+            item.state = Err(RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected answer from the session step",
+                format!("{other:?}"),
+            )))
+        }
+    }
+}
+
+/// Step 2: group sends, once per message and group. Returns the keys written
+/// (one per slot).
+async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
+    let keys = &settings.keys;
+    // One entry per (message, group): the sends of a message to a group stay together.
+    let mut sends: BTreeMap<u16, Vec<(usize, &str, &GroupFrame)>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if !item.writing() {
+            continue;
+        }
+        for (group, frame) in &item.commit.group_sends {
+            let slot = settings.redis.slot_group(keys.group_channel(group).as_bytes());
+            sends.entry(slot).or_default().push((index, group, frame));
+        }
+    }
+    if sends.is_empty() {
+        return Vec::new();
+    }
+    let written = sends
+        .values()
+        .filter_map(|m| m.first().map(|(_, group, _)| keys.group_seq(group)))
+        .collect();
+    let publish = publish_command(settings.redis.is_cluster());
+    let calls = sends.values().map(|members| {
+        let mut invocation = scripts.groups.prepare_invoke();
+        invocation.arg(publish).arg(settings.session_ttl.as_millis() as u64);
+        for (index, group, frame) in members {
+            let commit = &items[*index].commit;
+            let (kind, data) = frame.kind_and_data();
+            invocation
+                .key(keys.group_seq(group))
+                .key(keys.group_channel(group))
+                .key(keys.group_sent(group, &commit.reply_address()))
+                .arg(commit.seq)
+                .arg(*group)
+                .arg(kind)
+                .arg(data);
+        }
+        let mut con = settings.redis.clone();
+        async move { invocation.invoke_async::<i64>(&mut con).await }
+    });
+    let results = join_all(calls).await;
+    let failed: Vec<(usize, RedisError)> = sends
+        .values()
+        .zip(results)
+        .filter_map(|(members, result)| result.err().map(|e| (members, e)))
+        .flat_map(|(members, error)| members.iter().map(move |(index, _, _)| (*index, error.clone())))
+        .collect();
+    for (index, error) in failed {
+        items[index].state = Err(error);
+    }
+    written
+}
+
+/// Step 3: replies and HTTP request bodies. Returns the keys written (one
+/// per slot).
+async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
+    let keys = &settings.keys;
+    let groups = by_slot(&settings.redis, items, |item| {
+        item.writing().then(|| keys.reply_stream(&item.commit.interface))
+    });
+    let calls = groups.values().map(|members| {
+        let mut invocation = scripts.reply.prepare_invoke();
+        invocation.arg(settings.reply_ttl.as_millis() as u64);
+        for (index, reply_stream) in members {
+            let commit = &items[*index].commit;
+            invocation
+                .key(reply_stream)
+                .key(keys.connection_seqs(&commit.interface))
+                .key(keys.http_body(&commit.interface, commit.conn));
+            invocation
+                .arg(commit.conn)
+                .arg(commit.seq)
+                .arg(commit.reply.as_deref().unwrap_or(b""));
+            match &commit.body {
+                BodyOp::Keep => invocation.arg("").arg(""),
+                BodyOp::Append(chunk) => invocation.arg("append").arg(chunk.as_slice()),
+                BodyOp::Delete => invocation.arg("delete").arg(""),
+            };
+            invocation.arg(if commit.forget { "1" } else { "0" });
+        }
+        let mut con = settings.redis.clone();
+        async move { invocation.invoke_async::<i64>(&mut con).await }
+    });
+    let results = join_all(calls).await;
+    let written = groups
+        .values()
+        .filter_map(|m| m.first().map(|(_, key)| key.clone()))
+        .collect();
+    for (members, result) in groups.values().zip(results) {
+        if let Err(error) = result {
+            for (index, _) in members {
+                items[*index].state = Err(error.clone());
+            }
+        }
+    }
+    written
+}
+
+/// Step 4: one `XACK` per stream for everything that got this far.
+async fn ack_step(settings: &Settings, items: &mut [Item]) {
+    let mut streams: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if item.going() {
+            streams.entry(item.commit.stream.as_str()).or_default().push(index);
+        }
+    }
+    let mut batch = SlotBatch::new();
+    for (stream, members) in &streams {
+        let mut xack = redis::cmd("XACK");
+        xack.arg(*stream).arg(WORKER_GROUP);
+        for index in members {
+            xack.arg(&items[*index].commit.entry_id);
+        }
+        batch.add(stream, xack);
+    }
+    let outcomes = batch.run(&settings.redis).await;
+    let failed: Vec<(Vec<usize>, RedisError)> = streams
+        .into_values()
+        .zip(outcomes)
+        .filter_map(|(members, outcome)| outcome.err().map(|e| (members, e)))
+        .collect();
+    for (members, error) in failed {
+        for index in members {
+            items[index].state = Err(error.clone());
+        }
+    }
+}
+
+/// With `--redis-wait-replicas N`: waits until N replicas have what the last
+/// step wrote (`written`: a key per slot it wrote to); if they do not within
+/// the timeout, every item still under way fails (and is handled again: every
+/// step is safe to repeat).
+async fn wait_replicas(settings: &Settings, items: &mut [Item], written: &[String]) {
+    if settings.wait_replicas == 0 || written.is_empty() || !items.iter().any(Item::writing) {
+        return;
+    }
+    let waited = wait_for_replicas(
+        &settings.redis,
+        written.iter().map(String::as_str),
+        settings.wait_replicas,
+        WAIT_TIMEOUT,
+    )
+    .await;
+    if let Err(error) = waited {
+        for item in items.iter_mut().filter(|item| item.writing()) {
+            item.state = Err(error.clone());
+        }
+    }
+}
+
+/// Moves an entry that cannot be handled to the dead-letter stream, then
+/// acknowledges it. Two steps (the dead-letter stream and the channel shard
+/// are in different slots): a worker that dies between them leaves the entry
+/// pending, and the next one dead-letters it again — a dead letter may appear
+/// twice, it is never lost. The dead-letter stream is capped.
+pub async fn dead_letter(
+    con: &mut Redis,
+    keys: &Keys,
+    stream: &str,
+    entry: &StreamEntry,
+    consumer: &str,
+    error: &str,
+) -> RedisResult<()> {
+    let mut add = redis::cmd("XADD");
+    add.arg(keys.dead_letter())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("stream")
+        .arg(stream)
+        .arg("id")
+        .arg(&entry.id)
+        .arg("error")
+        .arg(error)
+        .arg("consumer")
+        .arg(consumer);
+    for (name, value) in &entry.fields {
+        let mut field = b"field:".to_vec();
+        field.extend_from_slice(name);
+        add.arg(field).arg(value);
+    }
+    add.query_async::<()>(con).await?;
+    redis::cmd("XACK")
+        .arg(stream)
+        .arg(WORKER_GROUP)
+        .arg(&entry.id)
+        .query_async(con)
+        .await
+}

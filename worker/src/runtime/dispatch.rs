@@ -1,0 +1,202 @@
+//! Handling one stream entry: decode, run the consumer, commit.
+//!
+//! Garbage (undecodable entries, unknown versions, bad reply addresses) goes to
+//! the dead-letter stream with a log line; the worker carries on. A Redis
+//! error while handling or committing is retried with backoff — the consumer
+//! runs again from scratch, which is safe because nothing was committed. An
+//! application error closes the connection with 1011 (HTTP: answers 500).
+//! An event of the wrong kind for the channel (an `http.request` on a
+//! WebSocket channel, say) is a routing mistake and is dead-lettered.
+//!
+//! Each message is handled inside a `message{channel, conn, seq, event}` span,
+//! so every log line names the connection (or request) it is about.
+
+use switchyard_protocol::redis_conn::Backoff;
+use switchyard_protocol::stream::StreamEntry;
+use switchyard_protocol::{decode, encode, ChannelMessage, Event, Reply, ReplyAddress};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use switchyard_protocol::close;
+
+use crate::api::app::ChannelApp;
+use crate::api::consumer::{Message, WebSocketConsumer};
+use crate::api::context::{Context, Scope};
+use crate::api::session::SessionWrite;
+use crate::runtime::commit::{self, BodyOp, Commit, Outcome};
+use crate::runtime::Worker;
+
+/// Handles one entry. `redelivered`: the entry was handed out before (a
+/// worker's own pending list, or claimed from another one), so an earlier
+/// attempt may have committed part of it.
+pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, redelivered: bool) {
+    let Some((channel, app)) = worker.channel_of(stream) else {
+        tracing::error!(stream, "entry from a stream this worker does not serve");
+        return;
+    };
+    let message = match entry.payload().map(decode::<ChannelMessage>) {
+        Some(Ok(message)) => message,
+        Some(Err(error)) => return reject(worker, stream, &entry, &error.to_string()).await,
+        None => return reject(worker, stream, &entry, "entry has no `m` payload field").await,
+    };
+    let Some(reply) = ReplyAddress::parse(&message.reply) else {
+        return reject(worker, stream, &entry, "malformed reply address").await;
+    };
+    let is_http = matches!(message.event, Event::HttpRequest(_) | Event::HttpDisconnect);
+    if is_http != matches!(app, ChannelApp::Http(_)) {
+        let error = format!(
+            "channel `{channel}` serves {} consumers; got {}",
+            app.kind(),
+            message.event.type_name()
+        );
+        return reject(worker, stream, &entry, &error).await;
+    }
+    let span = tracing::info_span!(
+        "message",
+        channel = %channel,
+        conn = %message.reply,
+        seq = message.seq,
+        event = message.event.type_name()
+    );
+    let started = Instant::now();
+    worker.metrics.in_flight.inc();
+    let outcome = run(worker, stream, &entry, channel, app, &message, &reply, redelivered)
+        .instrument(span)
+        .await;
+    worker.metrics.in_flight.dec();
+    worker
+        .metrics
+        .handled(channel, message.event.type_name(), outcome, started.elapsed());
+}
+
+/// Runs the consumer and commits, retrying Redis errors; names the outcome.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    channel: &str,
+    app: &ChannelApp,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+    redelivered: bool,
+) -> &'static str {
+    let mut backoff = Backoff::default();
+    // After a failed attempt, part of the commit may have happened.
+    let mut again = redelivered;
+    loop {
+        let result = match app {
+            ChannelApp::WebSocket(consumer) => {
+                attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply, again).await
+            }
+            ChannelApp::Http(app) => {
+                crate::runtime::http_request::attempt(worker, stream, entry, app.as_ref(), message, reply).await
+            }
+        };
+        match result {
+            Ok(Outcome::Committed) => return "committed",
+            Ok(Outcome::Repeated) => {
+                // Committed before (an earlier attempt whose answer was lost, a
+                // worker that died mid-commit, or a slow one): finished once.
+                tracing::info!(entry = %entry.id, "message committed before; finished with its stored outcome");
+                return "repeated";
+            }
+            Ok(Outcome::NotOwned) => {
+                tracing::info!(
+                    entry = %entry.id,
+                    "message no longer pending to this worker (claimed by another); streamed response stopped"
+                );
+                return "not_owned";
+            }
+            Err(error) => {
+                worker.metrics.redis_errors.inc();
+                tracing::warn!(%error, entry = %entry.id, "Redis error while handling; retrying");
+                again = true;
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    channel: &str,
+    consumer: &dyn WebSocketConsumer,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+    again: bool,
+) -> redis::RedisResult<Outcome> {
+    let (headers, client, subprotocols) = match &message.event {
+        Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
+        _ => Default::default(),
+    };
+    let scope = Scope {
+        channel: channel.to_owned(),
+        reply: reply.clone(),
+        path: message.path.clone(),
+        query: message.query.clone(),
+        headers,
+        client,
+        subprotocols,
+    };
+    let mut ctx = Context::new(scope, worker.redis.clone(), worker.keys.clone());
+    let result = match &message.event {
+        Event::Connect(_) => consumer.connect(&mut ctx).await,
+        Event::Receive(payload) => {
+            let message = match (&payload.text, &payload.bytes) {
+                (Some(text), _) => Message::Text(text.clone()),
+                (None, Some(bytes)) => Message::Binary(bytes.to_vec()),
+                (None, None) => Message::Text(String::new()),
+            };
+            consumer.receive(&mut ctx, message).await
+        }
+        Event::Disconnect { code } => consumer.disconnect(&mut ctx, *code).await,
+        Event::Drain => consumer.drain(&mut ctx).await,
+        // `handle` sends HTTP events to the HTTP handler.
+        Event::HttpRequest(_) | Event::HttpDisconnect => Ok(()),
+    };
+    if let Err(error) = result {
+        if let Some(redis_error) = error.downcast_ref::<redis::RedisError>() {
+            return Err(redis_error.clone());
+        }
+        tracing::error!(error = %format!("{error:#}"), channel, event = message.event.type_name(), reply = %message.reply, "consumer failed; closing the connection with 1011");
+        ctx = Context::new(ctx.scope().clone(), worker.redis.clone(), worker.keys.clone());
+        ctx.close(close::INTERNAL_ERROR);
+    }
+    let disconnect = matches!(message.event, Event::Disconnect { .. });
+    let actions = std::mem::take(&mut ctx.actions);
+    // A message handled again checks the session's outbox even if this run
+    // did not touch the session; a disconnect shortens the outbox's life.
+    let session = ctx
+        .session_write()
+        .or_else(|| (again || disconnect).then(|| SessionWrite::check_only(ctx.session_id().to_owned())));
+    let commit = Commit {
+        stream: stream.to_owned(),
+        entry_id: entry.id.clone(),
+        interface: reply.interface.clone(),
+        conn: reply.conn,
+        seq: message.seq,
+        reply: (!disconnect).then(|| encode(&Reply::new(reply.conn, Some(message.seq), actions))),
+        forget: disconnect,
+        body: BodyOp::Keep,
+        session,
+        group_sends: std::mem::take(&mut ctx.group_sends),
+    };
+    worker.committer.commit(commit).await
+}
+
+/// Dead-letters an entry, retrying until Redis takes it.
+async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str) {
+    worker.metrics.dead_letters.inc();
+    tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
+    let mut backoff = Backoff::default();
+    let mut con = worker.redis.clone();
+    while let Err(redis_error) = commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.member, error).await
+    {
+        tracing::warn!(%redis_error, "dead-lettering failed; retrying");
+        backoff.wait().await;
+    }
+}

@@ -1,0 +1,254 @@
+//! The reader: pulls messages off the served channel shard streams.
+//!
+//! One `XREADGROUP` on a dedicated connection reads every served stream at
+//! once, never more messages than there are free permits, and hands each to
+//! its own task. On a Redis Cluster one command may only name keys of one
+//! hash slot, so there is one such read loop per slot (each shard of a channel
+//! has its own), each on its own dedicated connection; [`run`] starts one for
+//! every slot group and more when interfaces announce new shards. The first reads ask for this consumer's own pending entries
+//! (id `0`): a worker restarted under the same `--name` picks up what its
+//! previous life left unacknowledged before it reads anything new. When the
+//! worker is stopping it simply does not read again; its last blocking read
+//! ends by itself within the block time, so no message is ever delivered to a
+//! reader that is no longer there.
+//!
+//! After a failed read (and on every new connection) it reads its own pending
+//! entries again, twice: at once and [`RECHECK`] later. A read whose answer
+//! was lost (Redis frozen or restarted, a network cut: the client gave up, but
+//! Redis ran the command) has put entries into this consumer's pending list
+//! that no task holds; without the re-read they would wait for the
+//! `--claim-idle` backstop. Redis may run the lost read only after the first
+//! re-read, hence the second. Entries still in a handler's hands are skipped,
+//! so none is handled twice at once. (Regression tests: `worker_reconnect`,
+//! `redis_outage`.)
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use switchyard_protocol::redis_conn::Backoff;
+use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
+use switchyard_protocol::WORKER_GROUP;
+
+use crate::runtime::dispatch;
+use crate::runtime::{Worker, READ_BLOCK};
+
+const MAX_READ: usize = 256;
+/// When, after the first good read past a failure, the pending list is read again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// Entries (stream, id) handed to a handler task and not yet finished.
+#[derive(Default, Clone)]
+struct InHand(Arc<Mutex<HashSet<(String, String)>>>);
+
+impl InHand {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        // A panic while holding this lock cannot leave the set inconsistent.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks an entry as in hand until the returned guard drops (even by a
+    /// panicking handler); `None` if it already is.
+    fn take(&self, key: (String, String)) -> Option<Held> {
+        self.set().insert(key.clone()).then(|| Held {
+            in_hand: self.clone(),
+            key,
+        })
+    }
+}
+
+struct Held {
+    in_hand: InHand,
+    key: (String, String),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.in_hand.set().remove(&self.key);
+    }
+}
+
+/// Runs a read loop per slot group of the served streams until the worker stops.
+pub async fn run(worker: Arc<Worker>) {
+    let mut streams = worker.watch_streams();
+    let mut loops: HashMap<u16, (watch::Sender<Vec<String>>, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let current = streams.borrow_and_update().clone();
+        let mut groups: HashMap<u16, Vec<String>> = HashMap::new();
+        for stream in current {
+            groups
+                .entry(worker.redis.slot_group(stream.as_bytes()))
+                .or_default()
+                .push(stream);
+        }
+        for (group, members) in groups {
+            match loops.get(&group) {
+                Some((sender, _)) => {
+                    sender.send_if_modified(|known| {
+                        let changed = *known != members;
+                        *known = members;
+                        changed
+                    });
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(members);
+                    let task = tokio::spawn(read_loop(worker.clone(), receiver));
+                    loops.insert(group, (sender, task));
+                }
+            }
+        }
+        tokio::select! {
+            changed = streams.changed() => if changed.is_err() { break },
+            () = worker.stopped() => break,
+        }
+    }
+    for (_, (_, task)) in loops {
+        let _ = task.await;
+    }
+}
+
+/// Reads one slot group's streams (the list may grow) until the worker stops.
+async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>>) {
+    let mut streams = watched.borrow_and_update().clone();
+    let mut backoff = Backoff::default();
+    // Per stream: an id = our own pending entries after it (history);
+    // ">" = new entries.
+    let mut positions: Vec<String> = streams.iter().map(|_| "0".to_owned()).collect();
+    let in_hand = InHand::default();
+    // Set by a failed read: read the pending list again after the next good read.
+    let mut recheck = false;
+    let mut recheck_at: Option<Instant> = None;
+    while !worker.stopping() {
+        let mut con = match worker.client.blocking(READ_BLOCK).await {
+            Ok(con) => con,
+            Err(error) => {
+                tracing::warn!(%error, "reader cannot reach Redis; retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        if let Err(error) = worker.ensure_groups(&streams).await {
+            tracing::warn!(%error, "cannot create consumer groups; retrying");
+            backoff.wait().await;
+            continue;
+        }
+        positions.iter_mut().for_each(|p| *p = "0".to_owned());
+        while !worker.stopping() {
+            // Wait for at least one free permit, then read as many as are free.
+            let first = match worker.permits.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return,
+            };
+            if watched.has_changed().unwrap_or(false) {
+                // New shards: read their history (our own pending entries) first.
+                let grown = watched.borrow_and_update().clone();
+                positions = grown
+                    .iter()
+                    .map(|stream| match streams.iter().position(|s| s == stream) {
+                        Some(known) => positions[known].clone(),
+                        None => "0".to_owned(),
+                    })
+                    .collect();
+                streams = grown;
+                if let Err(error) = worker.ensure_groups(&streams).await {
+                    tracing::warn!(%error, "cannot create consumer groups on new shards; retrying");
+                }
+            }
+            if recheck_at.is_some_and(|at| Instant::now() >= at) {
+                recheck_at = None;
+                positions.iter_mut().for_each(|p| *p = "0".to_owned());
+            }
+            let count = (worker.permits.available_permits() + 1).min(MAX_READ);
+            let mut command = redis::cmd("XREADGROUP");
+            command
+                .arg("GROUP")
+                .arg(WORKER_GROUP)
+                .arg(&worker.member)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&streams);
+            command.arg(&positions);
+            let reply: redis::RedisResult<redis::Value> = command.query_async(&mut con).await;
+            let value = match reply {
+                Ok(value) => value,
+                Err(error) => {
+                    tracing::warn!(%error, "read failed; reconnecting");
+                    drop(first);
+                    positions.iter_mut().for_each(|p| *p = "0".to_owned());
+                    recheck = true;
+                    break;
+                }
+            };
+            backoff.reset();
+            if std::mem::take(&mut recheck) {
+                recheck_at = Some(Instant::now() + RECHECK);
+            }
+            if worker.mark_reading() {
+                crate::runtime::maintenance::announce(&worker).await;
+            }
+            // Entries read from our own pending list (id, not ">") were
+            // delivered before: possibly half committed by an earlier attempt.
+            let history: HashSet<&String> = streams
+                .iter()
+                .zip(&positions)
+                .filter(|(_, p)| *p != ">")
+                .map(|(s, _)| s)
+                .collect();
+            let batches = parse_read_reply(&value);
+            let redelivered: HashSet<String> = batches
+                .iter()
+                .filter(|b| history.contains(&b.stream))
+                .map(|b| b.stream.clone())
+                .collect();
+            advance_history(&streams, &mut positions, &batches);
+            let mut first = Some(first);
+            for batch in batches {
+                for entry in batch.entries {
+                    let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
+                        continue;
+                    };
+                    let permit = match first.take() {
+                        Some(permit) => permit,
+                        None => match worker.permits.clone().acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                    };
+                    let worker = worker.clone();
+                    let stream = batch.stream.clone();
+                    let redelivered = redelivered.contains(&batch.stream);
+                    tokio::spawn(async move {
+                        dispatch::handle_entry(&worker, &stream, entry, redelivered).await;
+                        drop((held, permit));
+                    });
+                }
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+/// Moves each stream's history position past what was just read; a stream
+/// whose history came back empty switches to new entries.
+fn advance_history(streams: &[String], positions: &mut [String], batches: &[StreamBatch]) {
+    for (stream, position) in streams.iter().zip(positions.iter_mut()) {
+        if position == ">" {
+            continue;
+        }
+        match batches
+            .iter()
+            .find(|b| &b.stream == stream)
+            .and_then(|b| b.entries.last())
+        {
+            Some(last) => *position = last.id.clone(),
+            None => *position = ">".to_owned(),
+        }
+    }
+}

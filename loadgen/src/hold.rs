@@ -92,13 +92,13 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
     limits::check_connections(args.connections as u64)?;
     let hold = options::seconds("--hold", args.hold, 0.0, options::MAX_SECONDS)?;
     let answer_timeout = options::seconds("--answer-timeout", args.answer_timeout, 0.1, 300.0)?;
-    let connect_timeout = args.common.connect_timeout()?;
-    let setup_deadline = args.common.setup_deadline()?;
+    let connect_timeout = args.common.run.connect_timeout()?;
+    let setup_deadline = args.common.run.setup_deadline()?;
     if args.payload_bytes > 1 << 20 {
         bail!("--payload-bytes must be at most 1 MiB");
     }
-    let watched = Watched::new(&args.common.pids)?;
-    let sources = SourceAddrs::for_connections(args.common.source_ip_offset, args.connections as u64);
+    let watched = Watched::new(&args.common.run.pids)?;
+    let sources = SourceAddrs::for_connections(args.common.run.source_ip_offset, args.connections as u64);
     let before = watched.sample();
 
     eprintln!(
@@ -112,7 +112,7 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
     let dropped = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     let recorder = Arc::new(Recorder::new(threads.max(1) * 8));
-    let permits = Arc::new(Semaphore::new(args.common.connect_concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(args.common.run.connect_concurrency.max(1)));
     let message = protocol::message(args.payload_bytes);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -200,7 +200,7 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
     }
     let report = HoldReport {
         scenario: "hold",
-        label: args.common.label.clone(),
+        label: args.common.run.label.clone(),
         url: target.url.clone(),
         connections: args.connections,
         connected,
@@ -220,7 +220,7 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
         pids: deltas,
         client_rss_kib,
     };
-    report::emit(&human(&report), &report, args.common.json)?;
+    report::emit(&human(&report), &report, args.common.run.json)?;
     Ok(report)
 }
 

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::limits;
-use crate::options::{self, MAX_SECONDS};
+use crate::options::{self, RunArgs, MAX_SECONDS};
 use crate::target::Target;
 
 /// Most members one process may hold (the open-files limit is 20,000 and cannot be raised).
@@ -38,8 +38,8 @@ impl RoomsProtocol {
     }
 }
 
-/// `broadcast` options. The target and run flags are spelled like the other scenarios', but
-/// `--url` is repeatable here (one per interface), so `CommonArgs` is not flattened in.
+/// `broadcast` options. `--url` is repeatable here (one per interface), so only the run flags
+/// (`RunArgs`), not `CommonArgs`, are flattened in.
 #[derive(Args, Debug, Clone)]
 pub struct BroadcastArgs {
     /// WebSocket URL of a rooms endpoint (loopback only); repeat once per interface — members
@@ -84,33 +84,8 @@ pub struct BroadcastArgs {
     #[arg(long, default_value_t = 30.0)]
     pub answer_timeout: f64,
 
-    /// Print one JSON line with all figures on stdout (human text goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-
-    /// A name for the system under test, copied into the report (e.g. daphne, switchyard).
-    #[arg(long, default_value = "")]
-    pub label: String,
-
-    /// Server process to sample for CPU (repeatable).
-    #[arg(long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-
-    /// Connect + join handshakes in flight at once while opening members.
-    #[arg(long, default_value_t = 200)]
-    pub connect_concurrency: usize,
-
-    /// Seconds allowed for one TCP connect + WebSocket handshake.
-    #[arg(long, default_value_t = 10.0)]
-    pub connect_timeout: f64,
-
-    /// Seconds allowed for opening all members; those not started by then are skipped.
-    #[arg(long, default_value_t = 300.0)]
-    pub setup_timeout: f64,
-
-    /// Use source addresses 127.0.0.(2 + offset·k)…; give each concurrent load process its own.
-    #[arg(long, default_value_t = 0)]
-    pub source_ip_offset: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// The checked options: durations converted, targets parsed and loopback-checked.
@@ -170,8 +145,8 @@ impl BroadcastArgs {
         let settle = options::seconds("--settle", self.settle, 0.0, 600.0)?;
         let drain = options::seconds("--drain-timeout", self.drain_timeout, 0.0, MAX_SECONDS)?;
         let answer_timeout = options::seconds("--answer-timeout", self.answer_timeout, 0.1, 600.0)?;
-        let connect_timeout = options::seconds("--connect-timeout", self.connect_timeout, 0.001, 120.0)?;
-        let setup_timeout = options::seconds("--setup-timeout", self.setup_timeout, 0.1, MAX_SECONDS)?;
+        let connect_timeout = self.run.connect_timeout()?;
+        let setup_timeout = self.run.setup_timeout()?;
         Ok(Settings {
             targets,
             sender_target,

@@ -69,7 +69,7 @@ impl Members {
         let setup_deadline = Instant::now() + settings.setup_timeout;
         let (release_tx, release_rx) = watch::channel(false);
         let (setup_tx, mut setup_rx) = mpsc::unbounded_channel::<Setup>();
-        let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+        let permits = Arc::new(Semaphore::new(args.run.connect_concurrency.max(1)));
         let join_message = Arc::new(serde_json::json!({ "join": &**room }).to_string().into_bytes());
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();

@@ -47,9 +47,9 @@ use member::Members;
 /// Runs the scenario and prints its report.
 pub async fn run(args: BroadcastArgs, threads: usize) -> Result<BroadcastReport> {
     let settings = args.check()?;
-    let watched = Watched::new(&args.pids)?;
+    let watched = Watched::new(&args.run.pids)?;
     let me = Watched::new(&[std::process::id()])?;
-    let sources = SourceAddrs::for_connections(args.source_ip_offset, args.members as u64 + 1);
+    let sources = SourceAddrs::for_connections(args.run.source_ip_offset, args.members as u64 + 1);
     let run_id = run_id();
     let board = Arc::new(Board::new(args.members, args.broadcasts));
     let room: Arc<str> = Arc::from(args.room.as_str());
@@ -107,7 +107,7 @@ pub async fn run(args: BroadcastArgs, threads: usize) -> Result<BroadcastReport>
         &board,
         !watched.is_empty(),
     );
-    emit(&report::human(&report), &report, args.json)?;
+    emit(&report::human(&report), &report, args.run.json)?;
     Ok(report)
 }
 

@@ -111,7 +111,7 @@ impl BroadcastReport {
         let per_broadcast = |cpu: u64| (delivered > 0).then(|| cpu as f64 / delivered_broadcasts);
         BroadcastReport {
             scenario: "broadcast",
-            label: args.label.clone(),
+            label: args.run.label.clone(),
             urls: args.urls.clone(),
             sender_url: settings.sender_target.url.clone(),
             protocol: args.protocol,

@@ -450,11 +450,7 @@ async fn fixed_rate(
 
 fn human(r: &RttReport) -> String {
     let mut out = String::new();
-    let label = if r.label.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.label)
-    };
+    let label = report::label_tag(&r.label);
     out.push_str(&format!("rtt {}{} — {}\n", r.mode, label, r.url));
     out.push_str(&format!(
         "  connections   {}/{} open, connect failures {}\n",

@@ -232,18 +232,10 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Vec<Duplex> {
         };
         let mut duplex = Duplex::start(ws, on_text);
         if shared.echo {
-            let echoed = async {
-                duplex.send_text(shared.message.clone()).await?;
-                match duplex
-                    .service_until(tokio::time::timeout(shared.connect_timeout, answered.notified()))
-                    .await?
-                {
-                    Ok(()) => Ok(()),
-                    Err(_) => bail!("no answer within {:?}", shared.connect_timeout),
-                }
-            };
-            let result: Result<()> = echoed.await;
-            if let Err(e) = result {
+            let echoed = duplex
+                .exchange(shared.message.clone(), &answered, shared.connect_timeout, "answer")
+                .await;
+            if let Err(e) = echoed {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 shared.first_error.lock().await.get_or_insert(format!("{e:#}"));
                 duplex.abort();
@@ -266,11 +258,7 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Vec<Duplex> {
 
 fn human(r: &StormReport) -> String {
     let mut out = String::new();
-    let label = if r.label.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.label)
-    };
+    let label = report::label_tag(&r.label);
     out.push_str(&format!(
         "connect-storm {}{}{} — {}\n",
         r.mode,

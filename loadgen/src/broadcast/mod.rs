@@ -23,6 +23,7 @@
 //! end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 
@@ -42,7 +43,6 @@ pub use frames::{parse_say_text, say_text};
 pub use report::BroadcastReport;
 
 use board::Board;
-use member::Members;
 
 /// Runs the scenario and prints its report.
 pub async fn run(args: BroadcastArgs, threads: usize) -> Result<BroadcastReport> {
@@ -61,14 +61,14 @@ pub async fn run(args: BroadcastArgs, threads: usize) -> Result<BroadcastReport>
         sources.describe(),
         args.room
     );
-    let (members, setup) = Members::open(&args, &settings, &sources, &room, run_id, &board).await;
-    let joined = setup.total();
+    let (members, setup) = member::open(&args, &settings, sources, &room, run_id, &board).await;
+    let joined = setup.ready();
     if joined == 0 {
         members.abort();
         bail!(
             "no member joined: connect failures {}, join failures {}{}",
             setup.failures.human(),
-            setup.join_failures,
+            setup.no_answer,
             board
                 .first_problem
                 .lock()
@@ -82,7 +82,7 @@ pub async fn run(args: BroadcastArgs, threads: usize) -> Result<BroadcastReport>
         "broadcast: {joined} members joined in {:.1} s ({}); sending {} broadcasts every {} ms …",
         setup.setup_s,
         setup
-            .per_url
+            .ready_per_target
             .iter()
             .zip(&args.urls)
             .map(|(n, u)| format!("{n} on {u}"))
@@ -95,7 +95,7 @@ pub async fn run(args: BroadcastArgs, threads: usize) -> Result<BroadcastReport>
     // The sender: one more connection, not a member (on the first URL unless --sender-url).
     let source = sources.ip_for(args.members as u64);
     let sent = sender::run(&args, &settings, source, &board, &room, run_id, joined, (&watched, &me)).await;
-    members.release().await;
+    members.release(Duration::from_secs(60)).await;
 
     let report = BroadcastReport::new(
         &args,

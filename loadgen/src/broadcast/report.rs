@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use super::args::{BroadcastArgs, RoomsProtocol, Settings};
 use super::board::{Board, Figures};
-use super::member::Joined;
 use super::sender::Sent;
 use crate::fleet::ConnectFailures;
+use crate::held::Setup;
 use crate::procstat::PidDelta;
-use crate::report::{fmt_us, LatencySummary};
+use crate::report::{fmt_us, label_tag, LatencySummary};
 
 /// Everything `broadcast` measured: the JSON line.
 #[derive(Debug, Serialize)]
@@ -90,12 +90,12 @@ impl BroadcastReport {
         settings: &Settings,
         run_id: u64,
         threads: usize,
-        setup: Joined,
+        setup: Setup,
         sender: Sent,
         board: &Board,
         have_pids: bool,
     ) -> BroadcastReport {
-        let joined = setup.total();
+        let joined = setup.ready();
         let Sent {
             sent,
             window_s,
@@ -118,11 +118,11 @@ impl BroadcastReport {
             room: args.room.clone(),
             run_id,
             members: args.members,
-            joined_per_url: setup.per_url,
+            joined_per_url: setup.ready_per_target,
             joined,
             connect_failures: setup.failures.total(),
             connect_failure_kinds: setup.failures,
-            join_failures: setup.join_failures,
+            join_failures: setup.no_answer,
             setup_s: setup.setup_s,
             broadcasts: args.broadcasts,
             sent,
@@ -161,11 +161,7 @@ impl BroadcastReport {
 /// The report as human text.
 pub(super) fn human(r: &BroadcastReport) -> String {
     let mut out = String::new();
-    let label = if r.label.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.label)
-    };
+    let label = label_tag(&r.label);
     out.push_str(&format!(
         "broadcast{label} — room {:?}, {:?}, {}\n",
         r.room,

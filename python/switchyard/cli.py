@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
-from . import __version__
+from . import __version__, client
 from .apps import AppsError, check_globs, load, select
 from .redis_conn import ConfigError, Redis, TlsFiles, redacted
 from .worker import Worker, WorkerConfig
@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_globs("--only-channels", only)
         check_globs("--exclude-channels", exclude)
         Redis(config.redis_url, config.tls)  # checks the URL and TLS files; connects lazily
+        client.worker_settings = (config.redis_url, config.prefix, config.tls)
         apps = load(args.apps)
     except (ConfigError, AppsError) as error:
         return fail(str(error))

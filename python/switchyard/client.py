@@ -27,6 +27,10 @@ from .protocol import GroupData, GroupSend
 from .redis_conn import Redis, TlsFiles, env_tls
 
 _GROUP_SEND = scripts.Script(scripts.GROUP_SEND)
+
+worker_settings: tuple[str, str, TlsFiles] | None = None
+"""Set by ``runworker``: inside a worker, ``Client()`` talks to the worker's Redis
+(``--redis-url``, ``--prefix``, TLS files) unless told otherwise."""
 SYNC_TIMEOUT = 30.0
 """Seconds a blocking ``group_send`` waits for Redis."""
 
@@ -35,9 +39,17 @@ class Client:
     """Talks to a Switchyard deployment's Redis, as ``--redis-url`` and ``--prefix`` name it."""
 
     def __init__(self, redis_url: str | None = None, *, prefix: str | None = None, tls: TlsFiles | None = None) -> None:
-        self.url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/"
-        self.keys = Keys(prefix or os.environ.get("SWITCHYARD_PREFIX") or "switchyard")
-        self.tls = tls if tls is not None else env_tls()
+        """Without arguments: the running worker's settings, else ``REDIS_URL``,
+        ``SWITCHYARD_PREFIX`` and ``REDIS_CA_FILE``/``REDIS_CLIENT_CERT``/``REDIS_CLIENT_KEY``."""
+        if worker_settings is not None:
+            default_url, default_prefix, default_tls = worker_settings
+        else:
+            default_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/"
+            default_prefix = os.environ.get("SWITCHYARD_PREFIX") or "switchyard"
+            default_tls = env_tls()
+        self.url = redis_url or default_url
+        self.keys = Keys(prefix or default_prefix)
+        self.tls = tls if tls is not None else (default_tls if redis_url is None else env_tls())
         Redis(self.url, self.tls)  # refuses a bad URL now, naming the flag; connects lazily
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = weakref.WeakKeyDictionary()
         self._thread_loop: asyncio.AbstractEventLoop | None = None

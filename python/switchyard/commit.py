@@ -226,7 +226,7 @@ class Committer:
     async def _run_calls(self, calls: list[tuple[list[_Item], Any]]) -> list[Any]:
         """Runs the calls at once; a failed call fails its items. Returns the results (None on failure)."""
         results = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
-        out = []
+        out: list[Any] = []
         for (members, _), result in zip(calls, results):
             if isinstance(result, BaseException):
                 for item in members:
@@ -259,10 +259,10 @@ class Committer:
                 args += session.deletes
             calls.append(([item for item, _ in members], self._call(self._session, members[0][1], keys, args)))
         results = await self._run_calls(calls)
-        for (members, _), codes in zip(calls, results):
+        for (items_of_call, _), codes in zip(calls, results):
             if codes is None:
                 continue
-            for item, code in zip(members, codes):
+            for item, code in zip(items_of_call, codes):
                 self._apply_session_result(item, code)
 
     @staticmethod

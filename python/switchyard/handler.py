@@ -91,8 +91,8 @@ async def handle(worker: Worker, stream: str, entry_id: str, fields: dict[bytes,
     if parse_reply_address(message.reply) is None:
         return await reject(worker, stream, entry_id, fields, "malformed reply address")
     if message.is_http != target.is_http:
-        error = f"channel `{channel}` serves {target.kind} consumers; got {message.type}"
-        return await reject(worker, stream, entry_id, fields, error)
+        mistake = f"channel `{channel}` serves {target.kind} consumers; got {message.type}"
+        return await reject(worker, stream, entry_id, fields, mistake)
     started = time.monotonic()
     worker.metrics.in_flight += 1
     try:

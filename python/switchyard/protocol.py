@@ -12,9 +12,10 @@ other's messages in a mixed pool.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import builtins
 from typing import Any, Union
 
-import msgpack
+import msgpack  # type: ignore[import-untyped,unused-ignore]
 
 PROTOCOL_VERSION = 1
 """Version of the wire format; carried as ``v`` in every message."""
@@ -52,10 +53,10 @@ class ChannelMessage:
     client: str = ""
     subprotocols: list[str] = field(default_factory=list)
     text: str | None = None
-    bytes: bytes | None = None
+    bytes: builtins.bytes | None = None
     code: int = 1000
     method: str = ""
-    body: bytes = b""
+    body: builtins.bytes = b""
     more_body: bool = False
 
     @property

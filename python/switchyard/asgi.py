@@ -140,7 +140,8 @@ async def attempt_http(
     response = _Response(worker, stream, entry_id, interface, conn)
     scope = base_scope("http", channel, message)
     scope["method"] = message.method.upper()
-    scope["state"] = dict(worker.lifespan_state)
+    lifespan = worker.lifespans.get(id(app))
+    scope["state"] = dict(lifespan.state) if lifespan is not None else {}
     delivered = False
 
     async def receive() -> Message:
@@ -182,3 +183,71 @@ async def attempt_http(
     last = encode_reply(conn, message.seq, response.final_actions())
     body_op = BodyOp.DELETE if message.seq > 1 else BodyOp.KEEP
     return await worker.committer.commit(commit(last, True, body_op))
+
+
+class Lifespan:
+    """The ASGI lifespan protocol for one application: startup before the worker reads,
+    shutdown after it drained. An application that does not take lifespan events
+    (Django raises on them) is simply run without."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.supported = False
+        self._events: asyncio.Queue[Message] = asyncio.Queue()
+        self._started = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._failure: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        """Runs the startup; raises RuntimeError if the application reports it failed."""
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
+        self._events.put_nowait({"type": "lifespan.startup"})
+        self._task = asyncio.get_running_loop().create_task(self._run(scope))
+        started = asyncio.ensure_future(self._started.wait())
+        await asyncio.wait([started, self._task], return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if self._failure is not None:
+            raise RuntimeError(f"the ASGI application's startup failed: {self._failure}")
+
+    async def _run(self, scope: Scope) -> None:
+        async def receive() -> Message:
+            return await self._events.get()
+
+        async def send(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "lifespan.startup.complete":
+                self.supported = True
+                self._started.set()
+            elif kind == "lifespan.startup.failed":
+                self._failure = str(message.get("message", ""))
+                self._started.set()
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                if kind == "lifespan.shutdown.failed":
+                    log.error("ASGI application shutdown failed: %s", message.get("message", ""))
+                self._stopped.set()
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            if self._started.is_set():
+                log.exception("ASGI application failed in its lifespan")
+            else:
+                log.info("the ASGI application takes no lifespan events; running it without")
+        finally:
+            self._started.set()
+            self._stopped.set()
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        if self._task is None:
+            return
+        if self.supported and not self._task.done():
+            self._events.put_nowait({"type": "lifespan.shutdown"})
+            try:
+                await asyncio.wait_for(self._stopped.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("the ASGI application's shutdown took longer than %s s", timeout)
+        if not self._task.done():
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -41,6 +41,7 @@ from typing import Any
 
 from . import __version__
 from .apps import Target
+from .asgi import Lifespan
 from .commit import Committer
 from .handler import RETRYABLE, Backoff, handle
 from .keys import Keys
@@ -139,7 +140,8 @@ class Worker:
         self.base_shards = 1
         self.streams: list[str] = []
         self.in_hand: set[tuple[str, str]] = set()
-        self.lifespan_state: dict[str, Any] = {}
+        self.lifespans: dict[int, Lifespan] = {}
+        """ASGI lifespan per HTTP application (by id): its state is each request's ``scope["state"]``."""
         self._readers: dict[int, asyncio.Task[None]] = {}
         self._reader_streams: dict[int, list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +183,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        for target in self.targets.values():
+            if target.is_http and id(target.app) not in self.lifespans:
+                lifespan = Lifespan(target.app)
+                try:
+                    await lifespan.startup()
+                except RuntimeError as error:
+                    raise SystemExit(f"switchyard: {error}") from None
+                self.lifespans[id(target.app)] = lifespan
         self.committer.start()
         await self.announce()
         try:
@@ -200,6 +210,8 @@ class Worker:
         maintenance.cancel()
         await asyncio.gather(maintenance, return_exceptions=True)
         await self.leave()
+        for lifespan in self.lifespans.values():
+            await lifespan.shutdown()
         await self.committer.stop()
         if metrics_server is not None:
             metrics_server.close()

@@ -252,3 +252,42 @@ async def test_client_group_send_sync_and_async(redis_url: str) -> None:
     client.close()
     await pubsub.aclose()
     await raw.aclose()
+
+
+async def test_lifespan_state_reaches_requests_and_django_takes_none(stack: Stack) -> None:
+    from contextlib import asynccontextmanager
+
+    from switchyard.asgi import Lifespan
+
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        events.append("startup")
+        yield {"greeting": "from the lifespan"}
+        events.append("shutdown")
+
+    async def greet(request: Request) -> Response:
+        return JSONResponse({"greeting": request.state.greeting})
+
+    app = Starlette(routes=[Route("/greet", greet)], lifespan=lifespan)
+    stack.worker.targets["http.app"] = targets({"http.app": app})["http.app"]
+    span = Lifespan(app)
+    await span.startup()
+    stack.worker.lifespans[id(app)] = span
+    await stack.deliver("http.app", http(1, path="/greet", conn=11))
+    [reply] = await stack.replies()
+    assert reply["actions"][1]["body"] == b'{"greeting":"from the lifespan"}'
+    await span.shutdown()
+    assert events == ["startup", "shutdown"]
+
+    from django.conf import settings
+    from django.core.asgi import get_asgi_application
+
+    if not settings.configured:
+        settings.configure()
+
+    django_span = Lifespan(get_asgi_application())
+    await django_span.startup()  # Django refuses lifespan events: run without, no error
+    assert not django_span.supported
+    await django_span.shutdown()

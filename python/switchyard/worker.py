@@ -117,6 +117,42 @@ class Permits:
             await self._changed.wait()
 
 
+class BatchedReads:
+    """One read command for many keys at once: the sessions of every message read
+    together go out as one pipeline (per node on a cluster) instead of one
+    round trip — and one pooled connection — each."""
+
+    def __init__(self, redis: Redis, command: str) -> None:
+        self.redis = redis
+        self.command = command
+        self._queue: list[tuple[str, asyncio.Future[Any]]] = []
+
+    async def read(self, key: str) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(lambda: loop.create_task(self._flush()))
+        self._queue.append((key, future))
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        pipe = self.redis.client.pipeline(transaction=False)
+        for key, _ in batch:
+            pipe.execute_command(self.command, key)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as error:  # handed to every waiting handler, which retries
+            results = [error] * len(batch)
+        for (_, future), result in zip(batch, results):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, targets: dict[str, Target]) -> None:
         self.config = config
@@ -135,6 +171,7 @@ class Worker:
             session_ttl_ms=config.session_ttl * 1000,
             wait_replicas=config.wait_replicas,
         )
+        self._sessions = BatchedReads(self.redis, "HGETALL")
         self.stopping = False
         self.reading = False
         self.base_shards = 1
@@ -158,7 +195,7 @@ class Worker:
         return sorted(self.targets)
 
     async def load_session(self, session_id: str) -> dict[str, str]:
-        raw = await self.redis.client.hgetall(self.keys.session(session_id))
+        raw = await self._sessions.read(self.keys.session(session_id))
         return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
 
     # ----- start and stop ------------------------------------------------------------------

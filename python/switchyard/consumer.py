@@ -23,7 +23,7 @@ Channels consumer"):
 - **Group sends go straight to the clients.** ``await self.group_send(group,
   text_data=...)`` delivers a frame to every member (one publish), instead of
   Channels' typed event dispatched to each member's consumer.
-- ``headers`` and ``subprotocols`` are known while handling ``connect`` only.
+- ``headers``, ``client`` and ``subprotocols`` are known while handling ``connect`` only.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use switchyard_tests::load::{Load, LoadReport};
+use switchyard_tests::load::{bursts_answered_in_order, Load};
 use switchyard_tests::python::python_stack;
 use switchyard_tests::stack::{Probe, REPLY_TIMEOUT};
 use switchyard_tests::{bounded, eventually, Incoming, Stack};
@@ -29,16 +29,18 @@ async fn chat_stack(name: &str, python: usize, rust: usize) -> Stack {
     stack
 }
 
-fn check_results(report: LoadReport) -> u64 {
-    let failures = report.failures();
+/// Starts the chat load and waits until it is well under way.
+async fn load_under_way(stack: &Stack) -> Load {
+    let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, LOAD_REPLY_TIMEOUT)
+        .await
+        .expect("load connections");
     assert!(
-        failures.is_empty(),
-        "{} of {CONNS} connections failed:\n{}",
-        failures.len(),
-        failures.join("\n")
+        load.wait_answered(500, Duration::from_secs(30)).await,
+        "load did not get going: {} answers",
+        load.answered()
     );
-    assert_eq!(report.idle_connections(), 0, "a connection got no answer at all");
-    report.total()
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,13 +48,7 @@ async fn python_chat_counter_correct_over_1000_messages() {
     bounded(Duration::from_secs(120), async {
         let stack = chat_stack("py-chat-1000", 1, 0).await;
         let mut c = stack.ws("/ws/chat/").await;
-        for i in 1..=1000u64 {
-            let n = c
-                .chat(&format!("message {i}"), REPLY_TIMEOUT)
-                .await
-                .unwrap_or_else(|e| panic!("message {i}: {e:#}"));
-            assert_eq!(n, i, "answer to message {i}");
-        }
+        c.chat_counts_to(1000, REPLY_TIMEOUT).await;
         c.close().await;
     })
     .await
@@ -67,29 +63,7 @@ async fn order_kept_with_2_rust_and_2_python_workers_and_50_bursting_connections
         for _ in 0..CONNS {
             clients.push(stack.ws("/ws/chat/").await);
         }
-        let tasks: Vec<_> = clients
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut c)| {
-                tokio::spawn(async move {
-                    for m in 1..=BURST {
-                        c.feed_text(format!("conn {i} burst {m}")).await?;
-                    }
-                    c.flush().await?;
-                    let mut counts = Vec::new();
-                    for _ in 1..=BURST {
-                        counts.push(c.recv_count(Duration::from_secs(30)).await?);
-                    }
-                    c.close().await;
-                    anyhow::Ok(counts)
-                })
-            })
-            .collect();
-        let expected: Vec<u64> = (1..=BURST).collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            let counts = t.await.unwrap().unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
-            assert_eq!(counts, expected, "connection {i} saw its counts out of order");
-        }
+        bursts_answered_in_order(clients, BURST, Duration::from_secs(30)).await;
         for w in &mut stack.workers {
             assert!(w.is_running(), "{} died", w.name());
         }
@@ -103,22 +77,14 @@ async fn kill9_python_worker_under_load_loses_and_repeats_nothing() {
         // Two Python workers and one Rust worker: the dead one's messages may be taken over
         // by either kind.
         let mut stack = chat_stack("py-kill9", 2, 1).await;
-        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, LOAD_REPLY_TIMEOUT)
-            .await
-            .expect("load connections");
-        assert!(
-            load.wait_answered(500, Duration::from_secs(30)).await,
-            "load did not get going: {} answers",
-            load.answered()
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let load = load_under_way(&stack).await;
         let before = load.answered();
         stack.workers[0].kill9();
         eprintln!("[test] kill -9 python-worker-0 after {before} answers");
         tokio::time::sleep(Duration::from_secs(6)).await;
         let after = load.answered();
         assert!(after > before, "no progress after kill -9 ({before} → {after})");
-        let total = check_results(load.finish().await);
+        let total = load.finish().await.assert_exactly_once();
         eprintln!("[test] {total} messages answered exactly once, in order");
         for w in &mut stack.workers[1..] {
             assert!(w.is_running(), "{} died", w.name());
@@ -131,15 +97,7 @@ async fn kill9_python_worker_under_load_loses_and_repeats_nothing() {
 async fn sigterm_python_worker_under_load_closes_no_socket() {
     bounded(Duration::from_secs(120), async {
         let mut stack = chat_stack("py-sigterm", 3, 0).await;
-        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, LOAD_REPLY_TIMEOUT)
-            .await
-            .expect("load connections");
-        assert!(
-            load.wait_answered(500, Duration::from_secs(30)).await,
-            "load did not get going: {} answers",
-            load.answered()
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let load = load_under_way(&stack).await;
         let before = load.answered();
         stack.workers[0].sigterm();
         eprintln!("[test] SIGTERM python-worker-0 after {before} answers");
@@ -156,7 +114,7 @@ async fn sigterm_python_worker_under_load_closes_no_socket() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = load.answered();
         assert!(after > before, "no progress after SIGTERM ({before} → {after})");
-        let total = check_results(load.finish().await);
+        let total = load.finish().await.assert_exactly_once();
         eprintln!("[test] {total} messages answered exactly once, in order; no socket closed");
     })
     .await

@@ -187,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(Worker(config, served).run())
+    try:
+        runner(Worker(config, served).run())
+    except ConfigError as error:
+        return fail(str(error))
     return 0
 
 

@@ -17,15 +17,18 @@ runs its script and its ``WAIT`` on one pinned connection to the key's master
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from .keys import slot
 
@@ -194,13 +197,43 @@ class Redis:
         await self.client.initialize()
         return len(self.client.get_primaries())
 
-    async def ping(self) -> None:
-        await self.client.ping()
+    async def check_at_start(self) -> str | None:
+        """Tries Redis: ``None`` when it answers, the reason when it is merely away (the
+        worker retries in the background); refused credentials or certificates raise
+        :class:`ConfigError` — retrying cannot fix them. Three quick tries: with TLS 1.3 a
+        server refuses a missing client certificate after the handshake, so the first
+        failure may only say that the connection closed."""
+        reason = "no answer to PING"
+        for _ in range(3):
+            try:
+                await asyncio.wait_for(self.client.ping(), CONNECT_TIMEOUT * 2)
+                return None
+            except asyncio.TimeoutError:
+                return reason
+            except (AuthenticationError, NoPermissionError) as error:
+                raise ConfigError("--redis-url (REDIS_URL)", f"Redis refused the user or password: {error}") from None
+            except (RedisError, OSError) as error:
+                if _is_tls_failure(error):
+                    raise ConfigError(
+                        "--redis-url / --redis-ca-file / --redis-client-cert", f"TLS with Redis failed: {error}"
+                    ) from None
+                reason = str(error) or type(error).__name__
+            await asyncio.sleep(0.1)
+        return reason
 
     async def aclose(self) -> None:
         for client in self._node_clients.values():
             await client.aclose()
         await self.client.aclose()
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError) or "SSL" in str(cause) or "certificate" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def env_tls() -> TlsFiles:

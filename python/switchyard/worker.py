@@ -205,6 +205,11 @@ class Worker:
         log.info(
             "worker starting: consumer=%s channels=%s redis=%s", self.consumer, self.channel_names(), self.redis.shown
         )
+        unreachable = await self.redis.check_at_start()  # refused credentials raise ConfigError
+        if unreachable is None:
+            log.info("redis reachable (cluster: %s)", self.redis.is_cluster)
+        else:
+            log.warning("redis unreachable at start: retrying in the background (%s)", unreachable)
         metrics_server = None
         if self.config.metrics_bind is not None:
             host, port = self.config.metrics_bind

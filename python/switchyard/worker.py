@@ -29,6 +29,7 @@ channel's consumer group:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from . import __version__
 from .apps import Target
@@ -240,7 +241,7 @@ class Worker:
         except RETRYABLE as error:
             log.debug("cannot read the announced channel shards yet: %s", error)
         self._spawn_readers()
-        maintenance = loop.create_task(self._maintenance(), name="maintenance")
+        maintenance = loop.create_task(self._keep_running("maintenance", self._maintenance), name="maintenance")
         await stop.wait()
         log.info("stopping: finishing messages in hand")
         self.stopping = True
@@ -335,7 +336,22 @@ class Worker:
         for group, members in groups.items():
             self._reader_streams[group] = members
             if group not in self._readers:
-                self._readers[group] = asyncio.get_running_loop().create_task(self._read_loop(group))
+                self._readers[group] = asyncio.get_running_loop().create_task(
+                    self._keep_running(f"reader {group}", functools.partial(self._read_loop, group))
+                )
+
+    async def _keep_running(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Runs a loop of the worker, restarting it (after logging the traceback) if a bug
+        escapes it: a reader or the maintenance loop that died quietly would leave a
+        worker that looks alive and does nothing."""
+        backoff = Backoff()
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                log.exception("%s failed unexpectedly; restarting it", name)
+                await backoff.wait()
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], redelivered: bool) -> None:
         """Handles an entry in a task of its own; the caller holds a permit for it."""

@@ -14,7 +14,7 @@ use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocketWri
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::client::Ws;
@@ -80,6 +80,26 @@ impl Duplex {
             .write_frame(Frame::text(Payload::Owned(text)))
             .await
             .map_err(|e| anyhow!("write failed: {e}"))
+    }
+
+    /// Sends `message` and waits (answering pings) until `answered` is notified — by the
+    /// `on_text` this connection was started with — failing after `within` with
+    /// `no {answer} within …`.
+    pub async fn exchange(
+        &mut self,
+        message: Vec<u8>,
+        answered: &Notify,
+        within: Duration,
+        answer: &str,
+    ) -> Result<()> {
+        self.send_text(message).await?;
+        match self
+            .service_until(tokio::time::timeout(within, answered.notified()))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => bail!("no {answer} within {within:?}"),
+        }
     }
 
     /// Waits for `until` while answering pings; fails if the read side ends first.

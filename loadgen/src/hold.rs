@@ -14,19 +14,16 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
-use crate::client::{self, ConnectFailure};
-use crate::duplex::Duplex;
 use crate::fleet::ConnectFailures;
+use crate::held::{Conn, FirstExchange, Held, Opening, Setup};
 use crate::limits;
 use crate::options::{self, CommonArgs};
 use crate::procstat::{PidDelta, Watched};
 use crate::protocol::{self, Incoming};
 use crate::report::{self, LatencySummary, Recorder};
 use crate::source::SourceAddrs;
-use crate::target::Target;
 
 /// `hold` options.
 #[derive(Args, Debug, Clone)]
@@ -76,13 +73,6 @@ pub struct HoldReport {
     pub client_rss_kib: u64,
 }
 
-/// How one connection's setup ended.
-enum Setup {
-    Ok,
-    ConnectFailed(ConnectFailure, anyhow::Error),
-    NoAnswer(String),
-}
-
 /// Runs the scenario and prints its report.
 pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
     let target = args.common.target()?;
@@ -92,13 +82,13 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
     limits::check_connections(args.connections as u64)?;
     let hold = options::seconds("--hold", args.hold, 0.0, options::MAX_SECONDS)?;
     let answer_timeout = options::seconds("--answer-timeout", args.answer_timeout, 0.1, 300.0)?;
-    let connect_timeout = args.common.connect_timeout()?;
-    let setup_deadline = args.common.setup_deadline()?;
+    let connect_timeout = args.common.run.connect_timeout()?;
+    let setup_deadline = args.common.run.setup_deadline()?;
     if args.payload_bytes > 1 << 20 {
         bail!("--payload-bytes must be at most 1 MiB");
     }
-    let watched = Watched::new(&args.common.pids)?;
-    let sources = SourceAddrs::for_connections(args.common.source_ip_offset, args.connections as u64);
+    let watched = Watched::new(&args.common.run.pids)?;
+    let sources = SourceAddrs::for_connections(args.common.run.source_ip_offset, args.connections as u64);
     let before = watched.sample();
 
     eprintln!(
@@ -107,67 +97,53 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
         target.url,
         sources.describe()
     );
-    let (release_tx, release_rx) = watch::channel(false);
-    let (setup_tx, mut setup_rx) = mpsc::unbounded_channel::<Setup>();
     let dropped = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
-    let recorder = Arc::new(Recorder::new(threads.max(1) * 8));
-    let permits = Arc::new(Semaphore::new(args.common.connect_concurrency.max(1)));
-    let message = protocol::message(args.payload_bytes);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut not_attempted = 0;
-    for i in 0..args.connections {
-        let Ok(Ok(permit)) = tokio::time::timeout_at(setup_deadline, permits.clone().acquire_owned()).await else {
-            not_attempted = (args.connections - i) as u64;
-            break;
-        };
-        let conn = HoldConn {
-            slot: i,
-            target: target.clone(),
-            source: sources.ip_for(i as u64),
-            connect_timeout,
-            answer_timeout,
-            message: message.clone(),
-            setup_tx: setup_tx.clone(),
-            release: release_rx.clone(),
-            dropped: dropped.clone(),
-            violations: violations.clone(),
-            recorder: recorder.clone(),
-        };
-        tasks.spawn(async move {
-            conn.run(permit).await;
-        });
-    }
-    drop(setup_tx);
-
-    let mut failures = ConnectFailures {
-        not_attempted,
-        ..ConnectFailures::default()
+    let recorder = Recorder::new(threads.max(1) * 8);
+    let opening = Opening {
+        scenario: "hold",
+        targets: std::slice::from_ref(&target),
+        sources,
+        concurrency: args.common.run.connect_concurrency,
+        connect_timeout,
+        deadline: setup_deadline,
+        progress_every: 5000,
+        first: FirstExchange {
+            message: protocol::message(args.payload_bytes).into(),
+            within: answer_timeout,
+            answer: "answer",
+        },
     };
-    let mut connected = 0u64;
-    let mut no_answer = 0u64;
-    let mut first_no_answer = None;
-    let mut next_progress = 5000;
-    while let Some(setup) = setup_rx.recv().await {
-        match setup {
-            Setup::Ok => connected += 1,
-            Setup::ConnectFailed(kind, err) => failures.add(kind, &err),
-            Setup::NoAnswer(e) => {
-                no_answer += 1;
-                first_no_answer.get_or_insert(e);
-            }
+    let conn = |_, answered: Arc<Notify>| {
+        let violations = violations.clone();
+        let mut order = protocol::OrderCheck::default();
+        let dropped = dropped.clone();
+        Conn {
+            on_text: move |payload: &[u8]| {
+                if let Incoming::Count(count) = protocol::classify(payload) {
+                    if !order.observe(count) {
+                        violations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    answered.notify_one();
+                }
+            },
+            on_drop: move |_| {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            },
         }
-        let done = connected + failures.total() + no_answer;
-        if done == args.connections as u64 {
-            break;
-        }
-        if done >= next_progress {
-            eprintln!("hold: {done}/{} set up …", args.connections);
-            next_progress += 5000;
-        }
-    }
-    let setup_s = started.elapsed().as_secs_f64();
+    };
+    let on_ready = |slot, took: Duration| {
+        recorder.record(slot, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    };
+    let (held, setup) = Held::open(args.connections, opening, conn, on_ready).await;
+    let connected = setup.ready();
+    let Setup {
+        mut failures,
+        no_answer,
+        first_no_answer,
+        setup_s,
+        ..
+    } = setup;
     eprintln!(
         "hold: {connected} connections answered in {setup_s:.1} s; holding {:.1} s …",
         hold.as_secs_f64()
@@ -181,13 +157,7 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
         .map(|s| s.rss_kib)
         .sum();
 
-    let _ = release_tx.send(true);
-    // Closing is concurrent and each close waits at most 2 s; bound the whole join anyway.
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
+    held.release(Duration::from_secs(30)).await;
 
     let deltas = watched.delta(&before, &after);
     let rss_before: u64 = deltas.iter().map(|d| d.rss_before_kib).sum();
@@ -200,7 +170,7 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
     }
     let report = HoldReport {
         scenario: "hold",
-        label: args.common.label.clone(),
+        label: args.common.run.label.clone(),
         url: target.url.clone(),
         connections: args.connections,
         connected,
@@ -220,102 +190,13 @@ pub async fn run(args: HoldArgs, threads: usize) -> Result<HoldReport> {
         pids: deltas,
         client_rss_kib,
     };
-    report::emit(&human(&report), &report, args.common.json)?;
+    report::emit(&human(&report), &report, args.common.run.json)?;
     Ok(report)
-}
-
-/// One held connection's parameters and reporting handles.
-struct HoldConn {
-    slot: usize,
-    target: Target,
-    source: Option<std::net::IpAddr>,
-    connect_timeout: Duration,
-    answer_timeout: Duration,
-    message: Vec<u8>,
-    setup_tx: mpsc::UnboundedSender<Setup>,
-    release: watch::Receiver<bool>,
-    dropped: Arc<AtomicU64>,
-    violations: Arc<AtomicU64>,
-    recorder: Arc<Recorder>,
-}
-
-impl HoldConn {
-    async fn run(mut self, permit: tokio::sync::OwnedSemaphorePermit) {
-        let began = Instant::now();
-        let ws = match client::connect(&self.target, self.source, self.connect_timeout).await {
-            Ok(ws) => ws,
-            Err((kind, err)) => {
-                drop(permit);
-                let _ = self.setup_tx.send(Setup::ConnectFailed(kind, err));
-                return;
-            }
-        };
-        let answered = Arc::new(Notify::new());
-        let on_text = {
-            let answered = answered.clone();
-            let violations = self.violations.clone();
-            let mut order = protocol::OrderCheck::default();
-            move |payload: &[u8]| {
-                if let Incoming::Count(count) = protocol::classify(payload) {
-                    if !order.observe(count) {
-                        violations.fetch_add(1, Ordering::Relaxed);
-                    }
-                    answered.notify_one();
-                }
-            }
-        };
-        let mut duplex = Duplex::start(ws, on_text);
-        let first = async {
-            duplex.send_text(self.message.clone()).await?;
-            match duplex
-                .service_until(tokio::time::timeout(self.answer_timeout, answered.notified()))
-                .await?
-            {
-                Ok(()) => Ok(()),
-                Err(_) => bail!("no answer within {:?}", self.answer_timeout),
-            }
-        };
-        let outcome: Result<()> = first.await;
-        drop(permit);
-        match outcome {
-            Ok(()) => {
-                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.recorder.record(self.slot, micros);
-                let _ = self.setup_tx.send(Setup::Ok);
-            }
-            Err(e) => {
-                let _ = self.setup_tx.send(Setup::NoAnswer(format!("{e:#}")));
-                duplex.abort();
-                return;
-            }
-        }
-        drop(self.setup_tx);
-        let release = &mut self.release;
-        // A dropped sender also means "release" (the coordinator is gone).
-        let released = duplex
-            .service_until(async move {
-                let _ = release.wait_for(|r| *r).await;
-            })
-            .await;
-        match released {
-            Ok(_) => {
-                duplex.close(Duration::from_secs(2)).await;
-            }
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                duplex.abort();
-            }
-        }
-    }
 }
 
 fn human(r: &HoldReport) -> String {
     let mut out = String::new();
-    let label = if r.label.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.label)
-    };
+    let label = report::label_tag(&r.label);
     out.push_str(&format!("hold{} — {}\n", label, r.url));
     out.push_str(&format!(
         "  connections   {}/{} answered in {:.1} s ({:.0} conn/s); connect failures {}; no answer {}\n",

@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod client;
 pub mod duplex;
 pub mod fleet;
+pub mod held;
 pub mod hold;
 pub mod limits;
 pub mod options;

@@ -1,7 +1,9 @@
 //! Command-line options shared by every scenario (target, output, server PIDs, connecting).
 //!
-//! Kept in one struct flattened into each subcommand so the scripts can pass the same flags to
-//! `rtt`, `hold` and `connect-storm`, and so every bound is checked in one place.
+//! Kept in structs flattened into each subcommand so the scripts can pass the same flags to
+//! `rtt`, `hold`, `connect-storm` and `broadcast`, and so every bound is checked in one place.
+//! `broadcast` takes several `--url`s, so the target ([`CommonArgs`]) and the rest
+//! ([`RunArgs`]) are separate.
 
 use std::time::Duration;
 
@@ -13,13 +15,27 @@ use crate::target::Target;
 /// Longest run any scenario accepts, in seconds: every run is bounded in time.
 pub const MAX_SECONDS: f64 = 3600.0;
 
-/// Options every scenario takes.
+/// Options every one-target scenario takes: the target, and [`RunArgs`].
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// WebSocket URL of the chat-counter endpoint (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8000/ws/chat/", env = "SWITCHYARD_BENCH_URL")]
     pub url: String,
 
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl CommonArgs {
+    /// The parsed, loopback-checked target.
+    pub fn target(&self) -> Result<Target> {
+        Target::parse(&self.url)
+    }
+}
+
+/// Options every scenario takes besides its target: output, server PIDs, connecting.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
     /// Print one JSON line with all figures on stdout (human text goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -28,11 +44,11 @@ pub struct CommonArgs {
     #[arg(long, default_value = "")]
     pub label: String,
 
-    /// Server process to sample for CPU and RSS (repeatable).
+    /// Server process to sample for CPU (and RSS, for `hold`) (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// Handshakes in flight at once while opening connections.
+    /// Handshakes in flight at once while opening connections (`broadcast`: connect + join).
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
 
@@ -50,21 +66,20 @@ pub struct CommonArgs {
     pub source_ip_offset: u32,
 }
 
-impl CommonArgs {
-    /// The parsed, loopback-checked target.
-    pub fn target(&self) -> Result<Target> {
-        Target::parse(&self.url)
-    }
-
+impl RunArgs {
     /// The connect timeout as a Duration (checked).
     pub fn connect_timeout(&self) -> Result<Duration> {
         seconds("--connect-timeout", self.connect_timeout, 0.001, 120.0)
     }
 
+    /// The time allowed for opening all connections (checked).
+    pub fn setup_timeout(&self) -> Result<Duration> {
+        seconds("--setup-timeout", self.setup_timeout, 0.1, MAX_SECONDS)
+    }
+
     /// The deadline for starting new connections, from now.
     pub fn setup_deadline(&self) -> Result<tokio::time::Instant> {
-        let d = seconds("--setup-timeout", self.setup_timeout, 0.1, MAX_SECONDS)?;
-        Ok(tokio::time::Instant::now() + d)
+        Ok(tokio::time::Instant::now() + self.setup_timeout()?)
     }
 }
 

@@ -105,6 +105,15 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
+/// The `--label` as the human reports show it after the scenario's name: ` [daphne]`, or nothing.
+pub fn label_tag(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!(" [{label}]")
+    }
+}
+
 /// Prints a finished run: human text on stdout, or — with `--json` — the JSON line on stdout
 /// and the human text on stderr (so `… --json >> results.jsonl` still shows progress).
 pub fn emit<T: Serialize>(human: &str, figures: &T, json: bool) -> anyhow::Result<()> {

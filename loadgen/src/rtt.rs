@@ -182,8 +182,8 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
     let duration = options::seconds("--duration", args.duration, 0.1, options::MAX_SECONDS)?;
     let warmup = options::seconds("--warmup", args.warmup, 0.0, 600.0)?;
     let drain = options::seconds("--drain-timeout", args.drain_timeout, 0.0, 120.0)?;
-    let connect_timeout = args.common.connect_timeout()?;
-    let setup_deadline = args.common.setup_deadline()?;
+    let connect_timeout = args.common.run.connect_timeout()?;
+    let setup_deadline = args.common.run.setup_deadline()?;
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0) {
             bail!("--rate must be > 0 and ≤ 100000 messages/s per connection, got {rate}");
@@ -192,9 +192,9 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
     if args.payload_bytes > 1 << 20 {
         bail!("--payload-bytes must be at most 1 MiB");
     }
-    let watched = Watched::new(&args.common.pids)?;
+    let watched = Watched::new(&args.common.run.pids)?;
     let me = Watched::new(&[std::process::id()])?;
-    let sources = SourceAddrs::for_connections(args.common.source_ip_offset, args.connections as u64);
+    let sources = SourceAddrs::for_connections(args.common.run.source_ip_offset, args.connections as u64);
 
     eprintln!(
         "rtt: opening {} connections to {} from {} …",
@@ -206,7 +206,7 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
         &targets,
         args.connections,
         sources,
-        args.common.connect_concurrency,
+        args.common.run.connect_concurrency,
         connect_timeout,
         setup_deadline,
     )
@@ -291,7 +291,7 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
 
     let report = RttReport {
         scenario: "rtt",
-        label: args.common.label.clone(),
+        label: args.common.run.label.clone(),
         url: std::iter::once(target.url.clone())
             .chain(args.also_urls.iter().cloned())
             .collect::<Vec<_>>()
@@ -335,7 +335,7 @@ pub async fn run(args: RttArgs, threads: usize) -> Result<RttReport> {
             .collect(),
         client_cpu_us_per_msg: per_msg(client_cpu),
     };
-    report::emit(&human(&report), &report, args.common.json)?;
+    report::emit(&human(&report), &report, args.common.run.json)?;
     Ok(report)
 }
 
@@ -450,11 +450,7 @@ async fn fixed_rate(
 
 fn human(r: &RttReport) -> String {
     let mut out = String::new();
-    let label = if r.label.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.label)
-    };
+    let label = report::label_tag(&r.label);
     out.push_str(&format!("rtt {}{} — {}\n", r.mode, label, r.url));
     out.push_str(&format!(
         "  connections   {}/{} open, connect failures {}\n",

@@ -104,7 +104,7 @@ struct Shared {
 pub async fn run(args: StormArgs, threads: usize) -> Result<StormReport> {
     let target = args.common.target()?;
     let duration = options::seconds("--duration", args.duration, 0.1, options::MAX_SECONDS)?;
-    let connect_timeout = args.common.connect_timeout()?;
+    let connect_timeout = args.common.run.connect_timeout()?;
     if args.concurrency == 0 || args.concurrency > 10_000 {
         bail!("--concurrency must be between 1 and 10000");
     }
@@ -121,8 +121,8 @@ pub async fn run(args: StormArgs, threads: usize) -> Result<StormReport> {
         (None, true) => fd_room,
         (None, false) => u64::MAX,
     };
-    let watched = Watched::new(&args.common.pids)?;
-    let sources = SourceAddrs::loopback(args.common.source_ip_offset, args.source_ips.clamp(1, 65_000), true);
+    let watched = Watched::new(&args.common.run.pids)?;
+    let sources = SourceAddrs::loopback(args.common.run.source_ip_offset, args.source_ips.clamp(1, 65_000), true);
     eprintln!(
         "connect-storm: {} workers for {:.1} s against {} from {} …",
         args.concurrency,
@@ -179,7 +179,7 @@ pub async fn run(args: StormArgs, threads: usize) -> Result<StormReport> {
     let failures = shared.failures.lock().await.clone();
     let report = StormReport {
         scenario: "connect-storm",
-        label: args.common.label.clone(),
+        label: args.common.run.label.clone(),
         url: target.url.clone(),
         mode: if args.keep_open { "keep-open" } else { "open-close" },
         echo: args.echo,
@@ -196,7 +196,7 @@ pub async fn run(args: StormArgs, threads: usize) -> Result<StormReport> {
         cpu_us_per_conn: (!watched.is_empty() && opened > 0).then(|| cpu as f64 / opened as f64),
         pids: deltas,
     };
-    report::emit(&human(&report), &report, args.common.json)?;
+    report::emit(&human(&report), &report, args.common.run.json)?;
     Ok(report)
 }
 
@@ -232,18 +232,10 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Vec<Duplex> {
         };
         let mut duplex = Duplex::start(ws, on_text);
         if shared.echo {
-            let echoed = async {
-                duplex.send_text(shared.message.clone()).await?;
-                match duplex
-                    .service_until(tokio::time::timeout(shared.connect_timeout, answered.notified()))
-                    .await?
-                {
-                    Ok(()) => Ok(()),
-                    Err(_) => bail!("no answer within {:?}", shared.connect_timeout),
-                }
-            };
-            let result: Result<()> = echoed.await;
-            if let Err(e) = result {
+            let echoed = duplex
+                .exchange(shared.message.clone(), &answered, shared.connect_timeout, "answer")
+                .await;
+            if let Err(e) = echoed {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 shared.first_error.lock().await.get_or_insert(format!("{e:#}"));
                 duplex.abort();
@@ -266,11 +258,7 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Vec<Duplex> {
 
 fn human(r: &StormReport) -> String {
     let mut out = String::new();
-    let label = if r.label.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.label)
-    };
+    let label = report::label_tag(&r.label);
     out.push_str(&format!(
         "connect-storm {}{}{} — {}\n",
         r.mode,

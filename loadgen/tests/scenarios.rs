@@ -11,7 +11,7 @@ use std::sync::Arc;
 use switchyard_loadgen::broadcast::{self, BroadcastArgs, RoomsProtocol};
 
 use switchyard_loadgen::hold::{self, HoldArgs};
-use switchyard_loadgen::options::CommonArgs;
+use switchyard_loadgen::options::{CommonArgs, RunArgs};
 use switchyard_loadgen::reference::{self, Behaviour};
 use switchyard_loadgen::rtt::{self, RttArgs};
 use switchyard_loadgen::storm::{self, StormArgs};
@@ -21,9 +21,8 @@ async fn start_server(behaviour: Behaviour) -> SocketAddr {
     reference::spawn(any, behaviour).await.expect("reference server starts")
 }
 
-fn common(addr: SocketAddr) -> CommonArgs {
-    CommonArgs {
-        url: format!("ws://{addr}/ws/chat/"),
+fn run_args() -> RunArgs {
+    RunArgs {
         json: true,
         label: "test".into(),
         pids: vec![],
@@ -31,6 +30,13 @@ fn common(addr: SocketAddr) -> CommonArgs {
         connect_timeout: 5.0,
         setup_timeout: 30.0,
         source_ip_offset: 0,
+    }
+}
+
+fn common(addr: SocketAddr) -> CommonArgs {
+    CommonArgs {
+        url: format!("ws://{addr}/ws/chat/"),
+        run: run_args(),
     }
 }
 
@@ -74,7 +80,7 @@ async fn fixed_rate_sends_on_schedule() {
     })
     .await;
     let mut args = rtt_args(addr, 4, Some(50.0));
-    args.common.pids = vec![std::process::id()];
+    args.common.run.pids = vec![std::process::id()];
     let r = rtt::run(args, 2).await.expect("rtt runs");
     // 4 connections × 50/s × 1 s window = 200 (± schedule edges).
     assert!((180..=220).contains(&r.msgs), "{} answers in window", r.msgs);
@@ -110,7 +116,10 @@ async fn hold_keeps_connections_and_reports_rss() {
     .await;
     let args = HoldArgs {
         common: CommonArgs {
-            pids: vec![std::process::id()],
+            run: RunArgs {
+                pids: vec![std::process::id()],
+                ..run_args()
+            },
             ..common(addr)
         },
         connections: 300,
@@ -181,13 +190,10 @@ fn broadcast_args(urls: Vec<String>, members: usize, broadcasts: usize) -> Broad
         settle: 0.1,
         drain_timeout: 2.0,
         answer_timeout: 5.0,
-        json: true,
-        label: "test".into(),
-        pids: vec![std::process::id()],
-        connect_concurrency: 50,
-        connect_timeout: 5.0,
-        setup_timeout: 30.0,
-        source_ip_offset: 0,
+        run: RunArgs {
+            pids: vec![std::process::id()],
+            ..run_args()
+        },
     }
 }
 
@@ -241,7 +247,7 @@ async fn a_dropped_and_a_repeated_broadcast_are_counted() {
 #[tokio::test]
 async fn broadcast_refuses_more_members_than_one_process_holds() {
     let mut args = broadcast_args(vec!["ws://127.0.0.1:9/ws/rooms/".into()], 25_000, 1);
-    args.pids.clear();
+    args.run.pids.clear();
     let err = broadcast::run(args, 1).await.expect_err("must refuse");
     let text = format!("{err:#}");
     assert!(

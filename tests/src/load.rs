@@ -143,6 +143,21 @@ impl LoadReport {
         self.conns.iter().flatten().filter(|c| c.answered == 0).count()
     }
 
+    /// Asserts that every connection got answers, each exactly once and in order, and was
+    /// never closed; returns the number of messages answered.
+    pub fn assert_exactly_once(&self) -> u64 {
+        let failures = self.failures();
+        assert!(
+            failures.is_empty(),
+            "{} of {} connections failed:\n{}",
+            failures.len(),
+            self.conns.len(),
+            failures.join("\n")
+        );
+        assert_eq!(self.idle_connections(), 0, "a connection got no answer at all");
+        self.total()
+    }
+
     /// The `q` quantile (0..1) of the round-trip times of answers that arrived in
     /// `[from, to]`, with the number of such answers.
     pub fn quantile(&self, from: Instant, to: Instant, q: f64) -> Option<(Duration, usize)> {
@@ -160,6 +175,34 @@ impl LoadReport {
         rtts.sort();
         let index = ((rtts.len() as f64 * q).ceil() as usize).clamp(1, rtts.len()) - 1;
         Some((rtts[index], rtts.len()))
+    }
+}
+
+/// Sends `burst` chat messages on each client without waiting, then checks that each
+/// connection's answers carry the counts 1..=burst in order (whichever workers handled them).
+pub async fn bursts_answered_in_order(clients: Vec<WsClient>, burst: u64, reply_timeout: Duration) {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                for m in 1..=burst {
+                    c.feed_text(format!("conn {i} burst {m}")).await?;
+                }
+                c.flush().await?;
+                let mut counts = Vec::new();
+                for _ in 1..=burst {
+                    counts.push(c.recv_count(reply_timeout).await?);
+                }
+                c.close().await;
+                anyhow::Ok(counts)
+            })
+        })
+        .collect();
+    let expected: Vec<u64> = (1..=burst).collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let counts = t.await.unwrap().unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert_eq!(counts, expected, "connection {i} saw its counts out of order");
     }
 }
 

@@ -188,6 +188,17 @@ impl WsClient {
         self.recv_count(timeout).await
     }
 
+    /// Sends `n` chat messages one after the other, checking that the answers count 1..=n.
+    pub async fn chat_counts_to(&mut self, n: u64, timeout: Duration) {
+        for i in 1..=n {
+            let count = self
+                .chat(&format!("message {i}"), timeout)
+                .await
+                .unwrap_or_else(|e| panic!("message {i}: {e:#}"));
+            assert_eq!(count, i, "answer to message {i}");
+        }
+    }
+
     /// Reads until a close frame arrives (skipping heartbeats and other text) and returns
     /// its code; errors if the stream ends without one or `timeout` passes.
     pub async fn expect_close(&mut self, timeout: Duration) -> Result<Option<u16>> {

@@ -10,13 +10,7 @@ async fn chat_counter_correct_over_1000_messages() {
     bounded(Duration::from_secs(60), async {
         let stack = Stack::builder("chat-1000").workers(1).start().await;
         let mut c = stack.ws("/ws/chat/").await;
-        for i in 1..=1000u64 {
-            let n = c
-                .chat(&format!("message {i}"), REPLY_TIMEOUT)
-                .await
-                .unwrap_or_else(|e| panic!("message {i}: {e:#}"));
-            assert_eq!(n, i, "answer to message {i}");
-        }
+        c.chat_counts_to(1000, REPLY_TIMEOUT).await;
         c.close().await;
     })
     .await

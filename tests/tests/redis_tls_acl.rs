@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use switchyard_tests::python;
 use switchyard_tests::redis_server::{RedisOptions, TlsFiles};
-use switchyard_tests::stack::{PREFIX, REPLY_TIMEOUT};
+use switchyard_tests::stack::{Probe, PREFIX, REPLY_TIMEOUT};
 use switchyard_tests::{binary, bounded, Incoming, Proc, Stack, INTERFACE_BIN, OPS_BIN, WORKER_BIN};
 
 /// A CA and a certificate it signed, as PEM.
@@ -64,6 +65,33 @@ async fn echo_round_trip(stack: &mut Stack, text: &str) {
     let mut c = stack.ws("/ws/echo/").await;
     c.send_text(text).await.unwrap();
     assert_eq!(c.recv(REPLY_TIMEOUT).await.unwrap(), Incoming::Text(text.into()));
+}
+
+/// The Python worker (`python -m switchyard runworker`) with the same Redis flags: it
+/// replaces the Rust worker on `echo` and must answer through the interface.
+async fn python_worker_serves_echo(stack: &mut Stack, text: &str) {
+    stack.workers[0].sigterm();
+    stack.workers[0]
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("Rust worker stops");
+    stack.workers.clear();
+    stack.spawn_python_worker(&["--only-channels", "echo"]);
+    stack.wait_workers_live(Probe::Echo).await;
+    echo_round_trip(stack, text).await;
+}
+
+/// Runs the Python worker with `args` until it exits (at most 30 s).
+async fn run_python_to_exit(dir: &Path, args: &[String]) -> (Option<i32>, String) {
+    let mut argv: Vec<String> = ["-m", "switchyard", "runworker"].map(String::from).to_vec();
+    argv.extend(args.iter().cloned());
+    argv.push(python::APPS.into());
+    let env = [("PYTHONPATH".to_string(), python::python_path())];
+    let mut proc = Proc::spawn("python-worker-exit", &python::python(), &argv, &env, dir).expect("spawn python");
+    let status = proc.wait_exit(Duration::from_secs(30)).await;
+    let log = proc.log();
+    assert!(status.is_some(), "python worker still running after 30 s:\n{log}");
+    (status.and_then(|s| s.code()), log)
 }
 
 /// Runs `program` with `args` until it exits (at most 30 s); returns its exit code and output.
@@ -178,6 +206,21 @@ async fn mutual_tls() {
         let (code, log) = run_to_exit(stack.dir.path(), "interface-half-mtls", INTERFACE_BIN, &args).await;
         assert_eq!(code, Some(2), "{log}");
         assert!(log.contains("--redis-client-cert: needs --redis-client-key"), "{log}");
+
+        // The Python worker: the same refusals before start, then mutual TLS end to end.
+        let (code, log) = run_python_to_exit(stack.dir.path(), &args[2..]).await;
+        assert_eq!(code, Some(2), "{log}");
+        assert!(log.contains("--redis-client-cert: needs --redis-client-key"), "{log}");
+        let no_client_cert = vec![
+            "--redis-url".into(),
+            stack.redis.url(),
+            "--redis-ca-file".into(),
+            tls.ca.display().to_string(),
+        ];
+        let (code, log) = run_python_to_exit(stack.dir.path(), &no_client_cert).await;
+        assert_eq!(code, Some(2), "{log}");
+        assert!(log.contains("TLS with Redis failed"), "{log}");
+        python_worker_serves_echo(&mut stack, "python over mutual tls").await;
     })
     .await
 }
@@ -237,7 +280,22 @@ async fn acl_user_and_wrong_password() {
                 log.contains("--redis-url (REDIS_URL)"),
                 "worker, password {what}:\n{log}"
             );
+            let (code, log) = run_python_to_exit(stack.dir.path(), &args).await;
+            assert_eq!(code, Some(2), "python worker, password {what}:\n{log}");
+            assert!(
+                log.contains("--redis-url (REDIS_URL)"),
+                "python worker, password {what}:\n{log}"
+            );
+            assert!(
+                !log.contains("wrong-Pw"),
+                "the wrong password is in the python worker's log:\n{log}"
+            );
         }
+        python_worker_serves_echo(&mut stack, "python as sy").await;
+        assert!(
+            !stack.workers[0].log().contains(password),
+            "the password is in the python worker's log"
+        );
 
         // An unreachable Redis is not fatal: the interface starts and waits for it.
         let args = vec![

@@ -3,25 +3,13 @@
 
 use std::time::Duration;
 
-use switchyard_tests::load::{Load, LoadReport};
+use switchyard_tests::load::Load;
 use switchyard_tests::{bounded, Stack};
 
 const CONNS: usize = 50;
 const WINDOW: u64 = 4;
 /// Long enough for a killed worker's pending messages to be claimed by the others.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(25);
-
-fn check_results(report: LoadReport) -> u64 {
-    let failures = report.failures();
-    assert!(
-        failures.is_empty(),
-        "{} of {CONNS} connections failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    assert_eq!(report.idle_connections(), 0, "a connection got no answer at all");
-    report.total()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_worker_under_load_loses_nothing() {
@@ -48,7 +36,7 @@ async fn kill9_worker_under_load_loses_nothing() {
             after > before_kill,
             "no progress after kill -9 ({before_kill} answers before, {after} after)"
         );
-        let total = check_results(load.finish().await);
+        let total = load.finish().await.assert_exactly_once();
         eprintln!("[test] {total} messages answered exactly once, in order");
         for w in &mut stack.workers[1..] {
             assert!(w.is_running(), "{} died", w.name());
@@ -81,7 +69,7 @@ async fn sigterm_worker_under_load_loses_nothing() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = load.answered();
         assert!(after > before, "no progress after SIGTERM ({before} → {after})");
-        let total = check_results(load.finish().await);
+        let total = load.finish().await.assert_exactly_once();
         eprintln!("[test] {total} messages answered exactly once, in order");
     })
     .await
@@ -116,7 +104,7 @@ async fn rolling_restart_of_every_worker_under_load_loses_nothing() {
                 "no progress after restarting worker-{old}"
             );
         }
-        let total = check_results(load.finish().await);
+        let total = load.finish().await.assert_exactly_once();
         eprintln!("[test] {total} messages answered exactly once, in order");
     })
     .await

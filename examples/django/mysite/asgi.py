@@ -1,0 +1,9 @@
+"""Django's ASGI application, as any ASGI server would load it."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+application = get_asgi_application()

@@ -1,0 +1,7 @@
+"""``python -m switchyard runworker …``"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

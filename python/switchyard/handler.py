@@ -1,0 +1,215 @@
+"""Handling one stream entry: decode, run the consumer, commit.
+
+The Python side of ``worker/src/handler.rs``. Garbage (no ``m`` field, not
+msgpack, another protocol version, a malformed reply address, an event of the
+wrong kind for the channel) goes to the dead-letter stream with a log line
+naming the entry; the worker carries on. A Redis error while handling or
+committing is retried with backoff — the consumer runs again from scratch,
+which is safe because every commit step is guarded. A consumer exception is
+logged with its traceback and closes the connection with 1011 (HTTP: 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from redis.exceptions import RedisError
+
+from .commit import Commit, CommitError, Outcome, SessionWrite, dead_letter
+from .consumer import INTERNAL_ERROR, AsyncWebsocketConsumer
+from .protocol import PAYLOAD_FIELD, ChannelMessage, DecodeError, decode_channel_message, encode_reply, parse_reply_address
+from .session import Session, session_id
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("switchyard.worker")
+
+RETRYABLE = (RedisError, CommitError, OSError)
+"""Errors that say Redis could not be reached or refused a step: the message is handled again."""
+
+
+class Backoff:
+    """50 ms doubling up to 2 s, as the Rust worker waits between retries."""
+
+    def __init__(self) -> None:
+        self.next = 0.05
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next)
+        self.next = min(self.next * 2, 2.0)
+
+    def reset(self) -> None:
+        self.next = 0.05
+
+
+def client_address(client: str) -> tuple[str, int] | None:
+    """``ip:port`` (``[v6]:port`` too) → an ASGI ``client`` pair."""
+    host, colon, port = client.rpartition(":")
+    if not colon or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def base_scope(kind: str, channel: str, message: ChannelMessage) -> dict[str, Any]:
+    """What both kinds of consumer see of a connection, in ASGI's spelling."""
+    return {
+        "type": kind,
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "scheme": "ws" if kind == "websocket" else "http",
+        "path": unquote(message.path),
+        "raw_path": message.path.encode("utf-8"),
+        "query_string": message.query.encode("utf-8"),
+        "root_path": "",
+        "headers": [(name.encode("utf-8"), value.encode("utf-8")) for name, value in message.headers],
+        "client": client_address(message.client),
+        "server": None,
+        "channel": channel,
+        "reply": message.reply,
+    }
+
+
+async def handle(worker: Worker, stream: str, entry_id: str, fields: dict[bytes, bytes], redelivered: bool) -> None:
+    """Handles one entry. ``redelivered``: it was handed out before, so part of it may be committed."""
+    served = worker.channel_of(stream)
+    if served is None:
+        log.error("entry %s from a stream this worker does not serve: %s", entry_id, stream)
+        return
+    channel, target = served
+    raw = fields.get(PAYLOAD_FIELD)
+    if raw is None:
+        return await reject(worker, stream, entry_id, fields, "entry has no `m` payload field")
+    try:
+        message = decode_channel_message(raw)
+    except DecodeError as error:
+        return await reject(worker, stream, entry_id, fields, str(error))
+    if parse_reply_address(message.reply) is None:
+        return await reject(worker, stream, entry_id, fields, "malformed reply address")
+    if message.is_http != target.is_http:
+        mistake = f"channel `{channel}` serves {target.kind} consumers; got {message.type}"
+        return await reject(worker, stream, entry_id, fields, mistake)
+    started = time.monotonic()
+    worker.metrics.in_flight += 1
+    try:
+        outcome = await run(worker, stream, entry_id, channel, target, message, redelivered)
+    finally:
+        worker.metrics.in_flight -= 1
+    worker.metrics.record(channel, message.type, outcome, time.monotonic() - started)
+
+
+async def run(
+    worker: Worker, stream: str, entry_id: str, channel: str, target: Any, message: ChannelMessage, redelivered: bool
+) -> str:
+    """Runs the consumer and commits, retrying Redis errors; names the outcome."""
+    from .asgi import attempt_http  # the HTTP side imports this module
+
+    backoff = Backoff()
+    again = redelivered
+    context = f"channel={channel} conn={message.reply} seq={message.seq} event={message.type}"
+    while True:
+        try:
+            if target.is_http:
+                outcome = await attempt_http(worker, stream, entry_id, channel, target.app, message)
+            else:
+                outcome = await attempt_websocket(worker, stream, entry_id, channel, target.app, message, again)
+        except RETRYABLE as error:
+            worker.metrics.redis_errors += 1
+            log.warning("Redis error while handling %s (%s); retrying: %s", entry_id, context, error)
+            again = True
+            await backoff.wait()
+            continue
+        if outcome is Outcome.REPEATED:
+            log.info("message %s (%s) committed before; finished with its stored outcome", entry_id, context)
+        elif outcome is Outcome.NOT_OWNED:
+            log.info(
+                "message %s (%s) no longer pending to this worker (claimed by another); streamed response stopped",
+                entry_id,
+                context,
+            )
+        return outcome.value
+
+
+async def attempt_websocket(
+    worker: Worker,
+    stream: str,
+    entry_id: str,
+    channel: str,
+    consumer_class: type[AsyncWebsocketConsumer],
+    message: ChannelMessage,
+    again: bool,
+) -> Outcome:
+    interface, conn = parse_reply_address(message.reply) or ("", 0)
+    scope = base_scope("websocket", channel, message)
+    scope["subprotocols"] = list(message.subprotocols)
+    sid = session_id(message.query, message.reply)
+    session: Session | None = None
+    if consumer_class.use_session:
+        values = await worker.load_session(sid)
+        session = Session(sid, values)
+        scope["session"] = session
+    consumer = consumer_class(scope)
+    try:
+        if message.type == "websocket.connect":
+            await consumer.connect()
+        elif message.type == "websocket.receive":
+            if message.text is None and message.bytes is None:
+                await consumer.receive(text_data="")
+            else:
+                await consumer.receive(text_data=message.text, bytes_data=message.bytes)
+        elif message.type == "websocket.disconnect":
+            await consumer.disconnect(message.code)
+        elif message.type == "websocket.drain":
+            await consumer.drain()
+    except RedisError:
+        raise
+    except Exception:
+        log.exception(
+            "consumer failed; closing the connection with 1011 (channel=%s conn=%s seq=%s event=%s)",
+            channel,
+            message.reply,
+            message.seq,
+            message.type,
+        )
+        consumer.reset()
+        session = None
+        await consumer.close(INTERNAL_ERROR)
+    disconnect = message.type == "websocket.disconnect"
+    write: SessionWrite | None = None
+    if session is not None and session.used:
+        sets, deletes = session.changes()
+        write = SessionWrite(sid, sets, deletes)
+    elif again or disconnect:
+        # A message handled again checks the outbox even if this run did not use
+        # the session; a disconnect shortens the outbox's life.
+        write = SessionWrite(sid)
+    commit = Commit(
+        stream=stream,
+        entry_id=entry_id,
+        interface=interface,
+        conn=conn,
+        seq=message.seq,
+        reply=None if disconnect else encode_reply(conn, message.seq, consumer.actions),
+        forget=disconnect,
+        session=write,
+        group_sends=consumer.group_sends,
+    )
+    return await worker.committer.commit(commit)
+
+
+async def reject(worker: Worker, stream: str, entry_id: str, fields: dict[bytes, bytes], error: str) -> None:
+    """Dead-letters an entry, retrying until Redis takes it."""
+    worker.metrics.dead_letters += 1
+    log.error("undecodable entry %s on %s moved to the dead-letter stream: %s", entry_id, stream, error)
+    backoff = Backoff()
+    while True:
+        try:
+            await dead_letter(worker.redis, worker.keys, stream, entry_id, fields, worker.consumer, error)
+            return
+        except RETRYABLE as redis_error:
+            log.warning("dead-lettering %s failed; retrying: %s", entry_id, redis_error)
+            await backoff.wait()

@@ -1,9 +1,9 @@
 //! The connection task: one per WebSocket, owner of its write half.
 //!
-//! It keeps the per-connection order guarantee: at most one client message is
-//! in flight; the next one is released only when a reply carries the `done`
-//! marker for the current sequence number. A repeated reply for a sequence
-//! number already done is ignored, so redelivery can never apply twice here.
+//! It keeps the per-connection order guarantee with [`Flow`] (`flow.rs`, the
+//! rules without I/O): at most one client message in flight, the next one
+//! released only when a reply carries the `done` marker for it, a repeated
+//! reply ignored, so redelivery can never apply twice here.
 //!
 //! It also runs the connection's endings: a client close, a worker's close
 //! action, a broken socket, or the interface's drain (drain notice → worker's
@@ -18,31 +18,27 @@
 //! close frame; a connection blocked in a write must not block its task for
 //! good, or its mailbox could never be drained.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload, WebSocketWrite};
+use switchyard_protocol::close::{
+    ABNORMAL, GOING_AWAY, INVALID_DATA, NORMAL, NO_STATUS, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER,
+};
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
-use super::frames::{Inbound, Inbox, POLICY_VIOLATION};
+use super::flow::{Done, Flow, Step};
+use super::frames::{Inbound, Inbox};
 use super::io::WriteHalf;
 use super::rate::TokenBucket;
 use crate::bus::registry::{Backlog, ConnEvent, Events};
 use crate::state::Shared;
 
-/// Client messages read ahead of the one in flight; when full, the inbox is
-/// not polled, the socket is not read and TCP pushes back on the client.
-const MAX_PENDING: usize = 16;
-/// How long a closed connection keeps handing its queued messages to workers.
-const LINGER: Duration = Duration::from_secs(10);
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-const GOING_AWAY: u16 = 1001;
-const ABNORMAL: u16 = 1006;
-const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Everything the handshake learned, handed to the connection task.
 pub struct Opened {
@@ -59,18 +55,11 @@ pub struct Connection {
     shared: Arc<Shared>,
     opened: Opened,
     writer: WebSocketWrite<WriteHalf>,
-    /// Sequence number of the next message (1 was the connect).
-    next_seq: u64,
-    /// The message in flight: its sequence number, when it left, and whether
-    /// Redis has it yet.
-    in_flight: Option<(u64, Instant)>,
+    /// Order, queue and endings: what to send next.
+    flow: Flow,
+    /// Whether Redis has the message in flight yet.
     appended: Option<oneshot::Receiver<bool>>,
-    last_done: u64,
-    pending: VecDeque<Event>,
     groups: HashSet<String>,
-    /// Set once the socket is closed (by either side): the close code, and
-    /// until when queued messages are still handed to workers.
-    closed: Option<(u16, Instant)>,
     /// We sent the first close frame and owe the client a moment to answer.
     awaiting_close_reply: bool,
     /// The fill level of our mailbox; says when a client reads too slowly.
@@ -96,13 +85,9 @@ impl Connection {
             writer,
             backlog,
             rate,
-            next_seq: 2,
-            in_flight: None,
+            flow: Flow::new(),
             appended: None,
-            last_done: 1,
-            pending: VecDeque::new(),
             groups: HashSet::new(),
-            closed: None,
             awaiting_close_reply: false,
         }
     }
@@ -121,8 +106,6 @@ impl Connection {
 
     async fn serve(&mut self, inbound: &mut Inbox, events: &mut Events) -> u16 {
         let mut shutdown = self.shared.shutdown.clone();
-        let mut drain_deadline: Option<Instant> = None;
-        let mut drain_seq: Option<u64> = None;
         let limits = self.shared.limits.clone();
         let mut next_ping = limits.ping_interval.map(|interval| Instant::now() + interval);
         // While the inbox is not polled nothing can be heard; the idle clock
@@ -130,19 +113,18 @@ impl Connection {
         let mut was_reading = true;
         let mut resumed = Instant::now();
         loop {
-            if self.in_flight.is_none() {
-                if let Some(event) = self.pending.pop_front() {
-                    self.release(event);
-                } else if let Some((code, _)) = self.closed {
-                    return code;
-                } else if drain_deadline.is_some() && drain_seq.is_none() {
-                    drain_seq = Some(self.release(Event::Drain));
-                } else if drain_seq.is_some_and(|seq| self.last_done >= seq) {
+            match self.flow.next_step(Instant::now()) {
+                Step::Release { seq, event } => self.release(seq, event),
+                Step::Finish(code) => return code,
+                Step::CloseForDrain => {
                     self.close(GOING_AWAY, "server shutting down").await;
                     continue;
                 }
+                Step::Wait => {}
             }
-            let reading = self.closed.is_none() && drain_deadline.is_none() && self.pending.len() < MAX_PENDING;
+            let reading = self.flow.reading();
+            let open = self.flow.closed().is_none();
+            let drain_deadline = self.flow.drain_deadline();
             if reading && !was_reading {
                 resumed = Instant::now();
             }
@@ -152,33 +134,32 @@ impl Connection {
                 .filter(|_| reading)
                 .map(|timeout| inbound.last_heard().max(resumed) + timeout);
             let timer = [idle_at, next_ping].into_iter().flatten().min();
-            let linger_until = self.closed.map(|(_, until)| until);
+            let linger_until = self.flow.linger_until();
             tokio::select! {
                 biased;
-                _ = self.backlog.overflow(), if self.closed.is_none() => {
+                _ = self.backlog.overflow(), if open => {
                     self.shared.metrics.error("slow_reader");
                     tracing::info!(conn = self.opened.id, "client does not read: its send queue is full");
                     self.close(POLICY_VIOLATION, "send queue full").await;
                 }
-                _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() && self.closed.is_none() => {
+                _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() && open => {
                     self.close(GOING_AWAY, "server shutting down").await;
-                    self.pending.clear();
+                    self.flow.abandon_queue();
                     return GOING_AWAY;
                 }
                 _ = sleep_until(linger_until.unwrap_or_else(far_future)), if linger_until.is_some() => {
                     tracing::warn!(conn = self.opened.id, "closed connection still had unanswered messages; sending disconnect anyway");
-                    return self.closed.map_or(ABNORMAL, |(code, _)| code);
+                    return self.flow.closed().unwrap_or(ABNORMAL);
                 }
                 ok = wait_appended(&mut self.appended), if self.appended.is_some() => {
                     self.appended = None;
                     if !ok {
                         self.shared.metrics.error("redis_unavailable");
                         self.close(TRY_AGAIN_LATER, "message could not be queued").await;
-                        self.pending.clear();
-                        self.in_flight = None;
+                        self.flow.append_failed();
                     }
                 }
-                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() && self.closed.is_none() => {
+                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() && open => {
                     let now = Instant::now();
                     if idle_at.is_some_and(|at| at <= now) {
                         // A busy mailbox may have kept the inbox from being polled: look once more.
@@ -209,7 +190,7 @@ impl Connection {
                     None => return ABNORMAL,
                 },
                 deadline = shutdown.draining(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(deadline);
+                    self.flow.start_drain(deadline);
                 }
                 item = inbound.recv(), if reading => match item {
                     Some(item) => self.on_inbound(item).await,
@@ -221,10 +202,8 @@ impl Connection {
         }
     }
 
-    /// Sends a message to the channel; returns its sequence number.
-    fn release(&mut self, event: Event) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+    /// Sends message number `seq` to the channel.
+    fn release(&mut self, seq: u64, event: Event) {
         if matches!(event, Event::Receive(_)) {
             self.shared.metrics.message("in");
         }
@@ -236,8 +215,6 @@ impl Connection {
             event,
         );
         self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), encode(&message)));
-        self.in_flight = Some((seq, Instant::now()));
-        seq
     }
 
     async fn on_inbound(&mut self, item: Inbound) {
@@ -250,14 +227,14 @@ impl Connection {
                     self.close(POLICY_VIOLATION, "message rate exceeded").await;
                     return;
                 }
-                self.pending.push_back(Event::Receive(payload));
+                self.flow.push(Event::Receive(payload));
             }
             Inbound::Ping(data) => {
                 let _ = self.write(Frame::pong(FramePayload::Owned(data))).await;
             }
             Inbound::Close { code, .. } => {
                 // Answer with the same code (none when the client gave none).
-                let echo = if code == 1005 {
+                let echo = if code == NO_STATUS {
                     Frame::close_raw(FramePayload::Owned(Vec::new()))
                 } else {
                     Frame::close(code, b"")
@@ -267,8 +244,8 @@ impl Connection {
             }
             Inbound::Fail { code, reason } => {
                 self.shared.metrics.error(match code {
-                    1007 => "invalid_utf8",
-                    1009 => "message_too_big",
+                    INVALID_DATA => "invalid_utf8",
+                    TOO_BIG => "message_too_big",
                     POLICY_VIOLATION => "policy_violation",
                     _ => "protocol_error",
                 });
@@ -286,23 +263,17 @@ impl Connection {
     async fn apply_event(&mut self, event: ConnEvent) {
         match event {
             ConnEvent::Reply(reply) => {
-                if let Some(done) = reply.done {
-                    if done <= self.last_done {
-                        tracing::debug!(conn = self.opened.id, done, "repeated reply ignored");
-                        return;
-                    }
+                if reply.done.is_some_and(|done| self.flow.is_repeated(done)) {
+                    tracing::debug!(conn = self.opened.id, done = reply.done, "repeated reply ignored");
+                    return;
                 }
                 self.apply_actions(reply.actions).await;
                 if let Some(done) = reply.done {
-                    self.last_done = done;
-                    if let Some((seq, since)) = self.in_flight {
-                        if seq <= done {
-                            self.shared
-                                .metrics
-                                .message_duration
-                                .observe(since.elapsed().as_secs_f64());
-                            self.in_flight = None;
-                        }
+                    if let Done::Progress {
+                        released_after: Some(took),
+                    } = self.flow.done(done, Instant::now())
+                    {
+                        self.shared.metrics.message_duration.observe(took.as_secs_f64());
                     }
                 }
             }
@@ -318,10 +289,10 @@ impl Connection {
                 Action::Accept { .. } => {}
                 Action::Send(payload) => self.send_payload(&payload).await,
                 Action::Close { code, reason } => {
-                    let code = if CloseCode::from(code).is_allowed() && code != 1005 {
+                    let code = if CloseCode::from(code).is_allowed() && code != NO_STATUS {
                         code
                     } else {
-                        1000
+                        NORMAL
                     };
                     self.close(code, &reason).await;
                 }
@@ -340,7 +311,7 @@ impl Connection {
     }
 
     async fn send_payload(&mut self, payload: &Payload) {
-        if self.closed.is_some() {
+        if self.flow.closed().is_some() {
             return;
         }
         let frame = match (&payload.text, &payload.bytes) {
@@ -355,7 +326,7 @@ impl Connection {
 
     /// Sends our close frame (once) and stops reading.
     async fn close(&mut self, code: u16, reason: &str) {
-        if self.closed.is_some() {
+        if self.flow.closed().is_some() {
             return;
         }
         let reason = truncate_utf8(reason, 123);
@@ -366,16 +337,14 @@ impl Connection {
     }
 
     fn mark_closed(&mut self, code: u16) {
-        if self.closed.is_none() {
-            self.closed = Some((code, Instant::now() + LINGER));
-        }
+        self.flow.mark_closed(code, Instant::now());
     }
 
     /// Writes a frame; a failed write means the socket is gone. A write
     /// that blocks past the send timeout, or until the mailbox overflows, is
     /// abandoned (the frame may be half written) and the socket dropped.
     async fn write(&mut self, frame: Frame<'_>) -> bool {
-        if self.closed.is_some() {
+        if self.flow.closed().is_some() {
             return false;
         }
         // After an overflow only our close frame is written, if the socket takes it soon.
@@ -420,7 +389,7 @@ impl Connection {
         }
         let message = ChannelMessage::new(
             self.opened.reply.clone(),
-            self.next_seq,
+            self.flow.disconnect_seq(),
             self.opened.path.clone(),
             self.opened.query.clone(),
             Event::Disconnect { code },

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, WebSocketError, WebSocketRead};
+use switchyard_protocol::close::{INVALID_DATA, NO_STATUS, PROTOCOL_ERROR, TOO_BIG};
 use switchyard_protocol::Payload;
 use tokio::time::Instant;
 
@@ -50,11 +51,6 @@ pub enum Inbound {
     },
 }
 
-pub const POLICY_VIOLATION: u16 = 1008;
-const PROTOCOL_ERROR: u16 = 1002;
-const INVALID_DATA: u16 = 1007;
-const TOO_BIG: u16 = 1009;
-const NO_STATUS: u16 = 1005;
 /// Control frames carry at most 125 bytes (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 

@@ -4,8 +4,9 @@
 //! to accept and answers the upgrade; [`io`] names the upgraded socket's
 //! halves; [`frames`] turns the read half's frames into whole messages (and
 //! protocol errors into close codes); [`connection`] is the task that owns the
-//! write half — it sends each message on (one in flight) and applies the
-//! workers' replies and group broadcasts. [`limits`] and [`rate`] are the
+//! write half — it sends each message on and applies the workers' replies and
+//! group broadcasts, following [`flow`]: one message in flight, the queue
+//! behind it, the endings (the rules alone, unit-tested without sockets). [`limits`] and [`rate`] are the
 //! per-connection limits it enforces.
 //!
 //! One task rather than a reader task and a queue keeps an idle connection
@@ -14,6 +15,7 @@
 //! and the socket is not read.
 
 pub mod connection;
+pub mod flow;
 pub mod frames;
 pub mod handshake;
 pub mod io;

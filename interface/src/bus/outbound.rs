@@ -127,9 +127,7 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
     let mut tried = false;
     while !pending.is_empty() {
         if tried {
-            let now = Instant::now();
-            let (expired, kept): (Vec<Item>, Vec<Item>) =
-                pending.into_iter().partition(|item| item.queued + hold <= now);
+            let (expired, kept) = split_expired(pending, hold, Instant::now());
             pending = kept;
             if !expired.is_empty() {
                 tracing::error!(
@@ -142,13 +140,7 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
                 return;
             }
         }
-        let deadline = pending
-            .iter()
-            .map(|item| item.queued + hold)
-            .min()
-            .unwrap_or_else(Instant::now);
-        // Always one real attempt, even for messages that waited in the queue past their hold.
-        let limit = deadline.max(Instant::now() + MIN_ATTEMPT);
+        let (deadline, limit) = attempt_deadlines(&pending, hold, Instant::now());
         let attempt = tokio::time::timeout_at(limit, append(con, &pending, settings.wait_replicas)).await;
         tried = true;
         let outcomes = attempt.unwrap_or_else(|_| pending.iter().map(|_| Err(timed_out())).collect());
@@ -171,6 +163,19 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
             let _ = tokio::time::timeout_at(deadline.max(Instant::now()), backoff.wait()).await;
         }
     }
+}
+
+/// Splits off the messages whose hold has run out by `now`: (expired, kept).
+fn split_expired(pending: Vec<Item>, hold: Duration, now: Instant) -> (Vec<Item>, Vec<Item>) {
+    pending.into_iter().partition(|item| item.queued + hold <= now)
+}
+
+/// The oldest message's deadline, and how long the next attempt may take: until
+/// that deadline, but always one real attempt (`MIN_ATTEMPT`), even for
+/// messages that waited in the queue past their hold.
+fn attempt_deadlines(pending: &[Item], hold: Duration, now: Instant) -> (Instant, Instant) {
+    let deadline = pending.iter().map(|item| item.queued + hold).min().unwrap_or(now);
+    (deadline, deadline.max(now + MIN_ATTEMPT))
 }
 
 /// One attempt: the XADDs (one pipeline, or one request per stream on a
@@ -209,4 +214,59 @@ fn acknowledge(item: Item, ok: bool) {
 
 fn timed_out() -> redis::RedisError {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer before --redis-hold ran out").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(queued: Instant) -> (Item, oneshot::Receiver<bool>) {
+        let (ack, done) = oneshot::channel();
+        let item = Item {
+            stream: Some("s".into()),
+            payload: Vec::new(),
+            ack: Some(ack),
+            queued,
+        };
+        (item, done)
+    }
+
+    #[test]
+    fn only_messages_past_their_hold_are_given_up() {
+        let now = Instant::now();
+        let hold = Duration::from_secs(10);
+        let (old, _) = item(now - Duration::from_secs(11));
+        let (exact, _) = item(now - hold);
+        let (young, _) = item(now - Duration::from_secs(3));
+        let (expired, kept) = split_expired(vec![old, exact, young], hold, now);
+        assert_eq!(expired.len(), 2, "held for the hold or longer");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].queued, now - Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_attempt_ends_at_the_oldest_deadline_but_is_never_shorter_than_the_minimum() {
+        let now = Instant::now();
+        let hold = Duration::from_secs(10);
+        let (a, _) = item(now - Duration::from_secs(4));
+        let (b, _) = item(now - Duration::from_secs(1));
+        let (deadline, limit) = attempt_deadlines(&[a, b], hold, now);
+        assert_eq!(deadline, now + Duration::from_secs(6), "the oldest message's");
+        assert_eq!(limit, deadline);
+        // A message that waited past its hold still gets one real attempt.
+        let (late, _) = item(now - Duration::from_secs(30));
+        let (deadline, limit) = attempt_deadlines(&[late], hold, now);
+        assert!(deadline < now);
+        assert_eq!(limit, now + MIN_ATTEMPT);
+    }
+
+    #[test]
+    fn each_sender_learns_its_own_outcome() {
+        let (ok, mut ok_rx) = item(Instant::now());
+        acknowledge(ok, true);
+        assert_eq!(ok_rx.try_recv(), Ok(true));
+        let (refused, mut refused_rx) = item(Instant::now());
+        acknowledge(refused, false);
+        assert_eq!(refused_rx.try_recv(), Ok(false));
+    }
 }

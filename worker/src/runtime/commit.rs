@@ -286,6 +286,14 @@ fn by_slot(
     groups
 }
 
+/// A key of each slot group: what `--redis-wait-replicas` waits on after a step.
+fn one_key_per_slot(groups: &BTreeMap<u16, Vec<(usize, String)>>) -> Vec<String> {
+    groups
+        .values()
+        .filter_map(|members| members.first().map(|(_, key)| key.clone()))
+        .collect()
+}
+
 /// Step 1: session writes and outboxes, once per message. Returns the keys
 /// written (one per slot).
 async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) -> Vec<String> {
@@ -328,10 +336,7 @@ async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]
         async move { invocation.invoke_async::<Vec<Value>>(&mut con).await }
     });
     let results = join_all(calls).await;
-    let written = groups
-        .values()
-        .filter_map(|m| m.first().map(|(_, key)| key.clone()))
-        .collect();
+    let written = one_key_per_slot(&groups);
     for (members, result) in groups.values().zip(results) {
         match result {
             Ok(codes) => {
@@ -510,10 +515,7 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
         async move { invocation.invoke_async::<i64>(&mut con).await }
     });
     let results = join_all(calls).await;
-    let written = groups
-        .values()
-        .filter_map(|m| m.first().map(|(_, key)| key.clone()))
-        .collect();
+    let written = one_key_per_slot(&groups);
     for (members, result) in groups.values().zip(results) {
         if let Err(error) = result {
             for (index, _) in members {
@@ -615,4 +617,108 @@ pub async fn dead_letter(
         .arg(&entry.id)
         .query_async(con)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(reply: Option<Vec<u8>>, group_sends: GroupSends) -> Commit {
+        Commit {
+            stream: "chan".into(),
+            entry_id: "1-0".into(),
+            interface: "iface".into(),
+            conn: 7,
+            seq: 3,
+            reply,
+            forget: false,
+            body: BodyOp::Keep,
+            session: None,
+            group_sends,
+        }
+    }
+
+    fn item(commit: Commit) -> (Item, oneshot::Receiver<RedisResult<Outcome>>) {
+        let (done, rx) = oneshot::channel();
+        let item = Item {
+            commit,
+            state: Ok(Outcome::Committed),
+            finished: false,
+            done,
+        };
+        (item, rx)
+    }
+
+    /// What the session step stores: "<seq> <outbox>".
+    fn stored(commit: &Commit) -> Vec<u8> {
+        let mut stored = format!("{} ", commit.seq).into_bytes();
+        stored.extend(encode_outbox(commit));
+        stored
+    }
+
+    fn text_frame(text: &str) -> GroupFrame {
+        GroupFrame::Text(text.into())
+    }
+
+    #[test]
+    fn the_outbox_keeps_the_reply_and_the_group_sends() {
+        let original = commit(Some(b"reply".to_vec()), vec![("lobby".into(), text_frame("hi"))]);
+        let (reply, groups) = decode_outbox(&stored(&original)).expect("decodes");
+        assert_eq!(reply.as_deref(), Some(&b"reply"[..]));
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].0, "lobby");
+        assert_eq!(groups[0].1, text_frame("hi"));
+        // No reply (the connection was gone) stays no reply.
+        let (reply, groups) = decode_outbox(&stored(&commit(None, Vec::new()))).expect("decodes");
+        assert_eq!(reply, None);
+        assert!(groups.is_empty());
+        assert!(decode_outbox(b"no-space-here").is_none());
+        assert!(decode_outbox(b"3 not msgpack").is_none());
+    }
+
+    #[test]
+    fn a_message_committed_before_finishes_with_the_stored_outcome() {
+        let earlier = commit(Some(b"first".to_vec()), vec![("g".into(), text_frame("x"))]);
+        let (mut item, _rx) = item(commit(Some(b"second".to_vec()), Vec::new()));
+        apply_session_result(&mut item, Value::BulkString(stored(&earlier)));
+        assert!(matches!(item.state, Ok(Outcome::Repeated)));
+        assert!(item.writing(), "its group sends and reply still run (idempotently)");
+        assert_eq!(
+            item.commit.reply.as_deref(),
+            Some(&b"first"[..]),
+            "the stored reply wins"
+        );
+        assert_eq!(item.commit.group_sends.len(), 1);
+    }
+
+    #[test]
+    fn a_later_message_committed_leaves_only_the_ack() {
+        let (mut item, _rx) = item(commit(Some(b"r".to_vec()), Vec::new()));
+        apply_session_result(&mut item, Value::Int(0));
+        assert!(matches!(item.state, Ok(Outcome::Repeated)));
+        assert!(item.finished);
+        assert!(!item.writing());
+        assert!(item.going(), "the ack still runs");
+    }
+
+    #[test]
+    fn a_first_commit_goes_on_and_garbage_is_an_error() {
+        let (mut fresh, _rx) = item(commit(Some(b"r".to_vec()), Vec::new()));
+        apply_session_result(&mut fresh, Value::Int(1));
+        assert!(matches!(fresh.state, Ok(Outcome::Committed)));
+        assert!(fresh.writing());
+
+        let (mut unreadable, _rx) = item(commit(None, Vec::new()));
+        apply_session_result(&mut unreadable, Value::BulkString(b"5 garbage".to_vec()));
+        assert!(!unreadable.going(), "the handler retries rather than guess");
+
+        let (mut strange, _rx) = item(commit(None, Vec::new()));
+        apply_session_result(&mut strange, Value::Okay);
+        assert!(!strange.going());
+    }
+
+    #[test]
+    fn the_reply_address_names_interface_and_connection() {
+        assert_eq!(commit(None, Vec::new()).reply_address(), "iface!7");
+    }
 }

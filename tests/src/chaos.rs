@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use redis::Value;
+use switchyard_protocol::xinfo::parse_groups;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -148,7 +149,7 @@ impl ChaosLoad {
                 .map(|(i, _)| i)
                 .collect()
         };
-        match crate::eventually(timeout, || async { stalled().is_empty().then_some(()) }).await {
+        match crate::wait::eventually(timeout, || async { stalled().is_empty().then_some(()) }).await {
             Some(()) => Ok(()),
             None => Err(stalled()),
         }
@@ -381,15 +382,20 @@ pub struct StreamFigures {
     pub undelivered: u64,
     /// What Redis itself says is undelivered (`XINFO GROUPS` lag; `None` when it cannot
     /// tell). `switchyard status` shows this as the backlog.
-    pub redis_lag: Option<String>,
+    pub redis_lag: Option<u64>,
 }
 
 /// Length, pending and undelivered entries of `stream` for consumer group `group`.
 pub fn stream_figures(con: &mut impl redis::ConnectionLike, stream: &str, group: &str) -> Result<StreamFigures> {
     let length: u64 = redis::cmd("XLEN").arg(stream).query(con)?;
     let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query(con)?;
-    let last_delivered = group_field(&groups, group, "last-delivered-id")
+    let info = parse_groups(&groups)
+        .into_iter()
+        .find(|info| info.name == group)
         .ok_or_else(|| anyhow!("no consumer group {group} on {stream}"))?;
+    let last_delivered = info
+        .last_delivered
+        .ok_or_else(|| anyhow!("group {group} on {stream} has no last-delivered id"))?;
     let summary: Value = redis::cmd("XPENDING").arg(stream).arg(group).query(con)?;
     let pending = match &summary {
         Value::Array(items) => items.first().and_then(|v| redis::from_redis_value(v.clone()).ok()),
@@ -405,32 +411,6 @@ pub fn stream_figures(con: &mut impl redis::ConnectionLike, stream: &str, group:
         length,
         pending,
         undelivered: after.len() as u64,
-        redis_lag: group_field(&groups, group, "lag"),
-    })
-}
-
-fn group_field(groups: &Value, group: &str, field: &str) -> Option<String> {
-    let Value::Array(groups) = groups else {
-        return None;
-    };
-    groups.iter().find_map(|info| {
-        let pairs: Vec<(String, Value)> = match info {
-            Value::Array(flat) => flat
-                .chunks(2)
-                .filter_map(|kv| Some((redis::from_redis_value(kv.first()?.clone()).ok()?, kv.get(1)?.clone())))
-                .collect(),
-            Value::Map(map) => map
-                .iter()
-                .filter_map(|(k, v)| Some((redis::from_redis_value(k.clone()).ok()?, v.clone())))
-                .collect(),
-            _ => return None,
-        };
-        let get = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
-        };
-        (get("name").as_deref() == Some(group)).then(|| get(field)).flatten()
+        redis_lag: info.lag,
     })
 }

@@ -8,10 +8,11 @@
 //! members, so the group tests need more than one interface on the same Redis, a way
 //! to kill one of them, the `switchyard` ops binary pointed at that Redis, and clients that
 //! keep reading in the background (a broadcast can arrive at any time, and a test must see
-//! every frame a member got to check "exactly once"). [`Cluster`] starts and owns the
-//! processes (logs printed on failure, like [`crate::Stack`]); [`Member`] is a WebSocket
-//! client whose frames are read and recorded by a task of its own.
+//! every frame a member got to check "exactly once"). [`Cluster`] is a [`Stack`] with
+//! several interfaces, addressed by index; [`Member`] is a WebSocket client whose frames are
+//! read and recorded by a task of its own.
 
+use std::ops::{Deref, DerefMut};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,255 +24,106 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::http;
-use crate::ports::free_port;
+use crate::binaries::{binary, OPS_BIN};
 use crate::process::Proc;
-use crate::redis_server::RedisOptions;
-use crate::stack::{PREFIX, REPLY_TIMEOUT};
-use crate::test_redis::{TestRedis, Topology};
-use crate::testdir::TestDir;
-use crate::ws::{self, Incoming, WsClient};
-use crate::{binary, INTERFACE_BIN, OPS_BIN, WORKER_BIN};
+use crate::stack::{Probe, Stack, StackBuilder, PREFIX};
+use crate::ws::{Incoming, WsClient};
 
-/// Configures a [`Cluster`].
-pub struct ClusterBuilder {
-    name: String,
-    interfaces: usize,
-    workers: usize,
-    interface_args: Vec<String>,
-    worker_env: Vec<(String, String)>,
-    persistent_redis: bool,
-    topology: Option<Topology>,
-}
+/// Configures a [`Cluster`]: a [`StackBuilder`] with 3 named interfaces and 1 worker.
+pub struct ClusterBuilder(StackBuilder);
 
 impl ClusterBuilder {
     /// Runs Redis with an fsynced append-only file, so a `stop`/`restart` keeps the streams.
-    pub fn persistent_redis(mut self) -> Self {
-        self.persistent_redis = true;
-        self
+    pub fn persistent_redis(self) -> Self {
+        ClusterBuilder(self.0.persistent_redis())
     }
 
     /// Runs on one redis-server whatever `SWITCHYARD_TEST_REDIS` says: for tests that stop,
     /// pause or restart the server.
-    pub fn single_redis(mut self) -> Self {
-        self.topology = Some(Topology::Single);
-        self
+    pub fn single_redis(self) -> Self {
+        ClusterBuilder(self.0.single_redis())
     }
 
     /// Runs on a Redis Cluster (3 masters, 3 replicas) whatever `SWITCHYARD_TEST_REDIS` says.
-    pub fn redis_cluster(mut self) -> Self {
-        self.topology = Some(Topology::Cluster);
-        self
+    pub fn redis_cluster(self) -> Self {
+        ClusterBuilder(self.0.redis_cluster())
     }
 
     /// Number of interfaces (default 3).
-    pub fn interfaces(mut self, n: usize) -> Self {
-        self.interfaces = n;
-        self
+    pub fn interfaces(self, n: usize) -> Self {
+        ClusterBuilder(self.0.interfaces(n).named_interfaces())
     }
 
     /// Number of workers (default 1; they serve every built-in app).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n;
-        self
+    pub fn workers(self, n: usize) -> Self {
+        ClusterBuilder(self.0.workers(n))
     }
 
     /// An extra command-line argument for every interface.
-    pub fn interface_arg(mut self, arg: &str) -> Self {
-        self.interface_args.push(arg.into());
-        self
+    pub fn interface_arg(self, arg: &str) -> Self {
+        ClusterBuilder(self.0.interface_arg(arg))
     }
 
     /// An environment variable for every worker.
-    pub fn worker_env(mut self, key: &str, value: &str) -> Self {
-        self.worker_env.push((key.into(), value.into()));
-        self
+    pub fn worker_env(self, key: &str, value: &str) -> Self {
+        ClusterBuilder(self.0.worker_env(key, value))
     }
 
-    /// Starts Redis, the interfaces (each up on `/healthz`; `/readyz` also wants
-    /// live workers, which start after them) and the workers (an echo round trip through
-    /// every interface). Panics (printing logs) on failure.
+    /// Starts Redis, the interfaces and the workers (an echo round trip through every
+    /// interface); panics (printing logs) on failure.
     pub async fn start(self) -> Cluster {
-        binary(INTERFACE_BIN);
-        binary(WORKER_BIN);
         binary(OPS_BIN);
-        let dir = TestDir::new(&self.name);
-        let topology = self.topology.unwrap_or_else(Topology::from_env);
-        let options = RedisOptions {
-            persistent: self.persistent_redis,
-            ..RedisOptions::default()
-        };
-        let redis = TestRedis::start(dir.path(), topology, options)
-            .await
-            .unwrap_or_else(|e| panic!("start the test's Redis ({topology:?}): {e:#}"));
-        let mut cluster = Cluster {
-            workers: Vec::new(),
-            interfaces: Vec::new(),
-            addrs: Vec::new(),
-            redis,
-            dir,
-            worker_env: self.worker_env,
-        };
-        for index in 0..self.interfaces {
-            cluster.start_interface(index, &self.interface_args).await;
-        }
-        for _ in 0..self.workers {
-            cluster.spawn_worker();
-        }
-        if self.workers > 0 {
-            cluster.wait_workers_live().await;
-        }
-        cluster
+        Cluster(self.0.start().await)
     }
 }
 
-/// Interfaces and workers on one Redis. Dropped in field order: workers, interfaces,
-/// redis, then the temp dir (kept if the test failed).
-pub struct Cluster {
-    /// Worker processes, in start order.
-    pub workers: Vec<Proc>,
-    interfaces: Vec<Proc>,
-    /// `127.0.0.1:<port>` of each interface, by index.
-    pub addrs: Vec<String>,
-    /// The test's Redis: one server or a Redis Cluster.
-    pub redis: TestRedis,
-    /// The test's temp dir (logs, redis dir).
-    pub dir: TestDir,
-    worker_env: Vec<(String, String)>,
+/// Interfaces and workers on one Redis: a [`Stack`] with several interfaces, addressed by
+/// index, and the group helpers below. Everything of [`Stack`] is reachable through it.
+pub struct Cluster(Stack);
+
+impl Deref for Cluster {
+    type Target = Stack;
+
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Stack {
+        &mut self.0
+    }
 }
 
 impl Cluster {
     /// A cluster named `name` (used for the temp dir): 3 interfaces, 1 worker.
     pub fn builder(name: &str) -> ClusterBuilder {
-        ClusterBuilder {
-            name: name.to_string(),
-            interfaces: 3,
-            workers: 1,
-            interface_args: Vec::new(),
-            worker_env: Vec::new(),
-            persistent_redis: false,
-            topology: None,
-        }
+        ClusterBuilder(Stack::builder(name).interfaces(3).named_interfaces())
     }
 
     /// The id interface `index` runs with (`--id`).
     pub fn interface_id(index: usize) -> String {
-        format!("iface-{index}")
-    }
-
-    /// The command line of interface `index` on `addr`.
-    fn interface_args(&self, index: usize, addr: &str, extra: &[String]) -> Vec<String> {
-        let mut args = vec!["--bind".to_string(), addr.to_string()];
-        args.extend(self.redis.client_args());
-        args.extend([
-            "--prefix".to_string(),
-            PREFIX.to_string(),
-            "--id".to_string(),
-            Cluster::interface_id(index),
-        ]);
-        args.extend(extra.iter().cloned());
-        args
-    }
-
-    async fn start_interface(&mut self, index: usize, extra: &[String]) {
-        let program = binary(INTERFACE_BIN);
-        for attempt in 1..=5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let args = self.interface_args(index, &addr, extra);
-            let mut proc = Proc::spawn(&format!("interface-{index}"), &program, &args, &[], self.dir.path())
-                .expect("spawn switchyard-interface");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(st) = proc.try_status() {
-                    let log = proc.log();
-                    if attempt < 5 && log.to_ascii_lowercase().contains("in use") {
-                        break; // port taken meanwhile: try another
-                    }
-                    drop(proc);
-                    panic!("interface-{index} exited during startup ({st}); args {args:?}\n{log}");
-                }
-                if http::status(&addr, "/healthz").await == Some(200) {
-                    self.addrs.push(addr);
-                    self.interfaces.push(proc);
-                    return;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    let tail = proc.log_tail(40);
-                    drop(proc);
-                    panic!("interface-{index} on {addr} not up (/healthz != 200) within 30 s; args {args:?}\n{tail}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        panic!("interface-{index} could not bind a port after 5 attempts");
-    }
-
-    /// Starts one more worker; returns its index in `workers`.
-    pub fn spawn_worker(&mut self) -> usize {
-        let mut args = self.redis.client_args();
-        args.extend(["--prefix".to_string(), PREFIX.to_string()]);
-        let index = self.workers.len();
-        let proc = Proc::spawn(
-            &format!("worker-{index}"),
-            &binary(WORKER_BIN),
-            &args,
-            &self.worker_env,
-            self.dir.path(),
-        )
-        .expect("spawn switchyard-worker");
-        self.workers.push(proc);
-        index
+        Stack::interface_id(index)
     }
 
     /// Waits (up to 40 s) until an echo round trip works through every live interface.
     pub async fn wait_workers_live(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-        for index in 0..self.interfaces.len() {
-            if !self.interfaces[index].is_running() {
-                continue;
-            }
-            loop {
-                for w in &mut self.workers {
-                    if let Some(st) = w.try_status() {
-                        panic!("{} exited during startup ({st})", w.name());
-                    }
-                }
-                if let Ok(mut c) = ws::connect_retry(&self.ws_url(index, "/ws/echo/"), Duration::from_secs(1)).await {
-                    let ok = c.send_text("probe").await.is_ok()
-                        && matches!(c.recv(REPLY_TIMEOUT).await, Ok(Incoming::Text(t)) if t == "probe");
-                    c.close().await;
-                    if ok {
-                        break;
-                    }
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "workers not live: no echo round trip through interface-{index} within 40 s"
-                );
-            }
-        }
-    }
-
-    /// Number of interfaces started (killed ones included).
-    pub fn interface_count(&self) -> usize {
-        self.interfaces.len()
+        self.0.wait_workers_live(Probe::Echo).await;
     }
 
     /// Interface process `index`.
     pub fn interface(&mut self, index: usize) -> &mut Proc {
-        &mut self.interfaces[index]
+        self.0.interface_at(index)
     }
 
     /// `ws://<addr of interface index><path>`
     pub fn ws_url(&self, index: usize, path: &str) -> String {
-        format!("ws://{}{}", self.addrs[index], path)
+        self.0.ws_url_at(index, path)
     }
 
     /// Connects a client to interface `index`, retrying for up to 20 s; panics on failure.
     pub async fn ws(&self, index: usize, path: &str) -> WsClient {
-        ws::connect_retry(&self.ws_url(index, path), Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("interface-{index}: {e:#}"))
+        self.0.ws_at(index, path).await
     }
 
     /// Runs the `switchyard` ops binary with `REDIS_URL` pointing at the test's Redis (and
@@ -377,7 +229,7 @@ impl Cluster {
     /// Polls [`Cluster::subscribers`] until `group` has `n` subscribers; false after
     /// `timeout`.
     pub async fn wait_subscribers(&self, group: &str, n: u64, timeout: Duration) -> bool {
-        crate::eventually(timeout, || async {
+        crate::wait::eventually(timeout, || async {
             (self.subscribers(group).ok() == Some(n)).then_some(())
         })
         .await
@@ -511,7 +363,7 @@ impl Member {
 
     /// Waits until a received JSON frame satisfies `pred`; returns it.
     pub async fn wait_json(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        crate::eventually(timeout, || async { self.json().into_iter().find(|v| pred(v)) })
+        crate::wait::eventually(timeout, || async { self.json().into_iter().find(|v| pred(v)) })
             .await
             .ok_or_else(|| anyhow!("no matching frame within {timeout:?}; got {:?}", self.frames()))
     }
@@ -539,49 +391,6 @@ impl Drop for Member {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
-        }
-    }
-}
-
-impl Cluster {
-    /// Starts interface `index` again (after it has exited) on the same address and with the
-    /// same id, as a supervisor would; waits (up to 30 s) for `/healthz`, retrying while the
-    /// port is still held. `extra` are its extra arguments.
-    pub async fn restart_interface(&mut self, index: usize, extra: &[String]) {
-        let addr = self.addrs[index].clone();
-        let args = self.interface_args(index, &addr, extra);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut proc = Proc::spawn(
-            &format!("interface-{index}"),
-            &binary(INTERFACE_BIN),
-            &args,
-            &[],
-            self.dir.path(),
-        )
-        .expect("spawn switchyard-interface");
-        loop {
-            if http::status(&addr, "/healthz").await == Some(200) {
-                self.interfaces[index] = proc;
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "interface-{index} not back on {addr} within 30 s:\n{}",
-                proc.log_tail(40)
-            );
-            if proc.try_status().is_some() {
-                // Most likely the port is not free yet: try again.
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                proc = Proc::spawn(
-                    &format!("interface-{index}"),
-                    &binary(INTERFACE_BIN),
-                    &args,
-                    &[],
-                    self.dir.path(),
-                )
-                .expect("spawn switchyard-interface");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

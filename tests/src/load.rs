@@ -93,7 +93,7 @@ impl Load {
 
     /// Waits until at least `n` messages have been answered in total; false on timeout.
     pub async fn wait_answered(&self, n: u64, timeout: Duration) -> bool {
-        crate::eventually(timeout, || async { (self.answered() >= n).then_some(()) })
+        crate::wait::eventually(timeout, || async { (self.answered() >= n).then_some(()) })
             .await
             .is_some()
     }

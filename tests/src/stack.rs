@@ -1,4 +1,4 @@
-//! A whole Switchyard deployment for one test: Redis, one interface, N workers.
+//! A whole Switchyard deployment for one test: Redis, one or more interfaces, N workers.
 //!
 //! Why this exists: nearly every test needs the same setup — a private Redis, an interface
 //! on a free port pointed at it, some workers — and the same readiness rules: the interface
@@ -7,12 +7,17 @@
 //! through them works. Starting it in one place keeps the tests about behaviour, and makes failures
 //! print every process's log tail (see `process.rs`). Redis is a single server or a Redis
 //! Cluster, as `SWITCHYARD_TEST_REDIS` says or the builder forces (see `test_redis.rs`).
+//!
+//! This is the one harness: the group tests' several interfaces (`cluster.rs`) are a
+//! [`Stack`] started with [`StackBuilder::interfaces`], plus helpers for groups.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use redis::Value;
+use switchyard_protocol::xinfo::parse_consumers;
 
+use crate::binaries::{binary, INTERFACE_BIN, WORKER_BIN};
 use crate::http;
 use crate::ports::free_port;
 use crate::process::Proc;
@@ -20,7 +25,6 @@ use crate::redis_server::RedisOptions;
 use crate::test_redis::{TestConn, TestRedis, Topology};
 use crate::testdir::TestDir;
 use crate::ws::{self, WsClient};
-use crate::{binary, INTERFACE_BIN, WORKER_BIN};
 
 /// Key prefix the tests run with (the default one, passed explicitly).
 pub const PREFIX: &str = "switchyard";
@@ -42,6 +46,9 @@ pub enum Probe {
 /// Configures a [`Stack`].
 pub struct StackBuilder {
     name: String,
+    interfaces: usize,
+    /// Interfaces run with `--id iface-<index>` (stable across restarts).
+    named_interfaces: bool,
     workers: usize,
     worker_env: Vec<(String, String)>,
     worker_args: Vec<String>,
@@ -57,6 +64,8 @@ impl StackBuilder {
     pub fn new(name: &str) -> StackBuilder {
         StackBuilder {
             name: name.to_string(),
+            interfaces: 1,
+            named_interfaces: false,
             workers: 1,
             worker_env: Vec::new(),
             worker_args: Vec::new(),
@@ -98,6 +107,20 @@ impl StackBuilder {
     /// get the matching flags. TLS and ACL users need [`StackBuilder::single_redis`].
     pub fn redis_options(mut self, options: RedisOptions) -> Self {
         self.redis = options;
+        self
+    }
+
+    /// Number of interfaces to start (default 1), each with `--id iface-<index>` when more
+    /// than one.
+    pub fn interfaces(mut self, n: usize) -> Self {
+        self.interfaces = n;
+        self.named_interfaces |= n > 1;
+        self
+    }
+
+    /// Interfaces run with `--id iface-<index>`, so a restarted one keeps its reply stream.
+    pub fn named_interfaces(mut self) -> Self {
+        self.named_interfaces = true;
         self
     }
 
@@ -151,14 +174,21 @@ impl StackBuilder {
             .unwrap_or_else(|e| panic!("start the test's Redis ({topology:?}): {e:#}"));
         let mut stack = Stack {
             workers: Vec::new(),
-            interface: None,
+            interfaces: Vec::new(),
             redis,
             dir,
             addr: String::new(),
+            addrs: Vec::new(),
             worker_env: self.worker_env,
             worker_args: self.worker_args,
+            interface_args: self.interface_args,
+            interface_env: self.interface_env,
+            named_interfaces: self.named_interfaces,
         };
-        stack.start_interface(&self.interface_args, &self.interface_env).await;
+        for index in 0..self.interfaces {
+            stack.start_interface(index).await;
+        }
+        stack.addr = stack.addrs.first().cloned().unwrap_or_default();
         for _ in 0..self.workers {
             stack.spawn_worker();
         }
@@ -169,20 +199,25 @@ impl StackBuilder {
     }
 }
 
-/// A running deployment. Dropped in field order: workers, interface, redis, then the temp
+/// A running deployment. Dropped in field order: workers, interfaces, redis, then the temp
 /// dir (kept if the test failed).
 pub struct Stack {
     /// Worker processes, in start order.
     pub workers: Vec<Proc>,
-    interface: Option<Proc>,
+    interfaces: Vec<Proc>,
     /// The test's Redis: one server or a cluster.
     pub redis: TestRedis,
     /// The test's temp dir (logs, redis dir).
     pub dir: TestDir,
-    /// `127.0.0.1:<port>` of the interface.
+    /// `127.0.0.1:<port>` of the (first) interface.
     pub addr: String,
+    /// `127.0.0.1:<port>` of each interface, by index.
+    pub addrs: Vec<String>,
     worker_env: Vec<(String, String)>,
     worker_args: Vec<String>,
+    interface_args: Vec<String>,
+    interface_env: Vec<(String, String)>,
+    named_interfaces: bool,
 }
 
 impl Stack {
@@ -191,17 +226,42 @@ impl Stack {
         StackBuilder::new(name)
     }
 
-    async fn start_interface(&mut self, extra: &[String], env: &[(String, String)]) {
-        let program = binary(INTERFACE_BIN);
+    /// The id interface `index` runs with when interfaces are named (`--id`).
+    pub fn interface_id(index: usize) -> String {
+        format!("iface-{index}")
+    }
+
+    /// The command line of interface `index` on `addr`.
+    fn interface_command(&self, index: usize, addr: &str, extra: &[String]) -> Vec<String> {
+        let mut args = vec!["--bind".to_string(), addr.to_string()];
+        args.extend(self.redis.client_args());
+        args.extend(["--prefix".to_string(), PREFIX.to_string()]);
+        if self.named_interfaces {
+            args.extend(["--id".to_string(), Stack::interface_id(index)]);
+        }
+        args.extend(self.interface_args.iter().cloned());
+        args.extend(extra.iter().cloned());
+        args
+    }
+
+    fn spawn_interface(&self, index: usize, args: &[String]) -> Proc {
+        Proc::spawn(
+            &format!("interface-{index}"),
+            &binary(INTERFACE_BIN),
+            args,
+            &self.interface_env,
+            self.dir.path(),
+        )
+        .expect("spawn switchyard-interface")
+    }
+
+    /// Starts interface `index` on a free port; waits (up to 30 s) for `/healthz`
+    /// (`/readyz` also wants live workers, which start after it).
+    async fn start_interface(&mut self, index: usize) {
         for attempt in 1..=5 {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let mut args = vec!["--bind".to_string(), addr.clone()];
-            args.extend(self.redis.client_args());
-            args.extend(["--prefix".to_string(), PREFIX.to_string()]);
-            args.extend(extra.iter().cloned());
-            let mut proc =
-                Proc::spawn("interface", &program, &args, env, self.dir.path()).expect("spawn switchyard-interface");
+            let addr = format!("127.0.0.1:{}", free_port());
+            let args = self.interface_command(index, &addr, &[]);
+            let mut proc = self.spawn_interface(index, &args);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
                 if let Some(st) = proc.try_status() {
@@ -210,29 +270,64 @@ impl Stack {
                         break; // port taken meanwhile: try another
                     }
                     drop(proc);
-                    panic!("switchyard-interface exited during startup ({st}); args {args:?}\n{log}");
+                    panic!("interface-{index} exited during startup ({st}); args {args:?}\n{log}");
                 }
                 if http::status(&addr, "/healthz").await == Some(200) {
-                    self.addr = addr;
-                    self.interface = Some(proc);
+                    self.addrs.push(addr);
+                    self.interfaces.push(proc);
                     return;
                 }
                 if tokio::time::Instant::now() >= deadline {
                     let tail = proc.log_tail(40);
                     drop(proc);
-                    panic!(
-                        "switchyard-interface on {addr} not up (/healthz != 200) within 30 s; args {args:?}\n{tail}"
-                    );
+                    panic!("interface-{index} on {addr} not up (/healthz != 200) within 30 s; args {args:?}\n{tail}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        panic!("switchyard-interface could not bind a port after 5 attempts");
+        panic!("interface-{index} could not bind a port after 5 attempts");
     }
 
-    /// The interface process.
+    /// Starts interface `index` again (after it has exited) on the same address (and id),
+    /// as a supervisor would; waits (up to 30 s) for `/healthz`, retrying while the port is
+    /// still held. `extra` are arguments added to the usual ones.
+    pub async fn restart_interface(&mut self, index: usize, extra: &[String]) {
+        let addr = self.addrs[index].clone();
+        let args = self.interface_command(index, &addr, extra);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut proc = self.spawn_interface(index, &args);
+        loop {
+            if http::status(&addr, "/healthz").await == Some(200) {
+                self.interfaces[index] = proc;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "interface-{index} not back on {addr} within 30 s:\n{}",
+                proc.log_tail(40)
+            );
+            if proc.try_status().is_some() {
+                // Most likely the port is not free yet: try again.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                proc = self.spawn_interface(index, &args);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The (first) interface process.
     pub fn interface(&mut self) -> &mut Proc {
-        self.interface.as_mut().expect("interface running")
+        self.interface_at(0)
+    }
+
+    /// Interface process `index`.
+    pub fn interface_at(&mut self, index: usize) -> &mut Proc {
+        &mut self.interfaces[index]
+    }
+
+    /// Number of interfaces started (killed ones included).
+    pub fn interface_count(&self) -> usize {
+        self.interfaces.len()
     }
 
     /// Starts one more worker (same arguments and environment as the others); returns its
@@ -268,32 +363,37 @@ impl Stack {
             Probe::Chat => ("/ws/chat/", "chat"),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-        loop {
-            for w in &mut self.workers {
-                if let Some(st) = w.try_status() {
-                    panic!("{} exited during startup ({st})", w.name());
-                }
+        for index in 0..self.interfaces.len() {
+            if !self.interfaces[index].is_running() {
+                continue;
             }
-            if let Ok(mut c) = ws::connect_retry(&self.ws_url(path), Duration::from_secs(1)).await {
-                let ok = match probe {
-                    Probe::Echo => {
-                        c.send_text("probe").await.is_ok()
-                            && matches!(c.recv(REPLY_TIMEOUT).await, Ok(ws::Incoming::Text(t)) if t == "probe")
+            loop {
+                for w in &mut self.workers {
+                    if let Some(st) = w.try_status() {
+                        panic!("{} exited during startup ({st})", w.name());
                     }
-                    _ => c.chat("probe", REPLY_TIMEOUT).await.is_ok(),
-                };
-                c.close().await;
-                if ok {
-                    break;
                 }
+                if let Ok(mut c) = ws::connect_retry(&self.ws_url_at(index, path), Duration::from_secs(1)).await {
+                    let ok = match probe {
+                        Probe::Echo => {
+                            c.send_text("probe").await.is_ok()
+                                && matches!(c.recv(REPLY_TIMEOUT).await, Ok(ws::Incoming::Text(t)) if t == "probe")
+                        }
+                        _ => c.chat("probe", REPLY_TIMEOUT).await.is_ok(),
+                    };
+                    c.close().await;
+                    if ok {
+                        break;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "workers not live: no {channel} round trip through interface-{index} within 40 s"
+                );
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "workers not live: no {channel} round trip within 40 s"
-            );
         }
         let running = self.workers.iter_mut().map(|w| w.is_running()).filter(|r| *r).count();
-        let reached = crate::eventually(Duration::from_secs(10), || async {
+        let reached = crate::wait::eventually(Duration::from_secs(10), || async {
             (self.live_workers() >= running).then_some(())
         })
         .await;
@@ -319,27 +419,34 @@ impl Stack {
         let Ok(mut con) = self.redis.conn() else {
             return 0;
         };
-        match redis::cmd("XINFO")
+        redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(channel_stream(channel))
             .arg("workers")
             .query::<Value>(&mut con)
-        {
-            Ok(Value::Array(items)) => items.len(),
-            _ => 0,
-        }
+            .map_or(0, |reply| parse_consumers(&reply).len())
     }
 
-    /// `ws://127.0.0.1:<port><path>`
+    /// `ws://127.0.0.1:<port><path>` of the (first) interface.
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr, path)
+        self.ws_url_at(0, path)
+    }
+
+    /// `ws://<addr of interface index><path>`
+    pub fn ws_url_at(&self, index: usize, path: &str) -> String {
+        format!("ws://{}{}", self.addrs[index], path)
     }
 
     /// Connects a WebSocket client to `path`, retrying for up to 20 s; panics on failure.
     pub async fn ws(&self, path: &str) -> WsClient {
-        ws::connect_retry(&self.ws_url(path), Duration::from_secs(20))
+        self.ws_at(0, path).await
+    }
+
+    /// Connects a client to interface `index`, retrying for up to 20 s; panics on failure.
+    pub async fn ws_at(&self, index: usize, path: &str) -> WsClient {
+        ws::connect_retry(&self.ws_url_at(index, path), Duration::from_secs(20))
             .await
-            .unwrap_or_else(|e| panic!("{e:#}"))
+            .unwrap_or_else(|e| panic!("interface-{index}: {e:#}"))
     }
 
     /// A synchronous connection to the test's Redis (a cluster connection on a cluster).

@@ -26,11 +26,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use redis::Value;
 use serde_json::Value as Json;
 
+use crate::binaries::{bin_dir, binary, INTERFACE_BIN, OPS_BIN, WORKER_BIN};
+use crate::http;
 use crate::ports::free_port;
 use crate::process::Proc;
 use crate::stack::{channel_stream, value_to_string};
 use crate::testdir::TestDir;
-use crate::{bin_dir, binary, http, INTERFACE_BIN, OPS_BIN, WORKER_BIN};
 
 /// The heavy supervisord tests take this lock so that, under `cargo test` (threads), they
 /// do not run at the same time on a small machine. (Under nextest each test is its own
@@ -187,7 +188,7 @@ impl Supervised {
         }
         // supervisorctl shows a program (and its pid) as RUNNING once it has stayed up for
         // startsecs.
-        let running = crate::eventually(Duration::from_secs(60), || async {
+        let running = crate::wait::eventually(Duration::from_secs(60), || async {
             let programs = self.programs().await.ok()?;
             // The `redis` program does not start when the stack uses another Redis
             // (REDIS_URL given, or REDIS_CLUSTER: scripts/redis-cluster runs the nodes).

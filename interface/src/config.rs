@@ -155,9 +155,33 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 
     /// Seconds client messages are held while Redis is unreachable before the
-    /// connection is closed with 1013 (try again later).
-    #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value = "10", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
+    /// connection is closed with 1013 (try again later). Size it above your
+    /// Redis failover time (Redis Cluster's node timeout plus the election,
+    /// Sentinel's down-after plus the failover; managed Redis: 15-30 s).
+    #[arg(long, env = "SWITCHYARD_REDIS_HOLD", default_value = "30", value_parser = seconds::between(MIN_TIMEOUT, HOUR))]
     pub redis_hold: Duration,
+
+    /// Seconds a client message may stay unanswered before the interface looks
+    /// at its stream entry: gone (Redis lost it) or pending to no live worker,
+    /// it is appended again under the same sequence number (safe: workers apply
+    /// each sequence number once); still unanswered --redis-hold later, the
+    /// connection is closed with 1013. A message a live worker is still
+    /// handling, or one still queued, is left alone. 0: never.
+    #[arg(long, env = "SWITCHYARD_REDELIVER_AFTER", default_value = "30", value_parser = seconds::between(0.0, HOUR))]
+    pub redeliver_after: Duration,
+
+    /// Entries a channel may hold waiting for workers (queued and in hand,
+    /// summed over its shards) before this interface refuses more: a new
+    /// message closes its WebSocket with 1013, a handshake or HTTP request
+    /// gets 503 with Retry-After. Keeps Redis memory bounded when workers are
+    /// stopped or slow. Measured every second. 0: no limit.
+    #[arg(long, env = "SWITCHYARD_MAX_BACKLOG", default_value_t = 100_000)]
+    pub max_backlog: u64,
+
+    /// CHANNEL=N: --max-backlog for one channel (the channel a route leads
+    /// to); repeatable, or comma-separated in the env var.
+    #[arg(long = "max-backlog-for", env = "SWITCHYARD_MAX_BACKLOG_FOR", value_delimiter = ',', value_parser = parse_backlog_override)]
+    pub max_backlog_for: Vec<(String, u64)>,
 
     /// Seconds a group membership survives in Redis without being refreshed
     /// (presence counts; members of an interface that died expire after this).
@@ -206,6 +230,20 @@ fn parse_origin(text: &str) -> Result<OriginPattern, String> {
 
 /// The shortest timeout a flag takes: 0 would mean "fail at once".
 const MIN_TIMEOUT: f64 = 0.001;
+
+/// `CHANNEL=N` for --max-backlog-for.
+fn parse_backlog_override(text: &str) -> Result<(String, u64), String> {
+    let (channel, limit) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not CHANNEL=N"))?;
+    if channel.is_empty() || channel.contains(char::is_whitespace) {
+        return Err(format!("`{text}`: the channel name is empty or has spaces"));
+    }
+    let limit = limit
+        .parse()
+        .map_err(|_| format!("`{text}`: `{limit}` is not a number of entries (0: no limit)"))?;
+    Ok((channel.to_owned(), limit))
+}
 
 /// Messages per second in [0, 1000000]; 0 turns the limit off.
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -317,8 +355,25 @@ impl Config {
                 bail!("--static: {} is not a directory", mount.dir.display());
             }
         }
-        self.route_tables()?;
+        let (routes, http_routes) = self.route_tables()?;
+        let routed: Vec<_> = routes.channels().into_iter().chain(http_routes.channels()).collect();
+        for (channel, _) in &self.max_backlog_for {
+            if !routed.iter().any(|c| **c == **channel) {
+                bail!("--max-backlog-for: no route leads to channel `{channel}`");
+            }
+        }
         Ok(())
+    }
+
+    /// The backlog limit of `channel` (`None`: no limit).
+    pub fn backlog_limit(&self, channel: &str) -> Option<u64> {
+        let limit = self
+            .max_backlog_for
+            .iter()
+            .rev()
+            .find(|(c, _)| c == channel)
+            .map_or(self.max_backlog, |(_, limit)| *limit);
+        (limit > 0).then_some(limit)
     }
 
     /// The WebSocket connection ceiling in force: `None` = unlimited.
@@ -458,6 +513,29 @@ mod limit_flag_tests {
                 message_rate: None,
             }
         );
+    }
+
+    #[test]
+    fn backlog_limits_per_channel() {
+        let config = config(&["--max-backlog", "500", "--max-backlog-for", "chat=20,echo=0"]).unwrap();
+        assert_eq!(config.backlog_limit("chat"), Some(20));
+        assert_eq!(config.backlog_limit("echo"), None, "0 turns it off");
+        assert_eq!(config.backlog_limit("rooms"), Some(500));
+        assert_eq!(self::config(&[]).unwrap().backlog_limit("chat"), Some(100_000));
+        let unknown = self::config(&["--max-backlog-for", "nope=3"]).unwrap_err();
+        assert!(
+            unknown.contains("--max-backlog-for") && unknown.contains("nope"),
+            "{unknown}"
+        );
+        let malformed = self::config(&["--max-backlog-for", "chat"]).unwrap_err();
+        assert!(malformed.contains("CHANNEL=N"), "{malformed}");
+    }
+
+    #[test]
+    fn outage_defaults_ride_out_a_failover() {
+        let config = config(&[]).unwrap();
+        assert!(config.redis_hold >= Duration::from_secs(30));
+        assert_eq!(config.redeliver_after, Duration::from_secs(30));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Redis outages: `/readyz` reports them, and sockets stay open while Redis is away; both
 //! sides reconnect on their own and carry on once it is back. Under load, for 10 s, frozen
-//! (SIGSTOP) or stopped: with `--redis-hold` above the outage nothing is lost or closed;
-//! below it, senders get 1013 and every message is accounted for.
+//! (SIGSTOP) or stopped: with the default flags (`--redis-hold` 30 s, sized for a failover)
+//! nothing is lost or closed; with a hold below the outage, senders get 1013 and every
+//! message is accounted for.
 //!
 //! Outages of *the* server: these tests always run on a single redis-server
 //! (`.single_redis()`), whatever `SWITCHYARD_TEST_REDIS` says.
@@ -112,15 +113,11 @@ fn assert_no_crash(stack: &mut Stack, pids: &[u32]) {
     }
 }
 
-/// With `--redis-hold` above the outage, every socket under load stays open and every
-/// message is answered exactly once, in order, once Redis is back.
+/// With the default flags (`--redis-hold` above the outage), every socket under load stays
+/// open and every message is answered exactly once, in order, once Redis is back.
 async fn load_rides_out(outage: Outage) {
     let name = format!("redis-outage-load-{outage:?}").to_lowercase();
-    let mut builder = Stack::builder(&name)
-        .single_redis()
-        .workers(2)
-        .interface_arg("--redis-hold")
-        .interface_arg("30");
+    let mut builder = Stack::builder(&name).single_redis().workers(2);
     if matches!(outage, Outage::Stopped) {
         builder = builder.persistent_redis();
     }

@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use crate::bus::groups::Groups;
 use crate::bus::outbound::{self, Outbound};
 use crate::bus::registry::Registry;
-use crate::bus::{presence, replies};
+use crate::bus::{backlog, presence, replies};
 use crate::config::Config;
 use crate::front::router::Routes;
 use crate::front::server;
@@ -115,6 +115,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
 
     background.spawn(replies::run(client, shared.clone()));
     background.spawn(presence::run(shared.clone()));
+    background.spawn(backlog::run(
+        shared.redis.clone(),
+        shared.backlogs.clone(),
+        shared.metrics.clone(),
+    ));
     let server = tokio::spawn(server::run(listener, shared.clone()));
     log_start(&shared);
 

@@ -28,6 +28,24 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    pub channel: String,
+    /// `message` (WebSocket closed with 1013), `handshake` or `http` (503).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `redelivered` (appended again) or `closed` (1013 after --redis-hold more).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
 }
@@ -55,6 +73,12 @@ pub struct Metrics {
     pub http_duration: Histogram,
     /// Pings the interface sent to keep WebSockets alive (`--ping-interval`).
     pub pings_sent: Counter,
+    /// Entries each channel holds for workers (queued and in hand), as last measured.
+    pub channel_backlog: Family<ChannelLabel, Gauge>,
+    /// Work refused because its channel's backlog was full.
+    pub backlog_refusals: Family<RefusalLabel, Counter>,
+    /// Messages left unanswered past --redeliver-after, by what was done.
+    pub stalled_messages: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -126,6 +150,24 @@ impl Metrics {
             "Pings sent to WebSocket clients to keep their connections alive",
             pings_sent.clone(),
         );
+        let channel_backlog = Family::<ChannelLabel, Gauge>::default();
+        registry.register(
+            "channel_backlog",
+            "Entries a channel holds for workers (queued and in hand), summed over its shards",
+            channel_backlog.clone(),
+        );
+        let backlog_refusals = Family::<RefusalLabel, Counter>::default();
+        registry.register(
+            "channel_backlog_refusals",
+            "Messages, handshakes and HTTP requests refused because their channel's backlog was full",
+            backlog_refusals.clone(),
+        );
+        let stalled_messages = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "websocket_stalled_messages",
+            "Client messages unanswered past --redeliver-after: appended again, or their connection closed with 1013",
+            stalled_messages.clone(),
+        );
         Metrics {
             registry,
             connections_active,
@@ -141,7 +183,31 @@ impl Metrics {
             http_requests,
             http_duration,
             pings_sent,
+            channel_backlog,
+            backlog_refusals,
+            stalled_messages,
         }
+    }
+
+    pub fn channel_backlog(&self, channel: &str, size: u64) {
+        let label = ChannelLabel {
+            channel: channel.to_owned(),
+        };
+        self.channel_backlog
+            .get_or_create(&label)
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    pub fn backlog_refused(&self, channel: &str, kind: &'static str) {
+        let label = RefusalLabel {
+            channel: channel.to_owned(),
+            kind,
+        };
+        self.backlog_refusals.get_or_create(&label).inc();
+    }
+
+    pub fn stalled(&self, outcome: &'static str) {
+        self.stalled_messages.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn message(&self, direction: &'static str) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{shards, Keys};
 
+use crate::bus::backlog::Backlogs;
 use crate::bus::groups::Groups;
 use crate::bus::outbound::Outbound;
 use crate::bus::registry::Registry;
@@ -38,6 +39,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub groups: Arc<Groups>,
     pub outbound: Outbound,
+    /// What each channel holds for its workers; full channels refuse new work.
+    pub backlogs: Arc<Backlogs>,
     pub metrics: Arc<Metrics>,
     /// Connection ceilings and the Origin allowlist, from the config.
     pub admission: Arc<Admission>,
@@ -71,7 +74,7 @@ impl Shared {
         metrics
             .connections_limit
             .set(max_connections.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)));
-        let streams = routes
+        let streams: HashMap<Arc<str>, Vec<Arc<str>>> = routes
             .channels()
             .into_iter()
             .chain(http_routes.channels())
@@ -84,6 +87,10 @@ impl Shared {
                 (channel, streams)
             })
             .collect();
+        let backlogs = Arc::new(Backlogs::new(streams.iter().map(|(channel, shard_streams)| {
+            let limit = config.backlog_limit(channel);
+            (channel.clone(), shard_streams.clone(), limit)
+        })));
         let admission = Admission::new(
             max_connections,
             config.max_connections_per_ip,
@@ -104,6 +111,7 @@ impl Shared {
             registry,
             groups,
             outbound,
+            backlogs,
             metrics,
             admission,
             shutdown,

@@ -8,11 +8,14 @@
 //! subscribes to the groups its connections joined and fans each broadcast
 //! out through the same registry; [`membership`] records who is in which
 //! group in Redis. [`presence`] tells Redis this interface is alive and
-//! learns whether Redis and the workers are.
+//! learns whether Redis and the workers are. [`backlog`] measures what each
+//! channel holds for its workers and says when to refuse more.
 
+pub mod backlog;
 pub mod groups;
 pub mod membership;
 pub mod outbound;
 pub mod presence;
 pub mod registry;
 pub mod replies;
+pub mod stalls;

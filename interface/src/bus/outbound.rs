@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_protocol::redis_conn::{wait_for_replicas, Backoff, Redis, SlotBatch};
+use switchyard_protocol::value::text_of;
 use switchyard_protocol::PAYLOAD_FIELD;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -34,11 +35,15 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(200);
 /// How long an append waits for `--redis-wait-replicas` replicas.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a sender learns: the entry id once its message is on the stream,
+/// `None` (or a dropped sender) when it could not be appended.
+pub type Appended = oneshot::Receiver<Option<String>>;
+
 struct Item {
     /// `None` marks a flush request: acknowledged once everything before it is sent.
     stream: Option<Arc<str>>,
     payload: Vec<u8>,
-    ack: Option<oneshot::Sender<bool>>,
+    ack: Option<oneshot::Sender<Option<String>>>,
     queued: Instant,
 }
 
@@ -66,9 +71,9 @@ impl Outbound {
         Outbound { tx }
     }
 
-    /// Appends a message; the receiver yields `true` once it is on the stream
-    /// (`false`, or a dropped sender, when it could not be appended).
-    pub fn send(&self, stream: Arc<str>, payload: Vec<u8>) -> oneshot::Receiver<bool> {
+    /// Appends a message; the receiver yields its entry id once it is on the
+    /// stream (`None`, or a dropped sender, when it could not be appended).
+    pub fn send(&self, stream: Arc<str>, payload: Vec<u8>) -> Appended {
         let (ack, done) = oneshot::channel();
         let _ = self.tx.send(Item {
             stream: Some(stream),
@@ -112,7 +117,7 @@ async fn run(con: Redis, mut rx: mpsc::UnboundedReceiver<Item>, settings: Settin
         append_with_retry(&con, messages, &settings, &metrics).await;
         metrics.redis_batches.inc();
         for marker in markers {
-            acknowledge(marker, true);
+            acknowledge(marker, Some(String::new()));
         }
     }
 }
@@ -134,7 +139,7 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
                     refused = expired.len(),
                     "Redis unreachable for longer than --redis-hold; refusing held messages"
                 );
-                expired.into_iter().for_each(|item| acknowledge(item, false));
+                expired.into_iter().for_each(|item| acknowledge(item, None));
             }
             if pending.is_empty() {
                 return;
@@ -148,7 +153,7 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
         let mut first_error = None;
         for (item, outcome) in pending.into_iter().zip(outcomes) {
             match outcome {
-                Ok(()) => acknowledge(item, true),
+                Ok(id) => acknowledge(item, Some(id)),
                 Err(error) => {
                     first_error.get_or_insert(error);
                     failed.push(item);
@@ -181,7 +186,7 @@ fn attempt_deadlines(pending: &[Item], hold: Duration, now: Instant) -> (Instant
 /// One attempt: the XADDs (one pipeline, or one request per stream on a
 /// cluster), then `WAIT` on the nodes written to if asked for. The outcome of
 /// each message.
-async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<()>> {
+async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<String>> {
     let mut batch = SlotBatch::new();
     for item in items {
         if let Some(stream) = &item.stream {
@@ -190,7 +195,12 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
             batch.add(stream, xadd);
         }
     }
-    let mut outcomes: Vec<redis::RedisResult<()>> = batch.run(con).await.into_iter().map(|o| o.map(drop)).collect();
+    let mut outcomes: Vec<redis::RedisResult<String>> = batch
+        .run(con)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.map(|id| text_of(&id).unwrap_or_default()))
+        .collect();
     if wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
         let written = items
             .iter()
@@ -206,9 +216,9 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
     outcomes
 }
 
-fn acknowledge(item: Item, ok: bool) {
+fn acknowledge(item: Item, outcome: Option<String>) {
     if let Some(ack) = item.ack {
-        let _ = ack.send(ok);
+        let _ = ack.send(outcome);
     }
 }
 
@@ -220,7 +230,7 @@ fn timed_out() -> redis::RedisError {
 mod tests {
     use super::*;
 
-    fn item(queued: Instant) -> (Item, oneshot::Receiver<bool>) {
+    fn item(queued: Instant) -> (Item, Appended) {
         let (ack, done) = oneshot::channel();
         let item = Item {
             stream: Some("s".into()),
@@ -263,10 +273,10 @@ mod tests {
     #[test]
     fn each_sender_learns_its_own_outcome() {
         let (ok, mut ok_rx) = item(Instant::now());
-        acknowledge(ok, true);
-        assert_eq!(ok_rx.try_recv(), Ok(true));
+        acknowledge(ok, Some("1-0".into()));
+        assert_eq!(ok_rx.try_recv(), Ok(Some("1-0".into())));
         let (refused, mut refused_rx) = item(Instant::now());
-        acknowledge(refused, false);
-        assert_eq!(refused_rx.try_recv(), Ok(false));
+        acknowledge(refused, None);
+        assert_eq!(refused_rx.try_recv(), Ok(None));
     }
 }

@@ -55,6 +55,15 @@ pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
+/// 503 with `Retry-After`: the client should come back in `seconds`.
+pub fn try_again_later(text: &str, seconds: u64) -> Response<Body> {
+    let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
+
 pub fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;

@@ -10,6 +10,12 @@
 //! goodbye → close 1001). Messages the client sent before closing still reach
 //! the workers, in order; only then is the disconnect sent.
 //!
+//! A message nobody will answer (Redis lost it) does not silence the
+//! connection: after `--redeliver-after` it looks at the entry
+//! (`bus/stalls.rs`) and sends it again if it was lost, and after
+//! `--redis-hold` more it closes with 1013. A new message for a channel whose
+//! backlog is full (`bus/backlog.rs`) closes the connection with 1013 too.
+//!
 //! And it enforces the per-connection limits (`limits.rs`, `docs/limits.md`):
 //! it pings, closes a client not heard from for the idle timeout (1001), one
 //! over its message rate (1008), and one that does not read (1008): its
@@ -23,26 +29,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload, WebSocketWrite};
+use switchyard_cli::seconds;
 use switchyard_protocol::close::{
     ABNORMAL, GOING_AWAY, INVALID_DATA, NORMAL, NO_STATUS, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER,
 };
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
-use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 use super::flow::{Done, Flow, Step};
 use super::frames::{Inbound, Inbox};
 use super::io::WriteHalf;
 use super::rate::TokenBucket;
+use crate::bus::outbound::Appended;
 use crate::bus::registry::{Backlog, ConnEvent, Events};
+use crate::bus::stalls::{self, EntryState};
 use crate::state::Shared;
 
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stall check may take before it is tried again later.
+const STALL_LOOKUP: Duration = Duration::from_secs(5);
 
 /// Everything the handshake learned, handed to the connection task.
 pub struct Opened {
     pub id: u64,
+    /// The channel its route leads to.
+    pub channel: Arc<str>,
     pub reply: String,
     pub stream: Arc<str>,
     pub path: String,
@@ -58,7 +70,10 @@ pub struct Connection {
     /// Order, queue and endings: what to send next.
     flow: Flow,
     /// Whether Redis has the message in flight yet.
-    appended: Option<oneshot::Receiver<bool>>,
+    appended: Option<Appended>,
+    /// The message in flight as appended, and its entry id once Redis has it:
+    /// what a stall check looks up and a redelivery appends again.
+    in_flight: Option<(Vec<u8>, Option<String>)>,
     groups: HashSet<String>,
     /// We sent the first close frame and owe the client a moment to answer.
     awaiting_close_reply: bool,
@@ -87,6 +102,7 @@ impl Connection {
             rate,
             flow: Flow::new(),
             appended: None,
+            in_flight: None,
             groups: HashSet::new(),
             awaiting_close_reply: false,
         }
@@ -135,6 +151,10 @@ impl Connection {
                 .map(|timeout| inbound.last_heard().max(resumed) + timeout);
             let timer = [idle_at, next_ping].into_iter().flatten().min();
             let linger_until = self.flow.linger_until();
+            let stall_at = seconds::off_if_zero(self.shared.config.redeliver_after)
+                .and_then(|after| self.flow.stall_check_at(after))
+                .filter(|_| self.appended.is_none());
+            let give_up_at = self.flow.give_up_at(self.shared.config.redis_hold);
             tokio::select! {
                 biased;
                 _ = self.backlog.overflow(), if open => {
@@ -151,13 +171,25 @@ impl Connection {
                     tracing::warn!(conn = self.opened.id, "closed connection still had unanswered messages; sending disconnect anyway");
                     return self.flow.closed().unwrap_or(ABNORMAL);
                 }
-                ok = wait_appended(&mut self.appended), if self.appended.is_some() => {
+                appended = wait_appended(&mut self.appended), if self.appended.is_some() => {
                     self.appended = None;
-                    if !ok {
+                    if let (Some(id), Some((_, entry))) = (&appended, &mut self.in_flight) {
+                        *entry = Some(id.clone());
+                    }
+                    if appended.is_none() {
                         self.shared.metrics.error("redis_unavailable");
                         self.close(TRY_AGAIN_LATER, "message could not be queued").await;
                         self.flow.append_failed();
                     }
+                }
+                _ = sleep_until(stall_at.unwrap_or_else(far_future)), if stall_at.is_some() => {
+                    self.check_stall().await;
+                }
+                _ = sleep_until(give_up_at.unwrap_or_else(far_future)), if give_up_at.is_some() => {
+                    self.shared.metrics.stalled("closed");
+                    tracing::warn!(conn = self.opened.id, "message sent again is still unanswered: closing");
+                    self.close(TRY_AGAIN_LATER, "message unanswered; try again later").await;
+                    self.flow.append_failed();
                 }
                 _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() && open => {
                     let now = Instant::now();
@@ -214,12 +246,47 @@ impl Connection {
             self.opened.query.clone(),
             event,
         );
-        self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), encode(&message)));
+        let payload = encode(&message);
+        self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), payload.clone()));
+        self.in_flight = Some((payload, None));
+    }
+
+    /// The message in flight waited `--redeliver-after`: sent again if its
+    /// entry was lost, left alone if a worker has it or it is queued.
+    async fn check_stall(&mut self) {
+        let now = Instant::now();
+        let Some((payload, Some(entry))) = &self.in_flight else {
+            self.flow.still_in_hand(now);
+            return;
+        };
+        let shared = &self.shared;
+        let lookup = stalls::entry_state(&shared.redis, &shared.keys, &self.opened.stream, entry);
+        match tokio::time::timeout(STALL_LOOKUP, lookup).await {
+            Ok(Ok(EntryState::Lost)) => {
+                shared.metrics.stalled("redelivered");
+                tracing::warn!(conn = self.opened.id, entry = %entry, "message unanswered and its entry lost: sending it again");
+                self.appended = Some(shared.outbound.send(self.opened.stream.clone(), payload.clone()));
+                self.flow.redelivered(now);
+            }
+            Ok(Ok(EntryState::Waiting)) => self.flow.still_in_hand(now),
+            Ok(Err(error)) => {
+                tracing::debug!(conn = self.opened.id, %error, "cannot look at a stalled message's entry; later");
+                self.flow.still_in_hand(now);
+            }
+            Err(_) => self.flow.still_in_hand(now),
+        }
     }
 
     async fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Message(payload) => {
+                if self.shared.backlogs.is_full(&self.opened.channel) {
+                    self.shared.metrics.backlog_refused(&self.opened.channel, "message");
+                    tracing::info!(conn = self.opened.id, channel = %self.opened.channel, "channel backlog full: closing");
+                    self.close(TRY_AGAIN_LATER, "channel backlog full; try again later")
+                        .await;
+                    return;
+                }
                 let now = Instant::now();
                 if self.rate.as_mut().is_some_and(|bucket| !bucket.take(now)) {
                     self.shared.metrics.error("rate_limited");
@@ -402,9 +469,9 @@ impl Connection {
     }
 }
 
-async fn wait_appended(appended: &mut Option<oneshot::Receiver<bool>>) -> bool {
+async fn wait_appended(appended: &mut Option<Appended>) -> Option<String> {
     match appended {
-        Some(rx) => rx.await.unwrap_or(false),
+        Some(rx) => rx.await.ok().flatten(),
         None => std::future::pending().await,
     }
 }

@@ -5,9 +5,11 @@
 //! message in flight, the next one released only when a reply's `done` covers
 //! it, a repeated `done` ignored — and so do the endings (a closed socket
 //! still hands its queued messages on; a drain sends `drain` after them and
-//! closes with 1001 once the worker answered it). Kept free of I/O, each rule
-//! has a unit test below; `connection.rs` does the reading, writing and
-//! waiting around it.
+//! closes with 1001 once the worker answered it), and so does the clock of a
+//! stalled message (unanswered for `--redeliver-after`: look at its entry,
+//! maybe send it again; still unanswered `--redis-hold` later: give up). Kept
+//! free of I/O, each rule has a unit test below; `connection.rs` does the
+//! reading, writing and waiting around it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -46,12 +48,24 @@ pub enum Done {
     Progress { released_after: Option<Duration> },
 }
 
+/// The message in flight.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    seq: u64,
+    /// When it left.
+    since: Instant,
+    /// When its stall clock started: when it left, or when it was last found
+    /// still in hand.
+    watched_from: Instant,
+    /// When it was sent again after a stall.
+    redelivered: Option<Instant>,
+}
+
 #[derive(Debug)]
 pub struct Flow {
     /// Sequence number of the next message (1 was the connect).
     next_seq: u64,
-    /// The message in flight: its sequence number and when it left.
-    in_flight: Option<(u64, Instant)>,
+    in_flight: Option<InFlight>,
     /// The highest sequence number a worker has finished.
     last_done: u64,
     /// Client messages waiting for the one in flight.
@@ -110,7 +124,12 @@ impl Flow {
     fn release(&mut self, event: Event, now: Instant) -> Step {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.in_flight = Some((seq, now));
+        self.in_flight = Some(InFlight {
+            seq,
+            since: now,
+            watched_from: now,
+            redelivered: None,
+        });
         Step::Release { seq, event }
     }
 
@@ -136,13 +155,40 @@ impl Flow {
         }
         self.last_done = done;
         let released_after = match self.in_flight {
-            Some((seq, since)) if seq <= done => {
+            Some(flight) if flight.seq <= done => {
                 self.in_flight = None;
-                Some(now.saturating_duration_since(since))
+                Some(now.saturating_duration_since(flight.since))
             }
             _ => None,
         };
         Done::Progress { released_after }
+    }
+
+    /// When to look at the message in flight's entry: `after` its stall clock
+    /// started, unless it was sent again already.
+    pub fn stall_check_at(&self, after: Duration) -> Option<Instant> {
+        self.in_flight
+            .filter(|flight| flight.redelivered.is_none())
+            .map(|flight| flight.watched_from + after)
+    }
+
+    /// A worker still has the message (or it is queued): check again later.
+    pub fn still_in_hand(&mut self, now: Instant) {
+        if let Some(flight) = &mut self.in_flight {
+            flight.watched_from = now;
+        }
+    }
+
+    /// The message was sent again (same sequence number).
+    pub fn redelivered(&mut self, now: Instant) {
+        if let Some(flight) = &mut self.in_flight {
+            flight.redelivered = Some(now);
+        }
+    }
+
+    /// When to give up on a message sent again and still unanswered.
+    pub fn give_up_at(&self, hold: Duration) -> Option<Instant> {
+        self.in_flight.and_then(|flight| flight.redelivered).map(|at| at + hold)
     }
 
     /// The message in flight could not be appended (Redis unreachable): it
@@ -320,6 +366,38 @@ mod tests {
         flow.append_failed();
         flow.mark_closed(1013, now);
         assert_eq!(flow.next_step(now), Step::Finish(1013));
+    }
+
+    #[test]
+    fn a_stalled_message_is_looked_at_then_sent_again_then_given_up() {
+        let now = Instant::now();
+        let after = Duration::from_secs(30);
+        let hold = Duration::from_secs(30);
+        let mut flow = Flow::new();
+        assert_eq!(flow.stall_check_at(after), None, "nothing in flight");
+        flow.push(text("a"));
+        let (seq, _) = released(flow.next_step(now));
+        assert_eq!(flow.stall_check_at(after), Some(now + after));
+        assert_eq!(flow.give_up_at(hold), None);
+        // A slow worker still has it: the clock starts again.
+        let later = now + after;
+        flow.still_in_hand(later);
+        assert_eq!(flow.stall_check_at(after), Some(later + after));
+        // Lost: sent again; no more checks, a deadline instead.
+        let again = later + after;
+        flow.redelivered(again);
+        assert_eq!(flow.stall_check_at(after), None);
+        assert_eq!(flow.give_up_at(hold), Some(again + hold));
+        // Answered after all: the next message has a fresh clock.
+        flow.push(text("b"));
+        flow.done(seq, again);
+        released(flow.next_step(again));
+        assert_eq!(flow.give_up_at(hold), None);
+        assert_eq!(flow.stall_check_at(after), Some(again + after));
+        assert!(matches!(
+            flow.done(seq + 1, again + Duration::from_secs(1)),
+            Done::Progress { released_after: Some(took) } if took == Duration::from_secs(1)
+        ));
     }
 
     #[test]

@@ -24,9 +24,10 @@ use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::frames;
+use crate::bus::backlog::RETRY_AFTER_SECONDS;
 use crate::bus::registry::{ConnEvent, Events};
 use crate::front::admission::{Refusal, Slot};
-use crate::front::response::{header_pairs, text_response, Body};
+use crate::front::response::{header_pairs, text_response, try_again_later, Body};
 use crate::front::router::{Entered, Target};
 use crate::shutdown::TaskGuard;
 use crate::state::Shared;
@@ -46,6 +47,10 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => return refused(&shared, refusal),
     };
+    if shared.backlogs.is_full(&target.channel) {
+        shared.metrics.backlog_refused(&target.channel, "handshake");
+        return try_again_later("this channel's backlog is full; try again later\n", RETRY_AFTER_SECONDS);
+    }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
@@ -65,7 +70,7 @@ pub async fn upgrade(
     let deadline = Instant::now() + shared.config.connect_timeout;
 
     let verdict = tokio::time::timeout_at(deadline, async {
-        if !appended.await.unwrap_or(false) {
+        if appended.await.ok().flatten().is_none() {
             return Verdict::Unavailable;
         }
         wait_for_verdict(&mut events).await
@@ -81,6 +86,7 @@ pub async fn upgrade(
             }
             let opened = Opened {
                 id,
+                channel: target.channel.clone(),
                 reply,
                 stream,
                 path,
@@ -110,9 +116,6 @@ pub async fn upgrade(
     }
 }
 
-/// Seconds a refused client is told to wait before trying again.
-const RETRY_AFTER_SECONDS: &str = "5";
-
 /// Origin allowlist, then the connection ceilings.
 fn admit(shared: &Shared, request: &Request<Incoming>, remote: SocketAddr) -> Result<Slot, Refusal> {
     if !shared.admission.origin_allowed(request.headers()) {
@@ -140,7 +143,7 @@ fn refused(shared: &Shared, refusal: Refusal) -> Response<Body> {
     if refusal != Refusal::Origin {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
     }
     response
 }

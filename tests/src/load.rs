@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+use crate::stack::Stack;
 use crate::ws::{self, Incoming, WsClient};
 
 /// What one load connection did.
@@ -117,6 +118,29 @@ impl Load {
         }
         LoadReport { conns }
     }
+}
+
+/// Kills worker `index` of `stack` (SIGKILL) while `load` runs; the load must go on (the
+/// other workers take over what the dead one held) and finish with every message answered
+/// exactly once and in order, the other workers still running. Returns the answers.
+pub async fn survives_worker_kill9(stack: &mut Stack, load: Load, index: usize) -> u64 {
+    let before = load.answered();
+    stack.workers[index].kill9();
+    eprintln!("[test] kill -9 {} after {before} answers", stack.workers[index].name());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = load.answered();
+    assert!(
+        after > before,
+        "no progress after kill -9 ({before} answers before, {after} after)"
+    );
+    let total = load.finish().await.assert_exactly_once();
+    eprintln!("[test] {total} messages answered exactly once, in order");
+    for (i, w) in stack.workers.iter_mut().enumerate() {
+        if i != index {
+            assert!(w.is_running(), "{} died", w.name());
+        }
+    }
+    total
 }
 
 /// The outcome of a [`Load`].

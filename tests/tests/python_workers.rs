@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use switchyard_tests::load::{bursts_answered_in_order, Load};
+use switchyard_tests::load::{bursts_answered_in_order, survives_worker_kill9, Load};
 use switchyard_tests::python::python_stack;
 use switchyard_tests::stack::{Probe, REPLY_TIMEOUT};
 use switchyard_tests::{bounded, eventually, Incoming, Stack};
@@ -78,17 +78,7 @@ async fn kill9_python_worker_under_load_loses_and_repeats_nothing() {
         // by either kind.
         let mut stack = chat_stack("py-kill9", 2, 1).await;
         let load = load_under_way(&stack).await;
-        let before = load.answered();
-        stack.workers[0].kill9();
-        eprintln!("[test] kill -9 python-worker-0 after {before} answers");
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        let after = load.answered();
-        assert!(after > before, "no progress after kill -9 ({before} → {after})");
-        let total = load.finish().await.assert_exactly_once();
-        eprintln!("[test] {total} messages answered exactly once, in order");
-        for w in &mut stack.workers[1..] {
-            assert!(w.is_running(), "{} died", w.name());
-        }
+        survives_worker_kill9(&mut stack, load, 0).await;
     })
     .await
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchyard_tests::load::Load;
+use switchyard_tests::load::{survives_worker_kill9, Load};
 use switchyard_tests::{bounded, Stack};
 
 const CONNS: usize = 50;
@@ -25,22 +25,7 @@ async fn kill9_worker_under_load_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
 
-        let before_kill = load.answered();
-        stack.workers[0].kill9();
-        eprintln!("[test] kill -9 worker-0 after {before_kill} answers");
-
-        // The others go on, and pick up what the dead worker held.
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        let after = load.answered();
-        assert!(
-            after > before_kill,
-            "no progress after kill -9 ({before_kill} answers before, {after} after)"
-        );
-        let total = load.finish().await.assert_exactly_once();
-        eprintln!("[test] {total} messages answered exactly once, in order");
-        for w in &mut stack.workers[1..] {
-            assert!(w.is_running(), "{} died", w.name());
-        }
+        survives_worker_kill9(&mut stack, load, 0).await;
     })
     .await
 }

@@ -21,7 +21,7 @@ use switchyard_protocol::redis_conn::SlotBatch;
 use switchyard_protocol::stream::{parse_autoclaim_reply, parse_entries, trim_acked, StreamEntry};
 use switchyard_protocol::{xinfo, WORKER_GROUP};
 
-use crate::runtime::dispatch;
+use crate::runtime::redelivery;
 use crate::runtime::Worker;
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -244,17 +244,15 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
     Ok(())
 }
 
-/// Handles claimed entries with the usual permits, without waiting for them.
+/// Handles claimed entries with the usual permits, without waiting for them
+/// (the one that may have killed their last handler isolated: `redelivery`).
 async fn handle_claimed(worker: &Arc<Worker>, stream: &str, entries: Vec<StreamEntry>) {
+    let mut items = Vec::with_capacity(entries.len());
     for entry in entries {
         let Ok(permit) = worker.permits.clone().acquire_owned().await else {
             return;
         };
-        let worker = worker.clone();
-        let stream = stream.to_owned();
-        tokio::spawn(async move {
-            dispatch::handle_entry(&worker, &stream, entry, true).await;
-            drop(permit);
-        });
+        items.push((entry, permit));
     }
+    tokio::spawn(redelivery::run(worker.clone(), stream.to_owned(), items));
 }

@@ -11,7 +11,7 @@
 //! | `SWITCHYARD_TEST_PANIC_ON=TEXT` | echo (WebSocket) and `POST /api/example/echo` panic on a message / body equal to TEXT |
 //! | `SWITCHYARD_TEST_FAIL_ON=TEXT` | the same, returning an error instead |
 //! | `SWITCHYARD_TEST_ABORT_ON=TEXT` | the same, aborting the process (as an out-of-memory kill would) |
-//! | `SWITCHYARD_TEST_ABORT_BEFORE_COMMIT=PREFIX` | an HTTP request whose path starts with PREFIX aborts the process after the app answered, before the commit |
+//! | `SWITCHYARD_TEST_ABORT_BEFORE_COMMIT=METHOD PREFIX` | an HTTP request with that method whose path starts with PREFIX (`PUT /api/…`) aborts the process after the app answered, before the commit |
 //!
 //! Never set them in a deployment: they exist so that tests can prove the
 //! worker survives (or recovers from) exactly these faults.
@@ -75,15 +75,17 @@ pub fn trip(message: &[u8]) -> Result<(), &'static str> {
     }
 }
 
-/// Aborts the process if an HTTP request to `path` is configured to die
-/// between its app's answer and its commit.
-pub fn before_http_commit(path: &str) {
-    if triggers()
-        .abort_before_commit
-        .as_deref()
-        .is_some_and(|prefix| path.starts_with(prefix))
-    {
+/// Aborts the process if an HTTP request (`method`, `path`) is configured to
+/// die between its app's answer and its commit.
+pub fn before_http_commit(method: &str, path: &str) {
+    let matches = |trigger: &str| {
+        trigger
+            .split_once(' ')
+            .is_some_and(|(m, prefix)| m.eq_ignore_ascii_case(method) && path.starts_with(prefix))
+    };
+    if triggers().abort_before_commit.as_deref().is_some_and(matches) {
         tracing::error!(
+            method,
             path,
             "test fault: SWITCHYARD_TEST_ABORT_BEFORE_COMMIT matched; aborting the process"
         );

@@ -93,7 +93,7 @@ pub(crate) async fn attempt(
     let Some(actions) = streamed else {
         return Ok(Outcome::NotOwned);
     };
-    faults::before_http_commit(&message.path);
+    faults::before_http_commit(&request.method, &message.path);
     let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
     let body_op = if message.seq > 1 { BodyOp::Delete } else { BodyOp::Keep };
     worker.committer.commit(commit(Some(last), true, body_op)).await

@@ -135,7 +135,6 @@ pub fn parse_autoclaim_reply(value: &Value) -> (String, Vec<StreamEntry>) {
     (cursor, entries)
 }
 
-/// Creates the worker group on a channel stream (and the stream), if missing.
 /// How many times an entry was handed out to the group's consumers
 /// (`XPENDING` extended form: reads, re-reads of a pending list, claims);
 /// `None` when it is not pending (acknowledged, or never delivered).
@@ -164,6 +163,7 @@ pub fn parse_delivery_count(reply: &Value) -> Option<u64> {
     u64::try_from(count).ok()
 }
 
+/// Creates the worker group on a channel stream (and the stream), if missing.
 pub async fn ensure_group<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<()> {
     let result: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")

@@ -165,6 +165,13 @@ impl Keys {
         format!("{}:interfaces", self.prefix)
     }
 
+    /// The groups an interface has members in (a set of group names), in the
+    /// interface's own slot: `P:ifacegroups:{IFACE}`. It tells whoever sweeps up
+    /// after the interface died which member sets to clean (`sweep.rs`).
+    pub fn interface_groups(&self, interface: &str) -> String {
+        format!("{}:ifacegroups:{{{}}}", self.prefix, tag(interface))
+    }
+
     /// Lock that lets exactly one worker of the pool run a periodic task per tick.
     pub fn tick_lock(&self, task: &str, tick: u64) -> String {
         format!("{}:tick:{}:{}", self.prefix, task, tick)

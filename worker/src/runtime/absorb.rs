@@ -15,6 +15,13 @@
 //!
 //! What cannot be caught (an abort, the kernel's out-of-memory kill) is what
 //! the delivery limit (`--max-deliveries`, in `dispatch`) is for.
+//!
+//! The binary also replaces the default panic hook ([`install_panic_hook`]):
+//! a panic is one log line (JSON with `--log-format json`) with its message
+//! and location, never a backtrace printed to stderr. With `RUST_BACKTRACE`
+//! set, the default hook symbolises a backtrace on each panic, which loads the
+//! binary's debug information into memory for good: in the chaos run a debug
+//! worker went from 20 to 165 MiB RSS at its first absorbed panic.
 
 use std::any::Any;
 use std::future::Future;
@@ -58,6 +65,17 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         "panic with a non-text payload".to_owned()
     }
+}
+
+/// Logs every panic of the process as one `tracing` line (message, location,
+/// thread) instead of the default hook's stderr print and backtrace.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = panic_message(info.payload());
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        tracing::error!(panic = %message, %location, %thread, "panicked");
+    }));
 }
 
 /// Whether a Redis error a consumer returned is worth running the message

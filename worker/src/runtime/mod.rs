@@ -24,6 +24,8 @@ mod redelivery;
 mod state;
 mod ticks;
 
+pub use absorb::install_panic_hook;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;

@@ -160,7 +160,8 @@ pub struct Config {
     pub redis_hold: Duration,
 
     /// Seconds a group membership survives in Redis without being refreshed
-    /// (presence counts; members of an interface that died expire after this).
+    /// (presence counts). Only a backstop: the members of an interface that
+    /// died are swept by the live interfaces and workers within ~10 s.
     #[arg(long, env = "SWITCHYARD_GROUP_EXPIRY", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
     pub group_expiry: Duration,
 

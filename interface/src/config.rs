@@ -184,7 +184,8 @@ pub struct Config {
     pub max_backlog_for: Vec<(String, u64)>,
 
     /// Seconds a group membership survives in Redis without being refreshed
-    /// (presence counts; members of an interface that died expire after this).
+    /// (presence counts). Only a backstop: the members of an interface that
+    /// died are swept by the live interfaces and workers within ~10 s.
     #[arg(long, env = "SWITCHYARD_GROUP_EXPIRY", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
     pub group_expiry: Duration,
 

@@ -49,6 +49,17 @@ impl Keys {
         (0..shards.max(1)).map(|s| self.channel_stream(channel, s)).collect()
     }
 
+    /// The entry of a shard stream that a worker handles alone after a crash
+    /// (the one that may have killed the previous worker), in the stream's
+    /// slot: `P:suspect:{CHANNEL:N}`, a string with the entry id.
+    pub fn suspect(&self, stream: &str) -> String {
+        let tagged = stream
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(":chan:"))
+            .unwrap_or(stream);
+        format!("{}:suspect:{}", self.prefix, tagged)
+    }
+
     /// The channel and shard back from a shard stream key.
     pub fn channel_of_stream<'a>(&self, stream: &'a str) -> Option<(&'a str, u16)> {
         let inner = stream
@@ -154,6 +165,13 @@ impl Keys {
         format!("{}:interfaces", self.prefix)
     }
 
+    /// The groups an interface has members in (a set of group names), in the
+    /// interface's own slot: `P:ifacegroups:{IFACE}`. It tells whoever sweeps up
+    /// after the interface died which member sets to clean (`sweep.rs`).
+    pub fn interface_groups(&self, interface: &str) -> String {
+        format!("{}:ifacegroups:{{{}}}", self.prefix, tag(interface))
+    }
+
     /// Lock that lets exactly one worker of the pool run a periodic task per tick.
     pub fn tick_lock(&self, task: &str, tick: u64) -> String {
         format!("{}:tick:{}:{}", self.prefix, task, tick)
@@ -226,6 +244,14 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_suspect_key_shares_its_stream_slot() {
+        let keys = Keys::new("sy");
+        let stream = keys.channel_stream("chat", 3);
+        assert_eq!(keys.suspect(&stream), "sy:suspect:{chat:3}");
+        assert_eq!(slot(keys.suspect(&stream).as_bytes()), slot(stream.as_bytes()));
+    }
 
     #[test]
     fn channel_streams_round_trip() {

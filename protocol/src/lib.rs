@@ -14,7 +14,8 @@
 //! - [`groups`]: group sends,
 //! - [`stream`]: the channel layer — appending, reading and trimming streams;
 //!   [`xinfo`]: what Redis says about their groups and consumers,
-//! - [`liveness`]: the records that say which workers and interfaces are alive,
+//! - [`liveness`]: the records that say which workers and interfaces are alive;
+//!   [`sweep`]: the group members of an interface that died, removed,
 //! - [`close`]: WebSocket close codes by name, [`time`]: wall-clock milliseconds.
 //!
 //! `docs/protocol.md` describes the same contract for workers in other languages.
@@ -32,6 +33,7 @@ pub mod redis_conn;
 pub mod scripts;
 pub mod shards;
 pub mod stream;
+pub mod sweep;
 pub mod time;
 pub mod topology;
 pub mod value;

@@ -17,6 +17,10 @@ use crate::time::now_ms;
 use crate::value::text_of;
 use crate::Keys;
 
+/// How long an interface's record outlives its last beat (it beats every
+/// second): after that it is dead, and its group members are swept (`sweep`).
+pub const INTERFACE_TTL: Duration = Duration::from_secs(10);
+
 /// Which kind of process a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -30,3 +30,15 @@ pub const STREAM_OWNER: &str = include_str!("../lua/stream_owner.lua");
 
 /// Records a channel's shard count (the largest announced wins).
 pub const ANNOUNCE_SHARDS: &str = include_str!("../lua/announce_shards.lua");
+
+/// Removes one interface's members from a group's member set (the sweep after it died).
+/// KEYS: the member set. ARGV: `IFACE!`.
+pub const SWEEP_MEMBERS: &str = include_str!("../lua/sweep_members.lua");
+
+/// Drops a swept interface from the interfaces index unless it was seen again.
+/// KEYS: the index. ARGV: interface id, the cutoff (ms) it was swept at.
+pub const FORGET_INTERFACE: &str = include_str!("../lua/forget_interface.lua");
+
+/// Replaces an interface's group set in one step (its membership refresh).
+/// KEYS: the set. ARGV: expiry ms, the group names.
+pub const REPLACE_GROUPS: &str = include_str!("../lua/replace_groups.lua");

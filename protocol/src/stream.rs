@@ -8,7 +8,7 @@
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
-use crate::value::{bytes_of, items, text_of};
+use crate::value::{bytes_of, int_of, items, text_of};
 
 /// Name of the stream entry field that carries the msgpack payload.
 pub const PAYLOAD_FIELD: &str = "m";
@@ -135,6 +135,34 @@ pub fn parse_autoclaim_reply(value: &Value) -> (String, Vec<StreamEntry>) {
     (cursor, entries)
 }
 
+/// How many times an entry was handed out to the group's consumers
+/// (`XPENDING` extended form: reads, re-reads of a pending list, claims);
+/// `None` when it is not pending (acknowledged, or never delivered).
+pub async fn delivery_count<C: ConnectionLike>(
+    con: &mut C,
+    stream: &str,
+    group: &str,
+    id: &str,
+) -> RedisResult<Option<u64>> {
+    let reply: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .query_async(con)
+        .await?;
+    Ok(parse_delivery_count(&reply))
+}
+
+/// The delivery count of the first row of an extended `XPENDING` reply
+/// (`[[id, consumer, idle ms, deliveries]]`).
+pub fn parse_delivery_count(reply: &Value) -> Option<u64> {
+    let row = items(reply).first()?;
+    let count = int_of(items(row).get(3)?)?;
+    u64::try_from(count).ok()
+}
+
 /// Creates the worker group on a channel stream (and the stream), if missing.
 pub async fn ensure_group<C: ConnectionLike>(con: &mut C, stream: &str, group: &str) -> RedisResult<()> {
     let result: RedisResult<()> = redis::cmd("XGROUP")
@@ -190,6 +218,14 @@ mod tests {
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn delivery_count_from_xpending() {
+        let row = Value::Array(vec![bulk("5-1"), bulk("worker-a"), Value::Int(1200), Value::Int(6)]);
+        assert_eq!(parse_delivery_count(&Value::Array(vec![row])), Some(6));
+        assert_eq!(parse_delivery_count(&Value::Array(Vec::new())), None);
+        assert_eq!(parse_delivery_count(&Value::Nil), None);
     }
 
     #[test]

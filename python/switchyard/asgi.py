@@ -168,11 +168,13 @@ async def attempt_http(
         else:
             raise
     except Exception:
+        worker.metrics.consumer_failed(channel, "error")
         log.exception(
             "HTTP application failed; answering 500 unless the response already started streaming "
-            "(channel=%s conn=%s path=%s)",
+            "(channel=%s conn=%s entry=%s path=%s)",
             scope["channel"],
             message.reply,
+            entry_id,
             message.path,
         )
         response.fail()

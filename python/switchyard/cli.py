@@ -88,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
         help="shards read per channel at least; 0: one per cluster primary (SWITCHYARD_CHANNEL_SHARDS)")
     add("--claim-idle", type=_int_in("--claim-idle", 1, 10**9), default=_env("SWITCHYARD_CLAIM_IDLE", "60"),
         help="seconds before a live owner's message is taken over (SWITCHYARD_CLAIM_IDLE)")
+    add("--max-deliveries", type=_int_in("--max-deliveries", 1, 1000), default=_env("SWITCHYARD_MAX_DELIVERIES", "5"),
+        help="deliveries an entry may have before it is dead-lettered and its connection closed with 1011 "
+        "(HTTP: 500): each one's handler died or stalled without a commit; exceptions do not count "
+        "(SWITCHYARD_MAX_DELIVERIES)")
     add("--session-ttl", type=_int_in("--session-ttl", 1, 10**9), default=_env("SWITCHYARD_SESSION_TTL", "86400"),
         help="seconds a session lives after its last use (SWITCHYARD_SESSION_TTL)")
     add("--reply-ttl", type=_int_in("--reply-ttl", 5, 10**9), default=_env("SWITCHYARD_REPLY_TTL", "60"),
@@ -154,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         channel_shards=args.channel_shards,
         claim_idle=args.claim_idle,
+        max_deliveries=args.max_deliveries,
         session_ttl=args.session_ttl,
         reply_ttl=args.reply_ttl,
         drain_timeout=args.drain_timeout,

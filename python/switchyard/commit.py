@@ -356,8 +356,25 @@ async def dead_letter(
 
     Two steps (different slots): a worker that dies between them leaves the entry
     pending and the next one dead-letters it again — twice at worst, never lost."""
+    await dead_letter_record(redis, keys, stream, entry_id, fields, consumer, error)
+    await redis.client.xack(stream, WORKER_GROUP, entry_id)
+
+
+async def dead_letter_record(
+    redis: Redis,
+    keys: Keys,
+    stream: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    consumer: str,
+    error: str,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Appends an entry to the dead-letter stream (capped at ~100,000) with why, who gave
+    up on it, ``extra`` fields (a poison message's ``deliveries``) and its own fields as
+    ``field:<name>``; does not acknowledge it."""
     entry: dict[Any, Any] = {"stream": stream, "id": entry_id, "error": error, "consumer": consumer}
+    entry.update(extra or {})
     for name, value in fields.items():
         entry[b"field:" + name] = value
     await redis.client.xadd(keys.dead_letter(), entry, maxlen=100_000, approximate=True)
-    await redis.client.xack(stream, WORKER_GROUP, entry_id)

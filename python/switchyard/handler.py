@@ -6,7 +6,18 @@ wrong kind for the channel) goes to the dead-letter stream with a log line
 naming the entry; the worker carries on. A Redis error while handling or
 committing is retried with backoff — the consumer runs again from scratch,
 which is safe because every commit step is guarded. A consumer exception is
-logged with its traceback and closes the connection with 1011 (HTTP: 500).
+absorbed as the Rust worker absorbs a panic or an error
+(``worker/src/runtime/absorb.rs``): logged with its traceback, channel,
+connection and entry id, counted (``worker_consumer_failures{channel,
+kind="error"}``), and answered through the normal commit — WebSocket: close
+1011, HTTP: 500 — so the connection's next message goes on.
+
+The delivery limit (``--max-deliveries``, default 5, as ``dispatch.rs``): an
+entry handed out before has its delivery count read first. Past the limit
+every earlier handling died or stalled without a commit (a consumer that
+kills the process, which no ``except`` absorbs), so it is not run again: it is
+dead-lettered with its count (field ``deliveries``) and its connection gets
+the same 1011 / 500 through the normal commit.
 """
 
 from __future__ import annotations
@@ -19,9 +30,9 @@ from urllib.parse import unquote
 
 from redis.exceptions import RedisError
 
-from .commit import Commit, CommitError, Outcome, SessionWrite, dead_letter
+from .commit import BodyOp, Commit, CommitError, Outcome, SessionWrite, dead_letter, dead_letter_record
 from .consumer import INTERNAL_ERROR, AsyncWebsocketConsumer
-from .protocol import PAYLOAD_FIELD, ChannelMessage, DecodeError, decode_channel_message, encode_reply, parse_reply_address
+from .protocol import PAYLOAD_FIELD, WORKER_GROUP, ChannelMessage, DecodeError, decode_channel_message, encode_reply, parse_reply_address
 from .session import Session, session_id
 
 if TYPE_CHECKING:
@@ -96,7 +107,11 @@ async def handle(worker: Worker, stream: str, entry_id: str, fields: dict[bytes,
     started = time.monotonic()
     worker.metrics.in_flight += 1
     try:
-        outcome = await run(worker, stream, entry_id, channel, target, message, redelivered)
+        deliveries = await delivery_count(worker, stream, entry_id) if redelivered else None
+        if deliveries is not None and deliveries > worker.config.max_deliveries:
+            outcome = await give_up(worker, stream, entry_id, fields, target, message, deliveries)
+        else:
+            outcome = await run(worker, stream, entry_id, channel, target, message, redelivered)
     finally:
         worker.metrics.in_flight -= 1
     worker.metrics.record(channel, message.type, outcome, time.monotonic() - started)
@@ -143,7 +158,6 @@ async def attempt_websocket(
     message: ChannelMessage,
     again: bool,
 ) -> Outcome:
-    interface, conn = parse_reply_address(message.reply) or ("", 0)
     scope = base_scope("websocket", channel, message)
     scope["subprotocols"] = list(message.subprotocols)
     sid = session_id(message.query, message.reply)
@@ -168,10 +182,12 @@ async def attempt_websocket(
     except RedisError:
         raise
     except Exception:
+        worker.metrics.consumer_failed(channel, "error")
         log.exception(
-            "consumer failed; closing the connection with 1011 (channel=%s conn=%s seq=%s event=%s)",
+            "consumer failed; closing the connection with 1011 (channel=%s conn=%s entry=%s seq=%s event=%s)",
             channel,
             message.reply,
+            entry_id,
             message.seq,
             message.type,
         )
@@ -187,18 +203,102 @@ async def attempt_websocket(
         # A message handled again checks the outbox even if this run did not use
         # the session; a disconnect shortens the outbox's life.
         write = SessionWrite(sid)
-    commit = Commit(
+    commit = websocket_commit(stream, entry_id, message, consumer.actions, write)
+    commit.group_sends = consumer.group_sends
+    return await worker.committer.commit(commit)
+
+
+def websocket_commit(
+    stream: str, entry_id: str, message: ChannelMessage, actions: list[Any], session: SessionWrite | None
+) -> Commit:
+    """What the commit of a WebSocket event carries (a disconnect has no reply: the
+    connection is gone, and its outbox is forgotten)."""
+    interface, conn = parse_reply_address(message.reply) or ("", 0)
+    disconnect = message.type == "websocket.disconnect"
+    return Commit(
         stream=stream,
         entry_id=entry_id,
         interface=interface,
         conn=conn,
         seq=message.seq,
-        reply=None if disconnect else encode_reply(conn, message.seq, consumer.actions),
+        reply=None if disconnect else encode_reply(conn, message.seq, actions),
         forget=disconnect,
-        session=write,
-        group_sends=consumer.group_sends,
+        session=session,
     )
-    return await worker.committer.commit(commit)
+
+
+async def delivery_count(worker: Worker, stream: str, entry_id: str) -> int | None:
+    """How often the entry was handed out (``XPENDING``), asking until Redis answers;
+    ``None`` when it is no longer pending (another worker finished it meanwhile)."""
+    backoff = Backoff()
+    while True:
+        try:
+            rows = await worker.redis.client.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1)
+        except RETRYABLE as error:
+            worker.metrics.redis_errors += 1
+            log.warning("cannot read the delivery count of %s; retrying: %s", entry_id, error)
+            await backoff.wait()
+            continue
+        return int(rows[0]["times_delivered"]) if rows else None
+
+
+async def give_up(
+    worker: Worker,
+    stream: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    target: Any,
+    message: ChannelMessage,
+    deliveries: int,
+) -> str:
+    """Gives up an entry delivered too often: dead-letters it with its count, then commits
+    1011 (HTTP: 500) for its connection without running the consumer. Two steps in
+    different slots: a worker that dies between them leaves the entry pending, and the
+    next one dead-letters it again."""
+    limit = worker.config.max_deliveries
+    error = (
+        f"delivered {deliveries} times, more than --max-deliveries {limit}: every handling ended "
+        "without a commit (the worker died or stalled)"
+    )
+    worker.metrics.dead_letters += 1
+    log.error(
+        "poison message %s on %s (delivered %d times): moved to the dead-letter stream; closing its connection",
+        entry_id,
+        stream,
+        deliveries,
+    )
+    if target.is_http:
+        interface, conn = parse_reply_address(message.reply) or ("", 0)
+        answer = None
+        if message.type == "http.request":
+            answer = encode_reply(conn, message.seq, INTERNAL_ERROR_RESPONSE)
+        commit = Commit(stream, entry_id, interface, conn, message.seq, answer, True, BodyOp.DELETE)
+    else:
+        close: list[Any] = [{"type": "websocket.close", "code": INTERNAL_ERROR, "reason": ""}]
+        # Handled before: the outbox decides if an earlier run was committed after all.
+        outbox_check = SessionWrite(session_id(message.query, message.reply))
+        commit = websocket_commit(stream, entry_id, message, close, outbox_check)
+    backoff = Backoff()
+    recorded = False
+    while True:
+        try:
+            if not recorded:
+                extra = {"deliveries": str(deliveries)}
+                await dead_letter_record(worker.redis, worker.keys, stream, entry_id, fields, worker.consumer, error, extra)
+                recorded = True
+            await worker.committer.commit(commit)
+            return "dead_lettered"
+        except RETRYABLE as redis_error:
+            worker.metrics.redis_errors += 1
+            log.warning("Redis error while giving up %s; retrying: %s", entry_id, redis_error)
+            await backoff.wait()
+
+
+INTERNAL_ERROR_RESPONSE = [
+    {"type": "http.response.start", "status": 500, "headers": [("content-type", "text/plain; charset=utf-8")]},
+    {"type": "http.response.body", "body": b"internal server error\n", "more_body": False},
+]
+"""What a request given up after too many deliveries is answered (as ``asgi.py`` answers a failed app)."""
 
 
 async def reject(worker: Worker, stream: str, entry_id: str, fields: dict[bytes, bytes], error: str) -> None:

@@ -54,6 +54,13 @@ class Keys:
     def channel_streams(self, channel: str, shards: int) -> list[str]:
         return [self.channel_stream(channel, s) for s in range(max(shards, 1))]
 
+    def suspect(self, stream: str) -> str:
+        """The entry of a shard stream handled alone after a crash, in the stream's slot:
+        ``P:suspect:{CHANNEL:N}`` (``redelivery.py``)."""
+        head = f"{self.prefix}:chan:"
+        tagged = stream[len(head):] if stream.startswith(head) else stream
+        return f"{self.prefix}:suspect:{tagged}"
+
     def channel_of_stream(self, stream: str) -> tuple[str, int] | None:
         head = f"{self.prefix}:chan:{{"
         if not stream.startswith(head) or not stream.endswith("}"):

@@ -2,8 +2,9 @@
 
 The same series as the Rust worker (``worker/src/metrics.rs``), so one
 dashboard and one set of alerts cover both kinds of worker: messages handled
-per channel, event type and outcome; handling time per channel; messages in
-flight; claims from dead workers; dead letters; Redis errors. Rendered in the
+per channel, event type and outcome; handling time per channel; consumer
+failures absorbed; messages in flight; claims from dead workers; dead letters;
+Redis errors. Rendered in the
 OpenMetrics text format by hand (a few dozen lines, no extra dependency).
 """
 
@@ -29,6 +30,7 @@ class Metrics:
         self.handled: dict[tuple[tuple[str, str], ...], int] = defaultdict(int)
         self.handling: dict[str, list[float]] = {}
         self.handling_sum: dict[str, float] = defaultdict(float)
+        self.failures: dict[tuple[tuple[str, str], ...], int] = defaultdict(int)
         self.in_flight = 0
         self.claimed = 0
         self.dead_letters = 0
@@ -42,6 +44,11 @@ class Metrics:
                 counts[i] += 1
         counts[-1] += 1
         self.handling_sum[channel] += seconds
+
+    def consumer_failed(self, channel: str, kind: str) -> None:
+        """One absorbed consumer failure (``kind``: ``error`` — a Python exception — as the
+        Rust worker counts a returned error; ``panic`` does not occur here)."""
+        self.failures[(("channel", channel), ("kind", kind))] += 1
 
     def render(self) -> str:
         lines = [
@@ -61,10 +68,21 @@ class Metrics:
             for bound, count in zip(BUCKETS, counts):
                 lines.append(f"worker_message_handling_seconds_bucket{_labels(base + (('le', repr(bound)),))} {int(count)}")
             lines.append(f"worker_message_handling_seconds_bucket{_labels(base + (('le', '+Inf'),))} {int(counts[-1])}")
+        lines += [
+            "# HELP worker_consumer_failures Consumer panics and errors absorbed (answered 1011 / 500 and committed), by channel and kind (panic, error).",
+            "# TYPE worker_consumer_failures counter",
+        ]
+        for labels, value in sorted(self.failures.items()):
+            lines.append(f"worker_consumer_failures_total{_labels(labels)} {value}")
         for name, kind, help_text, value in [
             ("worker_messages_in_flight", "gauge", "Messages being handled now.", self.in_flight),
             ("worker_claimed_messages", "counter", "Messages taken over from dead or stuck workers.", self.claimed),
-            ("worker_dead_letters", "counter", "Entries moved to the dead-letter stream.", self.dead_letters),
+            (
+                "worker_dead_letters",
+                "counter",
+                "Entries moved to the dead-letter stream (undecodable, or delivered more than --max-deliveries times).",
+                self.dead_letters,
+            ),
             ("worker_redis_errors", "counter", "Redis errors while handling (each one retried).", self.redis_errors),
         ]:
             lines.append(f"# HELP {name} {help_text}")

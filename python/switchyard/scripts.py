@@ -26,9 +26,15 @@ NAMES = (
     "commit_groups.lua",
     "commit_reply.lua",
     "commit_session.lua",
+    "forget_interface.lua",
     "group_send.lua",
+    "replace_groups.lua",
     "stream_owner.lua",
+    "sweep_members.lua",
 )
+"""Every file of ``protocol/lua/``. The three presence scripts (``sweep_members``,
+``forget_interface``, ``replace_groups``) are run by the Rust interfaces and
+workers (``protocol/src/sweep.rs``); the Python worker ships them but needs none."""
 
 
 def lua_dir() -> Path:

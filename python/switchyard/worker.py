@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from . import __version__
+from . import __version__, redelivery
 from .apps import Target
 from .asgi import Lifespan
 from .commit import Committer
@@ -77,6 +77,7 @@ class WorkerConfig:
     concurrency: int = 512
     channel_shards: int = 0
     claim_idle: int = 60
+    max_deliveries: int = 5
     session_ttl: int = 86_400
     reply_ttl: int = 60
     drain_timeout: int = 20
@@ -424,11 +425,16 @@ class Worker:
                 entries = next((e for s, e in batches if s == stream), [])
                 positions[stream] = entries[-1][0] if entries else ">"
             for stream, entries in batches:
+                if stream in history:
+                    # Our own pending list: handled together, the one that may have
+                    # killed our previous life isolated.
+                    await self._handle_redelivered(stream, entries)
+                    continue
                 for entry_id, fields in entries:
                     if (stream, entry_id) in self.in_hand:
                         continue
                     await self.permits.acquire()
-                    self._spawn(stream, entry_id, fields, redelivered=stream in history)
+                    self._spawn(stream, entry_id, fields, redelivered=False)
 
     # ----- maintenance ---------------------------------------------------------------------
 
@@ -503,8 +509,26 @@ class Worker:
                     await client.xgroup_delconsumer(stream, WORKER_GROUP, name)
 
     async def _handle_claimed(self, stream: str, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+        await self._handle_redelivered(stream, entries)
+
+    async def _handle_redelivered(self, stream: str, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+        """Handles entries handed out before (claimed, or re-read from our pending list)
+        with the usual permits, without waiting for them; the one that may have killed
+        their last handler isolated (``redelivery.py``)."""
+        taken: list[tuple[str, dict[bytes, bytes]]] = []
         for entry_id, fields in entries:
             if (stream, entry_id) in self.in_hand:
                 continue
             await self.permits.acquire()
-            self._spawn(stream, entry_id, fields, redelivered=True)
+            self.in_hand.add((stream, entry_id))
+            taken.append((entry_id, fields))
+        if not taken:
+            return
+
+        def done(entry_id: str) -> None:
+            self.in_hand.discard((stream, entry_id))
+            self.permits.release()
+
+        task = asyncio.get_running_loop().create_task(redelivery.run(self, stream, taken, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,5 +1,6 @@
 """The worker's handling of real entries on a real Redis: consumers, sessions, the
-commit's guards, ASGI apps with streamed responses, dead letters, group sends.
+commit's guards, ASGI apps with streamed responses, dead letters, group sends,
+poison messages (absorbed exceptions, the delivery limit, the suspect handled alone).
 
 Each test puts entries on a channel stream the way an interface does, lets a
 real :class:`switchyard.worker.Worker` handle them, and reads what it wrote:
@@ -19,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from switchyard import AsyncWebsocketConsumer, Client
+from switchyard import AsyncWebsocketConsumer, Client, cli
 from switchyard.apps import targets
 from switchyard.handler import handle
 from switchyard.protocol import decode_reply, encode
+from switchyard.redelivery import run as run_redelivered
 from switchyard.streams import ensure_group, parse_read_reply
 from switchyard.worker import Worker, WorkerConfig
 
@@ -291,3 +293,94 @@ async def test_lifespan_state_reaches_requests_and_django_takes_none(stack: Stac
     await django_span.startup()  # Django refuses lifespan events: run without, no error
     assert not django_span.supported
     await django_span.shutdown()
+
+# ----- poison messages (issue 14, items 1 and 2), as in the Rust worker -------------------
+# A consumer or ASGI app that raises is answered (1011 / 500), committed and counted in
+# ``worker_consumer_failures``; an entry handed out more than ``--max-deliveries`` times (its
+# handlers kept dying) is not run again: dead-lettered with its ``deliveries`` and why, its
+# connection closed with 1011 (HTTP: 500); entries handed out again beside the one their last
+# handler died with are handled first, the suspect alone after them (``redelivery.py``). The
+# end-to-end version, with a consumer that really aborts the process, is
+# ``tests/tests/python_errors.rs``.
+
+
+def test_max_deliveries_defaults_to_5_and_refuses_0() -> None:
+    assert cli.parser().parse_args(["runworker", "x:APPS"]).max_deliveries == 5
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["runworker", "x:APPS", "--max-deliveries", "0"])
+
+
+async def test_exceptions_are_counted(stack: Stack) -> None:
+    await stack.deliver("counter", ws("websocket.receive", 2, conn=7, text="boom"))
+    await stack.deliver("http.app", http(1, path="/fail", conn=9))
+    failures = stack.worker.metrics.failures
+    assert failures[(("channel", "counter"), ("kind", "error"))] == 1
+    assert failures[(("channel", "http.app"), ("kind", "error"))] == 1
+    assert 'worker_consumer_failures_total{channel="counter",kind="error"} 1' in stack.worker.metrics.render()
+    for stream in ("switchyard:chan:{counter:0}", "switchyard:chan:{http.app:0}"):
+        assert (await stack.raw.xpending(stream, "workers"))["pending"] == 0
+
+
+async def handed_out(stack: Stack, channel: str, message: dict, times: int) -> tuple[str, str]:
+    """Appends a message and hands it out `times` times without handling it (each handler died)."""
+    stream = stack.worker.keys.channel_stream(channel, 0)
+    await stack.raw.xadd(stream, {b"m": encode(message)})
+    entry_id, _ = await stack.read(stream, ">")
+    for _ in range(times - 1):
+        await stack.raw.xclaim(stream, "workers", stack.worker.consumer, 0, [entry_id])
+    return stream, entry_id
+
+
+async def test_an_entry_delivered_too_often_is_dead_lettered_and_its_connection_closed(stack: Stack) -> None:
+    message = ws("websocket.receive", 2, conn=11, text="hello")
+    stream, entry_id = await handed_out(stack, "counter", message, 6)
+    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    [reply] = await stack.replies()
+    assert reply["done"] == 2
+    assert reply["actions"] == [{"type": "websocket.close", "code": 1011, "reason": ""}]
+    [(_, letter)] = await stack.raw.xrange("switchyard:deadletter")
+    assert letter[b"id"].decode() == entry_id and letter[b"stream"].decode() == stream
+    assert letter[b"deliveries"] == b"6"
+    assert b"--max-deliveries 5" in letter[b"error"]
+    assert letter[b"field:m"] == encode(message)
+    assert await stack.raw.hgetall(stack.worker.keys.session(f"{IFACE}!11")) == {}, "the consumer did not run"
+    assert (await stack.raw.xpending(stream, "workers"))["pending"] == 0
+    assert stack.worker.metrics.dead_letters == 1
+
+
+async def test_at_the_limit_it_still_runs(stack: Stack) -> None:
+    message = ws("websocket.receive", 2, conn=12, text="hello")
+    stream, entry_id = await handed_out(stack, "counter", message, 5)
+    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    [reply] = await stack.replies()
+    assert reply["actions"] == [{"type": "websocket.send", "text": '{"count": 1}'}]
+    assert await stack.raw.xlen("switchyard:deadletter") == 0
+
+
+async def test_a_request_delivered_too_often_answers_500(stack: Stack) -> None:
+    message = http(1, path="/hello", conn=13)
+    stream, entry_id = await handed_out(stack, "http.app", message, 6)
+    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    [reply] = await stack.replies()
+    start, body = reply["actions"]
+    assert start["status"] == 500 and body["body"] == b"internal server error\n"
+    [(_, letter)] = await stack.raw.xrange("switchyard:deadletter")
+    assert letter[b"deliveries"] == b"6"
+
+
+async def test_the_suspect_is_handled_after_the_others_alone(stack: Stack) -> None:
+    stream = stack.worker.keys.channel_stream("counter", 0)
+    messages = [ws("websocket.receive", 2, conn=20 + i, text="hello") for i in range(3)]
+    ids = []
+    for message in messages:
+        await stack.raw.xadd(stream, {b"m": encode(message)})
+        ids.append((await stack.read(stream, ">"))[0])
+    # The last worker died handling the first one.
+    await stack.raw.set(stack.worker.keys.suspect(stream), ids[0])
+    finished: list[str] = []
+    entries = [(entry_id, {b"m": encode(m)}) for entry_id, m in zip(ids, messages)]
+    await asyncio.wait_for(run_redelivered(stack.worker, stream, entries, finished.append), 30)
+    assert sorted(finished[:2]) == sorted(ids[1:]) and finished[2] == ids[0], finished
+    replies = await stack.replies()
+    assert [r["actions"][0]["type"] for r in replies] == ["websocket.send"] * 3
+    assert (await stack.raw.xpending(stream, "workers"))["pending"] == 0

@@ -3,8 +3,12 @@
 The Django example's channels (``chat``: the chat counter; ``http.django``:
 Django's views), plus two consumers that exist to be tested: ``echo`` (no
 session) and ``broken`` (raises on ``boom``, to show that a consumer error
-closes its connection with 1011 and the worker keeps serving).
+closes its connection with 1011 and the worker keeps serving; aborts the whole
+process on ``abort``, to show that such a message is given up after
+``--max-deliveries``).
 """
+
+import os
 
 from mysite.workers import APPS as EXAMPLE
 
@@ -22,6 +26,8 @@ class Broken(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         if text_data == "boom":
             raise RuntimeError("boom, on purpose")
+        if text_data == "abort":
+            os.abort()  # what no `except` absorbs: the process dies, as with an out-of-memory kill
         await self.send(text_data=f"fine: {text_data}")
 
 

@@ -1,12 +1,14 @@
 //! Chaos: echo load over two interfaces while workers are killed with `kill -9`, Redis is
-//! stopped and restarted and an interface is restarted; then every invariant is checked and
-//! a report printed. On a Redis Cluster (`SWITCHYARD_TEST_REDIS=cluster`) the Redis fault is
+//! stopped and restarted, an interface is restarted and a consumer panics (the workers'
+//! test-only `SWITCHYARD_TEST_PANIC_ON`: echo panics on one text, sent by a client of its
+//! own, which must get close 1011 while nobody else notices); then every invariant is
+//! checked and a report printed. On a Redis Cluster (`SWITCHYARD_TEST_REDIS=cluster`) the Redis fault is
 //! a failover instead: the master serving the echo stream is stopped, its replica takes
 //! over, and the old master comes back as a replica. `scripts/chaos` runs it longer (`CHAOS_SECONDS`, default here 15 so the
 //! whole test stays under ~45 s in CI). See docs/chaos.md.
 //!
 //! Settings (environment): `CHAOS_SECONDS` (how long faults keep coming; at least one round
-//! of all three is always run), `CHAOS_CLIENTS` (default 200), `CHAOS_WINDOW` (messages in
+//! of all four is always run), `CHAOS_CLIENTS` (default 200), `CHAOS_WINDOW` (messages in
 //! flight per client, default 4).
 
 use std::collections::BTreeMap;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use switchyard_tests::chaos::{rss_kib, stream_figures, ChaosLoad, ClientReport, StreamFigures};
 use switchyard_tests::cluster::Cluster;
 use switchyard_tests::stack::PREFIX;
-use switchyard_tests::{bounded, eventually};
+use switchyard_tests::{bounded, eventually, Incoming};
 
 const DEFAULT_SECONDS: u64 = 15;
 const DEFAULT_CLIENTS: usize = 200;
@@ -38,6 +40,10 @@ const ECHO_STREAM_GROUP: &str = "workers";
 /// The interface's default `--shutdown-timeout`: a drain that long was cut short, closing
 /// sockets with a message still in flight.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
+/// The message the echo consumer panics on (never one of the load's `c<client> <seq>`).
+const PANIC_TEXT: &str = "chaos: panic";
+/// How long the panicking message's client may wait for its close 1011.
+const PANIC_ANSWER: Duration = Duration::from_secs(20);
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -118,10 +124,18 @@ enum Fault {
     RestartRedis,
     /// SIGTERM of interface 1 (drain, 1001), a new process on the same port and id.
     RestartInterface,
+    /// A client of its own on interface 0 sends the text the echo consumer panics on: the
+    /// panic is absorbed, that client is closed with 1011, the worker goes on.
+    PanicConsumer,
 }
 
 impl Fault {
-    const ROUND: [Fault; 3] = [Fault::KillWorker, Fault::RestartRedis, Fault::RestartInterface];
+    const ROUND: [Fault; 4] = [
+        Fault::KillWorker,
+        Fault::RestartRedis,
+        Fault::RestartInterface,
+        Fault::PanicConsumer,
+    ];
 
     fn name(self, redis_cluster: bool) -> &'static str {
         match self {
@@ -129,6 +143,7 @@ impl Fault {
             Fault::RestartRedis if redis_cluster => "redis failover",
             Fault::RestartRedis => "redis restart",
             Fault::RestartInterface => "interface restart",
+            Fault::PanicConsumer => "consumer panic",
         }
     }
 }
@@ -138,6 +153,9 @@ struct Faults {
     worker_kills: u32,
     redis_restarts: u32,
     interface_restarts: u32,
+    consumer_panics: u32,
+    /// How the panicking message's client was answered, by close code (want only 1011).
+    panic_answers: BTreeMap<String, u32>,
     /// Per fault kind: how long until every client had an answer again.
     recoveries: BTreeMap<&'static str, Vec<Duration>>,
     /// SIGTERM → exit of the restarted interface.
@@ -151,6 +169,20 @@ impl Faults {
     }
 }
 
+/// One panicking message from a client of its own on interface 0: how it was answered
+/// (`"1011"` expected; another close code, a frame, or `"no close within …"`).
+async fn panic_once(cluster: &Cluster) -> String {
+    let mut client = cluster.ws(0, "/ws/echo/").await;
+    if let Err(e) = client.send_text(PANIC_TEXT).await {
+        return format!("send failed: {e:#}");
+    }
+    match client.recv(PANIC_ANSWER).await {
+        Ok(Incoming::Close(Some(code), _)) => code.to_string(),
+        Ok(other) => format!("{other:?}"),
+        Err(_) => format!("no close within {PANIC_ANSWER:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_under_load_keeps_every_invariant() {
     let seconds: u64 = env_or("CHAOS_SECONDS", DEFAULT_SECONDS);
@@ -161,6 +193,7 @@ async fn chaos_under_load_keeps_every_invariant() {
             .interfaces(2)
             .workers(3)
             .persistent_redis()
+            .worker_env("SWITCHYARD_TEST_PANIC_ON", PANIC_TEXT)
             .start()
             .await;
         let idle = memory(&mut cluster);
@@ -233,6 +266,11 @@ async fn chaos_under_load_keeps_every_invariant() {
                         }
                         cluster.restart_interface(RESTARTED, &[]).await;
                         faults.interface_restarts += 1;
+                    }
+                    Fault::PanicConsumer => {
+                        let answer = panic_once(&cluster).await;
+                        *faults.panic_answers.entry(answer).or_default() += 1;
+                        faults.consumer_panics += 1;
                     }
                 }
                 eprintln!(
@@ -329,12 +367,18 @@ async fn chaos_under_load_keeps_every_invariant() {
         );
         let _ = writeln!(
             out,
-            "faults over {:.1} s: {} worker kill -9 (+ replacement), {} Redis {}, {} interface-{RESTARTED} restart",
+            "faults over {:.1} s: {} worker kill -9 (+ replacement), {} Redis {}, {} interface-{RESTARTED} restart, {} consumer panic",
             chaos_time.as_secs_f64(),
             faults.worker_kills,
             faults.redis_restarts,
             if cluster.redis.is_cluster() { "master failover" } else { "stop/restart" },
-            faults.interface_restarts
+            faults.interface_restarts,
+            faults.consumer_panics
+        );
+        let _ = writeln!(
+            out,
+            "  the panicking message's own client, answered by close code: {:?}",
+            faults.panic_answers
         );
         for (kind, times) in &faults.recoveries {
             let secs: Vec<String> = times.iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect();
@@ -452,6 +496,14 @@ async fn chaos_under_load_keeps_every_invariant() {
         check(
             slowest_drain < DRAIN_DEADLINE,
             format!("an interface drain took {slowest_drain:?}: it hit its deadline with a message in flight"),
+        );
+        check(
+            faults.panic_answers.keys().all(|code| code == "1011")
+                && faults.panic_answers.values().sum::<u32>() == faults.consumer_panics,
+            format!(
+                "a panicking message's client was not closed with 1011: {:?}",
+                faults.panic_answers
+            ),
         );
         check(
             cluster.interface(0).is_running(),

@@ -8,8 +8,10 @@
 //!   members unsubscribes, and subscribes again when one rejoins;
 //! - a closed socket (close handshake or dropped TCP) leaves its groups: the group size in
 //!   `switchyard status` drops, the others still get broadcasts;
-//! - the members of an interface killed with `kill -9` expire from the member sets after
-//!   `--group-expiry`, while the live interfaces' memberships are kept fresh;
+//! - the members of an interface killed with `kill -9` are swept from the member sets
+//!   within 15 s with default flags, by a live interface or, with none left, a worker, while
+//!   the live interfaces' memberships stay; an interface frozen past its liveness TTL (and so
+//!   swept) writes its memberships again as soon as it runs;
 //! - after a Redis restart broadcasts reach every member again without any client
 //!   reconnecting, and the member sets are rebuilt;
 //! - `switchyard status` shows group sizes, as a table and as JSON;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchyard_tests::cluster::{Cluster, Member};
-use switchyard_tests::stack::REPLY_TIMEOUT;
+use switchyard_tests::stack::{PREFIX, REPLY_TIMEOUT};
 use switchyard_tests::{bounded, eventually};
 
 /// How long a broadcast may take to reach everyone on a busy 2-core machine.
@@ -325,14 +327,16 @@ async fn a_closed_socket_leaves_its_groups() {
     .await
 }
 
+/// Presence follows liveness (issue 14, item 6): how long the members of a `kill -9`ed
+/// interface may stay in the member sets with default flags (its liveness key lives 10 s
+/// after its last beat, the sweepers look every second).
+const SWEPT_WITHIN: Duration = Duration::from_secs(15);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_interfaces_members_expire() {
-    bounded(Duration::from_secs(60), async {
-        let mut cluster = Cluster::builder("groups-kill")
-            .interface_arg("--group-expiry")
-            .interface_arg("3")
-            .start()
-            .await;
+async fn a_killed_interfaces_members_are_swept_within_15_s() {
+    bounded(Duration::from_secs(90), async {
+        // Default flags: --group-expiry is a day, so only the sweep can clear them.
+        let mut cluster = Cluster::builder("groups-kill").start().await;
         let mut alpha = Vec::new();
         for i in 0..12 {
             alpha.push(member(&cluster, i % 3, &["alpha"]).await);
@@ -346,12 +350,13 @@ async fn a_killed_interfaces_members_expire() {
         wait_group(&cluster, "room:beta", 2, 1).await;
 
         cluster.interface(2).kill9();
-        // Its members were refreshed at most 1 s (expiry/3) before the kill and expire 3 s
-        // after their last refresh; generous margin for a busy machine.
-        if let Err(last) = cluster.wait_group_size("room:alpha", 8, Duration::from_secs(12)).await {
-            panic!("room:alpha still has {last} members 12 s after interface-2 was killed, expected 8");
+        let killed = tokio::time::Instant::now();
+        if let Err(last) = cluster.wait_group_size("room:alpha", 8, SWEPT_WITHIN).await {
+            panic!("room:alpha still has {last} members {SWEPT_WITHIN:?} after interface-2 was killed, expected 8");
         }
-        if let Err(last) = cluster.wait_group_size("room:beta", 0, Duration::from_secs(5)).await {
+        let cleared = killed.elapsed();
+        eprintln!("[test] presence cleared {cleared:?} after the kill");
+        if let Err(last) = cluster.wait_group_size("room:beta", 0, Duration::from_secs(2)).await {
             panic!("room:beta still has {last} members after interface-2 was killed");
         }
         let status = cluster.status_json().await.unwrap();
@@ -360,8 +365,22 @@ async fn a_killed_interfaces_members_expire() {
             "an empty group is listed: {}",
             status["groups"]
         );
+        // Swept for good: its group set and its index entry are gone too.
+        let mut con = cluster.redis_conn().unwrap();
+        let dead = Cluster::interface_id(2);
+        let groups_set: bool = redis::cmd("EXISTS")
+            .arg(format!("{PREFIX}:ifacegroups:{{{dead}}}"))
+            .query(&mut con)
+            .unwrap();
+        assert!(!groups_set, "the dead interface's group set is still there");
+        let seen: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("{PREFIX}:interfaces"))
+            .arg(&dead)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(seen, None, "the dead interface is still in the interfaces index");
 
-        // The live interfaces keep their members fresh: sampled over more than one expiry.
+        // The live interfaces' members stay: sampled across several sweeps.
         let until = tokio::time::Instant::now() + Duration::from_secs(4);
         while tokio::time::Instant::now() < until {
             let n = cluster.group_size("room:alpha").await.unwrap();
@@ -380,6 +399,69 @@ async fn a_killed_interfaces_members_expire() {
         for m in alpha.iter().filter(|m| m.interface == 2).chain(beta.iter()) {
             assert!(!m.is_open(), "a client of the killed interface is still open");
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sweeps_when_no_interface_is_left() {
+    bounded(Duration::from_secs(60), async {
+        let mut cluster = Cluster::builder("groups-kill-last").interfaces(1).start().await;
+        let _members = [
+            member(&cluster, 0, &["solo"]).await,
+            member(&cluster, 0, &["solo"]).await,
+        ];
+        wait_group(&cluster, "room:solo", 2, 1).await;
+        cluster.interface(0).kill9();
+        let killed = tokio::time::Instant::now();
+        if let Err(last) = cluster.wait_group_size("room:solo", 0, SWEPT_WITHIN).await {
+            panic!("room:solo still has {last} members {SWEPT_WITHIN:?} after the only interface was killed");
+        }
+        eprintln!("[test] swept by the worker {:?} after the kill", killed.elapsed());
+        assert!(
+            cluster.workers[0]
+                .log()
+                .contains("swept the group members of a dead interface"),
+            "the worker did not log the sweep"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_interface_writes_its_members_again() {
+    bounded(Duration::from_secs(90), async {
+        let mut cluster = Cluster::builder("groups-paused").interfaces(2).start().await;
+        let members = [
+            member(&cluster, 0, &["paused"]).await,
+            member(&cluster, 1, &["paused"]).await,
+            member(&cluster, 1, &["paused"]).await,
+        ];
+        wait_group(&cluster, "room:paused", 3, 2).await;
+        // Frozen past its liveness TTL: the others take it for dead and sweep its members.
+        cluster.interface(1).signal(libc::SIGSTOP);
+        let frozen = tokio::time::Instant::now();
+        let swept = cluster
+            .wait_group_size("room:paused", 1, SWEPT_WITHIN + Duration::from_secs(5))
+            .await;
+        cluster.interface(1).signal(libc::SIGCONT);
+        eprintln!("[test] swept {:?} after the freeze", frozen.elapsed());
+        let resumed = tokio::time::Instant::now();
+        if let Err(last) = swept {
+            panic!("room:paused has {last} members while interface-1 is frozen, expected 1");
+        }
+        // Back, it finds its beats interrupted and writes its memberships again at once
+        // (not at its next refresh, 30 s away with the default --group-expiry).
+        if let Err(last) = cluster.wait_group_size("room:paused", 3, PRESENCE).await {
+            panic!("room:paused has {last} members after interface-1 resumed, expected 3");
+        }
+        eprintln!("[test] members back {:?} after the resume", resumed.elapsed());
+        cluster
+            .send_group("room:paused", r#"{"after":"pause"}"#, true)
+            .await
+            .unwrap();
+        let all: Vec<&Member> = members.iter().collect();
+        wait_all("broadcast after the pause", &all, DELIVERY, |m| seqs(m) == [1]).await;
     })
     .await
 }

@@ -1,7 +1,9 @@
 //! Python workers facing bad input and operators: garbage on a stream is dead-lettered
 //! (logged, acknowledged, the worker keeps serving), a consumer exception closes its
-//! connection with 1011 and nothing else, `--metrics-bind` serves the Rust worker's series,
-//! and `--check` and bad flags answer before anything starts.
+//! connection with 1011 and nothing else, `--metrics-bind` serves the Rust worker's series
+//! (and counts the failure), a message that aborts every Python worker taking it is
+//! dead-lettered after `--max-deliveries` with its connection closed 1011 while others are
+//! answered, and `--check` and bad flags answer before anything starts.
 
 use std::time::Duration;
 
@@ -162,6 +164,7 @@ async fn a_consumer_exception_closes_its_connection_with_1011_and_nothing_else()
             "worker_dead_letters_total",
             "worker_claimed_messages_total",
             "worker_redis_errors_total",
+            "worker_consumer_failures_total{channel=\"broken\",kind=\"error\"} 1",
         ] {
             assert!(
                 metrics.body.contains(series),
@@ -169,6 +172,72 @@ async fn a_consumer_exception_closes_its_connection_with_1011_and_nothing_else()
                 metrics.body
             );
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_aborts_python_workers_is_dead_lettered_after_max_deliveries() {
+    bounded(Duration::from_secs(200), async {
+        // The default --max-deliveries.
+        const LIMIT: u64 = 5;
+        let mut stack = python_stack("py-poison").start().await;
+        stack.spawn_python_worker(&[]);
+        stack.spawn_python_worker(&[]);
+        stack.wait_workers_live(Probe::Chat).await;
+        let mut bystander = stack.ws("/ws/broken/").await;
+        let mut victim = stack.ws("/ws/broken/").await;
+        victim.send_text("abort").await.unwrap();
+
+        // Every worker that takes it dies; restarted (as a supervisor would) until the
+        // message is given up. The bystander is answered in between.
+        let mut dead = Vec::new();
+        let mut n = 0;
+        let started = std::time::Instant::now();
+        let code = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(150),
+                "the poisoned connection was not closed within 150 s"
+            );
+            if let Ok(Incoming::Close(code, _)) = victim.recv(Duration::from_millis(500)).await {
+                break code;
+            }
+            for index in 0..stack.workers.len() {
+                if !dead.contains(&index) && !stack.workers[index].is_running() {
+                    dead.push(index);
+                    stack.spawn_python_worker(&[]);
+                }
+            }
+            n += 1;
+            bystander.send_text(format!("n{n}")).await.unwrap();
+            assert_eq!(
+                bystander.recv(Duration::from_secs(30)).await.unwrap(),
+                Incoming::Text(format!("fine: n{n}")),
+                "the bystander was not answered while the poison circulated"
+            );
+        };
+        eprintln!(
+            "[test] closed after {:?}; {} Python workers died",
+            started.elapsed(),
+            dead.len()
+        );
+        assert_eq!(code, Some(1011));
+        let mut con = stack.redis_conn().unwrap();
+        let letters = xrange_all(&mut con, &deadletter_stream()).unwrap_or_default();
+        let letter = letters
+            .iter()
+            .find(|e| e.field("field:m").is_some_and(|m| m.contains("abort")))
+            .unwrap_or_else(|| panic!("no dead letter holds the poison: {letters:?}"));
+        assert_eq!(
+            letter.field("deliveries"),
+            Some((LIMIT + 1).to_string().as_str()),
+            "{letter:?}"
+        );
+        assert!(
+            letter.field("error").is_some_and(|e| e.contains("--max-deliveries")),
+            "{letter:?}"
+        );
+        bystander.close().await;
     })
     .await
 }
@@ -206,6 +275,7 @@ async fn check_prints_the_configuration_and_bad_flags_are_refused() {
 
     for (args, flag) in [
         (vec!["--concurrency", "0", APPS], "--concurrency"),
+        (vec!["--max-deliveries", "0", APPS], "--max-deliveries"),
         (vec!["--redis-url", "http://x", APPS], "--redis-url"),
         (vec!["--redis-ca-file", "/nope.pem", APPS], "--redis-ca-file"),
         (vec!["--only-channels", "a[b", APPS], "--only-channels"),

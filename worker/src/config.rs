@@ -49,6 +49,16 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWITCHYARD_CLAIM_IDLE", default_value = "60", value_parser = seconds::between(1.0, HOUR))]
     pub claim_idle: Duration,
 
+    /// Deliveries an entry may have before it is given up: one delivered more
+    /// often (each time its handler died or stalled without committing — a
+    /// consumer that aborts the process, an out-of-memory kill) is moved to the
+    /// dead-letter stream with its delivery count, and its connection is closed
+    /// with 1011 (HTTP: answered 500). Panics and errors do not count: they are
+    /// absorbed and answered the first time.
+    #[arg(long = "max-deliveries", env = "SWITCHYARD_MAX_DELIVERIES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_deliveries: u32,
+
     /// Seconds a session lives after its last use.
     #[arg(long, env = "SWITCHYARD_SESSION_TTL", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
     pub session_ttl: Duration,
@@ -168,6 +178,11 @@ mod tests {
     fn refuses_bad_values_naming_the_flag() {
         let error = config(&["--concurrency", "0"]).validate().unwrap_err().to_string();
         assert!(error.contains("--concurrency"), "{error}");
+        let error = WorkerConfig::try_parse_from(["switchyard-worker", "--max-deliveries", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--max-deliveries"), "{error}");
+        assert_eq!(config(&[]).max_deliveries, 5);
         let error = config(&["--only-channels", "a[b"]).validate().unwrap_err().to_string();
         assert!(error.contains("--only-channels"), "{error}");
         let error = config(&["--redis-url", "redis://u:secret@h:1/", "--redis-ca-file", "ca.pem"])

@@ -11,11 +11,14 @@
 //!    pool's upkeep (`maintenance`, `ticks`);
 //! 3. [`config`] and [`metrics`]: the flags and what `--metrics-bind` serves;
 //! 4. [`apps`]: the built-in apps (echo, chat, rooms, the HTTP example, the
-//!    school display).
+//!    school display);
+//! 5. [`faults`]: test-only fault triggers (environment variables) that let the
+//!    reliability tests make a consumer panic, fail or abort the process.
 
 pub mod api;
 pub mod apps;
 pub mod config;
+pub mod faults;
 pub mod metrics;
 pub mod runtime;
 
@@ -23,6 +26,7 @@ pub use api::app::{Apps, ChannelApp};
 pub use api::consumer::{ConsumerResult, Message, WebSocketConsumer};
 pub use api::context::{Context, Scope};
 pub use api::http_app::{HttpApp, RequestBody, RequestInfo, WorkerRedis};
+pub use api::once::OnceScript;
 pub use api::periodic::PeriodicContext;
 pub use api::session::Session;
 pub use async_trait::async_trait;

@@ -30,6 +30,7 @@ pub struct Metrics {
     registry: Registry,
     handled: Family<Labels, Counter>,
     handling: Family<Labels, Histogram>,
+    failures: Family<Labels, Counter>,
     pub in_flight: Gauge,
     pub claimed: Counter,
     pub dead_letters: Counter,
@@ -42,6 +43,7 @@ impl Metrics {
         let handled = Family::<Labels, Counter>::default();
         let handling =
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let failures = Family::<Labels, Counter>::default();
         let in_flight = Gauge::default();
         let claimed = Counter::default();
         let dead_letters = Counter::default();
@@ -57,6 +59,11 @@ impl Metrics {
             handling.clone(),
         );
         registry.register(
+            "worker_consumer_failures",
+            "Consumer panics and errors absorbed (answered 1011 / 500 and committed), by channel and kind (panic, error)",
+            failures.clone(),
+        );
+        registry.register(
             "worker_messages_in_flight",
             "Messages being handled now",
             in_flight.clone(),
@@ -68,7 +75,7 @@ impl Metrics {
         );
         registry.register(
             "worker_dead_letters",
-            "Entries moved to the dead-letter stream",
+            "Entries moved to the dead-letter stream (undecodable, or delivered more than --max-deliveries times)",
             dead_letters.clone(),
         );
         registry.register(
@@ -80,6 +87,7 @@ impl Metrics {
             registry,
             handled,
             handling,
+            failures,
             in_flight,
             claimed,
             dead_letters,
@@ -99,6 +107,13 @@ impl Metrics {
         self.handling
             .get_or_create(&vec![("channel", channel.to_owned())])
             .observe(took.as_secs_f64());
+    }
+
+    /// Records one absorbed consumer failure (`kind`: panic or error).
+    pub fn consumer_failed(&self, channel: &str, kind: &'static str) {
+        self.failures
+            .get_or_create(&vec![("channel", channel.to_owned()), ("kind", kind.to_owned())])
+            .inc();
     }
 
     /// The registry, then the apps' ([`app_registry`]), in Prometheus text format.

@@ -94,6 +94,12 @@ impl Groups {
         }
     }
 
+    /// Rewrites every membership in Redis now (after beats were interrupted for
+    /// longer than the liveness TTL: this interface's members may have been swept).
+    pub fn refresh(&self) {
+        let _ = self.records.send(Change::Refresh);
+    }
+
     /// Every group with its local member ids.
     pub fn snapshot(&self) -> Vec<(String, Vec<u64>)> {
         self.lock()

@@ -4,12 +4,20 @@
 //! into one sorted set per group (`P:groupmembers:GROUP`, member = reply
 //! address, score = expiry in ms). Joins and leaves are written in batches;
 //! every live membership is refreshed at a third of `--group-expiry` (at most
-//! every 30 s, so records lost with a Redis restart return soon), so the
-//! members of an interface that died simply expire.
+//! every 30 s, so records lost with a Redis restart return soon).
+//!
+//! Beside them it keeps the names of the groups this interface has members in
+//! (`P:ifacegroups:{IFACE}`, `protocol/src/sweep.rs`): when this interface
+//! dies, whichever live interface or worker notices first sweeps its members
+//! from exactly those sets, within seconds; `--group-expiry` is only the
+//! backstop. At shutdown this interface removes its memberships and that set
+//! itself.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use switchyard_protocol::redis_conn::{Redis, SlotBatch};
+use switchyard_protocol::sweep;
 use switchyard_protocol::time::now_ms;
 use switchyard_protocol::{Keys, ReplyAddress};
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +31,9 @@ pub enum Change {
     /// Write what is pending and remove every membership still held, then answer:
     /// nothing of this interface may stay in the member sets after it stopped.
     Shutdown(oneshot::Sender<()>),
+    /// Rewrite every membership now: this interface could not beat for so long
+    /// that another process may have taken it for dead and swept its members.
+    Refresh,
 }
 
 /// Every group with its local member ids, as the in-memory table has them now.
@@ -60,8 +71,20 @@ pub async fn run(
                         batch.extend(conns.into_iter().map(|conn| Change::Leave(group.clone(), conn)));
                     }
                     write(&con, &keys, &interface, expiry, &mut batch).await;
+                    let mut forget = SlotBatch::new();
+                    sweep::forget_groups(&mut forget, &keys, &interface);
+                    if let Err(error) = forget.run_all(&con).await {
+                        tracing::debug!(%error, "cannot remove this interface's group set");
+                    }
                     let _ = done.send(());
                     return;
+                }
+                Some(Change::Refresh) => {
+                    tracing::info!("rewriting the group memberships after an interruption");
+                    write(&con, &keys, &interface, expiry, &mut batch).await;
+                    if let Err(error) = refresh_all(&con, &keys, &interface, expiry, &members).await {
+                        tracing::debug!(%error, "membership refresh failed");
+                    }
                 }
                 Some(change) => batch.push(change),
                 None => return,
@@ -83,6 +106,15 @@ pub async fn run(
 async fn write(con: &Redis, keys: &Keys, interface: &str, expiry: Duration, batch: &mut Vec<Change>) {
     let mut writes = SlotBatch::new();
     let until = expires_at(expiry);
+    let joined: BTreeSet<String> = batch
+        .iter()
+        .filter_map(|change| match change {
+            Change::Join(group, _) => Some(group.clone()),
+            _ => None,
+        })
+        .collect();
+    // The group set first: a member recorded without it would escape the sweep.
+    sweep::record_groups(&mut writes, keys, interface, joined.iter().map(String::as_str), expiry);
     for change in batch.drain(..) {
         match change {
             Change::Join(group, conn) => {
@@ -100,6 +132,7 @@ async fn write(con: &Redis, keys: &Keys, interface: &str, expiry: Duration, batc
             Change::Shutdown(done) => {
                 let _ = done.send(());
             }
+            Change::Refresh => {}
         }
     }
     if writes.is_empty() {
@@ -121,7 +154,15 @@ async fn refresh_all(
     let until = expires_at(expiry);
     let now = expires_at(Duration::ZERO);
     let mut writes = SlotBatch::new();
-    for (group, conns) in members() {
+    let snapshot = members();
+    sweep::replace_groups(
+        &mut writes,
+        keys,
+        interface,
+        snapshot.iter().map(|(group, _)| group.as_str()),
+        expiry,
+    );
+    for (group, conns) in snapshot {
         let key = keys.group_members(&group);
         let mut trim = redis::cmd("ZREMRANGEBYSCORE");
         trim.arg(&key).arg("-inf").arg(now);

@@ -10,6 +10,11 @@
 //! stopping): a routed channel without one makes `/readyz` say 503. Every ten
 //! beats it announces its channel shard count, so workers read every shard it
 //! appends to (again after Redis lost its data).
+//!
+//! Each beat also sweeps the group members of interfaces that died
+//! (`protocol/src/sweep.rs`; workers do the same, whoever comes first). After
+//! beats interrupted for `sweep::STALE` or longer, others may have taken this
+//! interface for dead and swept its members: it writes them again at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +22,15 @@ use std::time::Duration;
 
 use switchyard_protocol::liveness::{self, Role};
 use switchyard_protocol::redis_conn::SlotBatch;
-use switchyard_protocol::shards;
+use switchyard_protocol::{shards, sweep};
+use tokio::time::Instant;
 
 use crate::state::Shared;
 
 const EVERY: Duration = Duration::from_secs(1);
-const TTL: Duration = Duration::from_secs(10);
+const TTL: Duration = liveness::INTERFACE_TTL;
+/// Beats interrupted this long: others may have taken this interface for dead.
+const SWEPT_AFTER: Duration = sweep::STALE;
 /// Matches the workers' default `--reply-ttl`.
 const REPLY_TTL: Duration = Duration::from_secs(60);
 /// Beats between two announcements of the channel shard count.
@@ -35,9 +43,17 @@ pub async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beats: u64 = 0;
+    let mut last_ok = Instant::now();
     loop {
         ticker.tick().await;
         let ok = beat(&shared).await;
+        if ok {
+            if last_ok.elapsed() >= SWEPT_AFTER {
+                shared.groups.refresh();
+            }
+            last_ok = Instant::now();
+            sweep::sweep_logged(&shared.redis, &shared.keys).await;
+        }
         if ok && beats.is_multiple_of(ANNOUNCE_EVERY) {
             announce_shards(&shared).await;
         }

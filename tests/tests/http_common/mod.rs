@@ -130,6 +130,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGTERM and wait (up to 15 s, then SIGKILL); returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -232,6 +237,12 @@ impl Stack {
     }
 
     pub fn add_worker(&mut self, extra: &[String]) -> usize {
+        let env = self.worker_env.clone();
+        self.add_worker_with_env(extra, &env)
+    }
+
+    /// A worker with its own environment instead of the stack's.
+    pub fn add_worker_with_env(&mut self, extra: &[String], env: &[(&'static str, String)]) -> usize {
         self.next_worker += 1;
         let name = format!("worker-{}", self.next_worker);
         let mut args = vec![
@@ -241,7 +252,7 @@ impl Stack {
             name.clone(),
         ];
         args.extend_from_slice(extra);
-        let envs: Vec<(&str, &str)> = self.worker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let worker = Proc::spawn(&name, &binary("switchyard-worker"), &args, &envs, &self.dir);
         self.workers.push(worker);
         self.workers.len() - 1

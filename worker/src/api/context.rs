@@ -29,6 +29,8 @@ pub struct Scope {
 
 pub struct Context {
     scope: Scope,
+    /// The message's sequence number on its connection.
+    seq: u64,
     session_id: String,
     session: Option<Session>,
     pub(crate) actions: Vec<Action>,
@@ -38,10 +40,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(scope: Scope, redis: Redis, keys: Keys) -> Context {
+    pub(crate) fn new(scope: Scope, seq: u64, redis: Redis, keys: Keys) -> Context {
         let session_id = session::session_id(&scope.query, &scope.reply.to_string());
         Context {
             scope,
+            seq,
             session_id,
             session: None,
             actions: Vec::new(),
@@ -114,9 +117,21 @@ impl Context {
     }
 
     /// The worker's Redis connection, for apps that keep their own data there.
-    /// Writes made through it happen at once, not with the commit.
+    ///
+    /// **Writes made through it are at least once**: they happen at once, not
+    /// with the commit, and a message whose worker dies before its commit is
+    /// handled again by another worker. Make them idempotent, or run them
+    /// through an [`OnceScript`](crate::api::once::OnceScript) keyed by
+    /// [`message_id`](Context::message_id).
     pub fn redis(&self) -> Redis {
         self.redis.clone()
+    }
+
+    /// This message's id, the same on every delivery of it (the reply address
+    /// and the sequence number): the key for effects made once per message
+    /// ([`OnceScript`](crate::api::once::OnceScript)).
+    pub fn message_id(&self) -> String {
+        crate::api::once::message_id(&self.scope.reply.to_string(), self.seq)
     }
 
     /// Key names under the deployment's prefix.

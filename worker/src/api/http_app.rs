@@ -39,9 +39,24 @@ pub struct RequestInfo {
     pub reply: ReplyAddress,
     /// The client's address, as the interface saw it.
     pub client: Option<SocketAddr>,
+    /// The sequence number of the request's last chunk.
+    pub seq: u64,
+}
+
+impl RequestInfo {
+    /// This request's id, the same on every delivery of it: the key for
+    /// effects made once per request ([`OnceScript`](crate::api::once::OnceScript)).
+    pub fn message_id(&self) -> String {
+        crate::api::once::message_id(&self.reply.to_string(), self.seq)
+    }
 }
 
 /// The worker's Redis connection and key names; in every request's extensions.
+///
+/// **Writes made through it are at least once**: a request whose worker dies
+/// before the commit is run again by another worker. Make them idempotent,
+/// or run them through an [`OnceScript`](crate::api::once::OnceScript) keyed
+/// by [`RequestInfo::message_id`].
 #[derive(Clone)]
 pub struct WorkerRedis {
     pub redis: Redis,

@@ -4,7 +4,8 @@
 //! through a [`context::Context`] (replies, group changes, group sends and
 //! [`session::Session`] writes, all committed together); an HTTP app is any
 //! `tower::Service` ([`http_app`]); periodic tasks get a
-//! [`periodic::PeriodicContext`]. [`app::Apps`] registers them per channel.
+//! [`periodic::PeriodicContext`]. Writes an app makes to Redis itself are at
+//! least once; [`once`] makes one exactly once per message. [`app::Apps`] registers them per channel.
 //! Nothing here talks to Redis on its own: the runtime (`crate::runtime`)
 //! reads messages, calls these and commits what they collected.
 
@@ -12,5 +13,6 @@ pub mod app;
 pub mod consumer;
 pub mod context;
 pub mod http_app;
+pub mod once;
 pub mod periodic;
 pub mod session;

@@ -23,6 +23,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::api::app::Apps;
+use crate::faults;
 
 pub const CHANNEL: &str = "http.example";
 const MAX_STREAM: u64 = 256 << 20;
@@ -55,6 +56,9 @@ async fn hello(Query(query): Query<Hello>) -> Json<serde_json::Value> {
 }
 
 async fn echo(headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(error) = faults::trip(&body) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, error).into_response();
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .cloned()

@@ -591,6 +591,27 @@ pub async fn dead_letter(
     consumer: &str,
     error: &str,
 ) -> RedisResult<()> {
+    dead_letter_record(con, keys, stream, entry, consumer, error, &[]).await?;
+    redis::cmd("XACK")
+        .arg(stream)
+        .arg(WORKER_GROUP)
+        .arg(&entry.id)
+        .query_async(con)
+        .await
+}
+
+/// Appends an entry to the dead-letter stream (capped at ~100,000) with why,
+/// who gave up on it, `extra` fields (the delivery count of a poison
+/// message) and its own fields as `field:<name>`; does not acknowledge it.
+pub async fn dead_letter_record(
+    con: &mut Redis,
+    keys: &Keys,
+    stream: &str,
+    entry: &StreamEntry,
+    consumer: &str,
+    error: &str,
+    extra: &[(&str, String)],
+) -> RedisResult<()> {
     let mut add = redis::cmd("XADD");
     add.arg(keys.dead_letter())
         .arg("MAXLEN")
@@ -605,18 +626,15 @@ pub async fn dead_letter(
         .arg(error)
         .arg("consumer")
         .arg(consumer);
+    for (name, value) in extra {
+        add.arg(*name).arg(value);
+    }
     for (name, value) in &entry.fields {
         let mut field = b"field:".to_vec();
         field.extend_from_slice(name);
         add.arg(field).arg(value);
     }
-    add.query_async::<()>(con).await?;
-    redis::cmd("XACK")
-        .arg(stream)
-        .arg(WORKER_GROUP)
-        .arg(&entry.id)
-        .query_async(con)
-        .await
+    add.query_async::<()>(con).await
 }
 
 #[cfg(test)]

@@ -3,17 +3,26 @@
 //! Garbage (undecodable entries, unknown versions, bad reply addresses) goes to
 //! the dead-letter stream with a log line; the worker carries on. A Redis
 //! error while handling or committing is retried with backoff — the consumer
-//! runs again from scratch, which is safe because nothing was committed. An
-//! application error closes the connection with 1011 (HTTP: answers 500).
+//! runs again from scratch, which is safe because nothing was committed. A
+//! consumer's panic or error is absorbed ([`absorb`]): the connection is
+//! closed with 1011 (HTTP: answered 500) through the normal commit.
 //! An event of the wrong kind for the channel (an `http.request` on a
 //! WebSocket channel, say) is a routing mistake and is dead-lettered.
+//!
+//! The delivery limit: an entry handed out before (re-read from this worker's
+//! pending list, or claimed from a dead or stuck one) has its delivery count
+//! read first. Past `--max-deliveries` every earlier handling died or stalled
+//! without a commit — a consumer that aborts the process, say, which no
+//! `catch_unwind` can absorb — so it is not run again: it is dead-lettered
+//! with its count, and its connection gets the same 1011 / 500 through the
+//! normal commit (whose `done` releases the connection's next message).
 //!
 //! Each message is handled inside a `message{channel, conn, seq, event}` span,
 //! so every log line names the connection (or request) it is about.
 
 use switchyard_protocol::redis_conn::Backoff;
-use switchyard_protocol::stream::StreamEntry;
-use switchyard_protocol::{decode, encode, ChannelMessage, Event, Reply, ReplyAddress};
+use switchyard_protocol::stream::{self, StreamEntry};
+use switchyard_protocol::{decode, encode, ChannelMessage, Event, Reply, ReplyAddress, WORKER_GROUP};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -23,8 +32,9 @@ use crate::api::app::ChannelApp;
 use crate::api::consumer::{Message, WebSocketConsumer};
 use crate::api::context::{Context, Scope};
 use crate::api::session::SessionWrite;
+use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{self, BodyOp, Commit, Outcome};
-use crate::runtime::Worker;
+use crate::runtime::{http_request, Worker};
 
 /// Handles one entry. `redelivered`: the entry was handed out before (a
 /// worker's own pending list, or claimed from another one), so an earlier
@@ -60,9 +70,19 @@ pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, red
     );
     let started = Instant::now();
     worker.metrics.in_flight.inc();
-    let outcome = run(worker, stream, &entry, channel, app, &message, &reply, redelivered)
-        .instrument(span)
-        .await;
+    let outcome = async {
+        if redelivered {
+            let deliveries = delivery_count(worker, stream, &entry.id).await;
+            let limit = worker.config.max_deliveries;
+            if deliveries.is_some_and(|n| n > u64::from(limit)) {
+                let deliveries = deliveries.unwrap_or_default();
+                return give_up(worker, stream, &entry, app, &message, &reply, deliveries).await;
+            }
+        }
+        run(worker, stream, &entry, channel, app, &message, &reply, redelivered).await
+    }
+    .instrument(span)
+    .await;
     worker.metrics.in_flight.dec();
     worker
         .metrics
@@ -90,7 +110,7 @@ async fn run(
                 attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply, again).await
             }
             ChannelApp::Http(app) => {
-                crate::runtime::http_request::attempt(worker, stream, entry, app.as_ref(), message, reply).await
+                http_request::attempt(worker, stream, entry, channel, app.as_ref(), message, reply).await
             }
         };
         match result {
@@ -142,30 +162,59 @@ async fn attempt(
         client,
         subprotocols,
     };
-    let mut ctx = Context::new(scope, worker.redis.clone(), worker.keys.clone());
-    let result = match &message.event {
-        Event::Connect(_) => consumer.connect(&mut ctx).await,
+    let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
+    let failure = match absorb::catch(call(consumer, &mut ctx, &message.event)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => match error.downcast_ref::<redis::RedisError>() {
+            Some(redis_error) if absorb::retryable(redis_error) => return Err(redis_error.clone()),
+            _ => Some((Failure::Error, format!("{error:#}"))),
+        },
+        Err(panic) => Some((Failure::Panic, panic)),
+    };
+    if let Some((failure, error)) = failure {
+        let answer = "closing the connection with 1011";
+        absorb::report(worker, channel, &entry.id, &message.reply, failure, &error, answer);
+        // Nothing the failed run collected is kept (its session writes either).
+        ctx = Context::new(
+            ctx.scope().clone(),
+            message.seq,
+            worker.redis.clone(),
+            worker.keys.clone(),
+        );
+        ctx.close(close::INTERNAL_ERROR);
+    }
+    finish(worker, stream, entry, message, reply, ctx, again).await
+}
+
+/// Runs the consumer's method for the event.
+async fn call(consumer: &dyn WebSocketConsumer, ctx: &mut Context, event: &Event) -> anyhow::Result<()> {
+    match event {
+        Event::Connect(_) => consumer.connect(ctx).await,
         Event::Receive(payload) => {
             let message = match (&payload.text, &payload.bytes) {
                 (Some(text), _) => Message::Text(text.clone()),
                 (None, Some(bytes)) => Message::Binary(bytes.to_vec()),
                 (None, None) => Message::Text(String::new()),
             };
-            consumer.receive(&mut ctx, message).await
+            consumer.receive(ctx, message).await
         }
-        Event::Disconnect { code } => consumer.disconnect(&mut ctx, *code).await,
-        Event::Drain => consumer.drain(&mut ctx).await,
+        Event::Disconnect { code } => consumer.disconnect(ctx, *code).await,
+        Event::Drain => consumer.drain(ctx).await,
         // `handle` sends HTTP events to the HTTP handler.
         Event::HttpRequest(_) | Event::HttpDisconnect => Ok(()),
-    };
-    if let Err(error) = result {
-        if let Some(redis_error) = error.downcast_ref::<redis::RedisError>() {
-            return Err(redis_error.clone());
-        }
-        tracing::error!(error = %format!("{error:#}"), channel, event = message.event.type_name(), reply = %message.reply, "consumer failed; closing the connection with 1011");
-        ctx = Context::new(ctx.scope().clone(), worker.redis.clone(), worker.keys.clone());
-        ctx.close(close::INTERNAL_ERROR);
     }
+}
+
+/// Commits what a WebSocket message's context collected.
+async fn finish(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+    mut ctx: Context,
+    again: bool,
+) -> redis::RedisResult<Outcome> {
     let disconnect = matches!(message.event, Event::Disconnect { .. });
     let actions = std::mem::take(&mut ctx.actions);
     // A message handled again checks the session's outbox even if this run
@@ -186,6 +235,88 @@ async fn attempt(
         group_sends: std::mem::take(&mut ctx.group_sends),
     };
     worker.committer.commit(commit).await
+}
+
+/// The entry's delivery count, asking until Redis answers; `None` when it is
+/// no longer pending (another worker finished it meanwhile).
+async fn delivery_count(worker: &Worker, stream: &str, id: &str) -> Option<u64> {
+    let mut backoff = Backoff::default();
+    loop {
+        let mut con = worker.redis.clone();
+        match stream::delivery_count(&mut con, stream, WORKER_GROUP, id).await {
+            Ok(count) => return count,
+            Err(error) => {
+                worker.metrics.redis_errors.inc();
+                tracing::warn!(%error, entry = id, "cannot read the delivery count; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Gives up an entry delivered too often: dead-letters it with its count,
+/// then commits 1011 (HTTP: 500) for its connection without running the
+/// consumer. Two steps in different slots: a worker that dies between them
+/// leaves the entry pending, and the next one dead-letters it again.
+#[allow(clippy::too_many_arguments)]
+async fn give_up(
+    worker: &Worker,
+    stream: &str,
+    entry: &StreamEntry,
+    app: &ChannelApp,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+    deliveries: u64,
+) -> &'static str {
+    let limit = worker.config.max_deliveries;
+    let error = format!(
+        "delivered {deliveries} times, more than --max-deliveries {limit}: every handling ended without a commit (the worker died or stalled)"
+    );
+    worker.metrics.dead_letters.inc();
+    tracing::error!(entry = %entry.id, stream, deliveries, "poison message: moved to the dead-letter stream; closing its connection");
+    let mut backoff = Backoff::default();
+    let extra = [("deliveries", deliveries.to_string())];
+    loop {
+        let mut con = worker.redis.clone();
+        match commit::dead_letter_record(&mut con, &worker.keys, stream, entry, &worker.member, &error, &extra).await {
+            Ok(()) => break,
+            Err(redis_error) => {
+                worker.metrics.redis_errors.inc();
+                tracing::warn!(%redis_error, "dead-lettering failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+    loop {
+        let attempt = match app {
+            ChannelApp::WebSocket(_) => {
+                let scope = Scope {
+                    channel: String::new(),
+                    reply: reply.clone(),
+                    path: message.path.clone(),
+                    query: message.query.clone(),
+                    headers: Vec::new(),
+                    client: String::new(),
+                    subprotocols: Vec::new(),
+                };
+                let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
+                ctx.close(close::INTERNAL_ERROR);
+                finish(worker, stream, entry, message, reply, ctx, true).await
+            }
+            ChannelApp::Http(_) => {
+                let commit = http_request::internal_error(stream, entry, message, reply);
+                worker.committer.commit(commit).await
+            }
+        };
+        match attempt {
+            Ok(_) => return "dead_lettered",
+            Err(error) => {
+                worker.metrics.redis_errors.inc();
+                tracing::warn!(%error, entry = %entry.id, "Redis error while giving up a message; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
 }
 
 /// Dead-letters an entry, retrying until Redis takes it.

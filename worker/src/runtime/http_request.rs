@@ -9,6 +9,9 @@
 //! the last one in the commit with `done`, which also drops the stored body.
 //! A worker therefore never holds more than one piece of a response, and
 //! collecting the body costs one extra read only for bodies over 64 KiB.
+//!
+//! The service, and its response body, run under `catch_unwind`
+//! ([`absorb`]): a panic (or an error the service returns) is answered 500.
 
 use std::net::SocketAddr;
 
@@ -20,6 +23,8 @@ use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, Reply, ReplyAddress};
 
 use crate::api::http_app::{BoxResponse, HttpApp, RequestBody, RequestInfo, WorkerRedis};
+use crate::faults;
+use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{BodyOp, Commit, Outcome, StreamPiece};
 use crate::runtime::Worker;
 
@@ -31,21 +36,13 @@ pub(crate) async fn attempt(
     worker: &Worker,
     stream: &str,
     entry: &StreamEntry,
+    channel: &str,
     app: &dyn HttpApp,
     message: &ChannelMessage,
     reply: &ReplyAddress,
 ) -> redis::RedisResult<Outcome> {
-    let commit = |reply_bytes: Option<Vec<u8>>, forget: bool, body: BodyOp| Commit {
-        stream: stream.to_owned(),
-        entry_id: entry.id.clone(),
-        interface: reply.interface.clone(),
-        conn: reply.conn,
-        seq: message.seq,
-        reply: reply_bytes,
-        forget,
-        body,
-        session: None,
-        group_sends: Vec::new(),
+    let commit = |reply_bytes: Option<Vec<u8>>, forget: bool, body: BodyOp| {
+        http_commit(stream, entry, message, reply, reply_bytes, forget, body)
     };
     let Event::HttpRequest(request) = &message.event else {
         return worker.committer.commit(commit(None, true, BodyOp::Delete)).await;
@@ -68,24 +65,88 @@ pub(crate) async fn attempt(
         Bytes::from(request.body.to_vec())
     };
     let response = match build_request(worker, message, request, reply, body) {
-        Ok(request) => match app.call(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::error!(error = %error, "HTTP consumer failed; answering 500");
-                plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
-            }
-        },
+        Ok(request) => {
+            let failure = match absorb::catch(app.call(request)).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(error)) => Err((Failure::Error, error.to_string())),
+                Err(panic) => Err((Failure::Panic, panic)),
+            };
+            failure.unwrap_or_else(|(failure, error)| {
+                absorb::report(
+                    worker,
+                    channel,
+                    &entry.id,
+                    &message.reply,
+                    failure,
+                    &error,
+                    "answering 500",
+                );
+                internal_error_response()
+            })
+        }
         Err(error) => {
             tracing::info!(%error, "request cannot be rebuilt; answering 400");
             plain(StatusCode::BAD_REQUEST, "bad request\n")
         }
     };
-    let Some(actions) = stream_response(worker, stream, entry, reply, response).await? else {
+    let streamed = stream_response(worker, stream, entry, channel, reply, response).await?;
+    let Some(actions) = streamed else {
         return Ok(Outcome::NotOwned);
     };
+    faults::before_http_commit(&request.method, &message.path);
     let last = encode(&Reply::new(reply.conn, Some(message.seq), actions));
     let body_op = if message.seq > 1 { BodyOp::Delete } else { BodyOp::Keep };
     worker.committer.commit(commit(Some(last), true, body_op)).await
+}
+
+/// What the commit of an HTTP event carries.
+fn http_commit(
+    stream: &str,
+    entry: &StreamEntry,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+    reply_bytes: Option<Vec<u8>>,
+    forget: bool,
+    body: BodyOp,
+) -> Commit {
+    Commit {
+        stream: stream.to_owned(),
+        entry_id: entry.id.clone(),
+        interface: reply.interface.clone(),
+        conn: reply.conn,
+        seq: message.seq,
+        reply: reply_bytes,
+        forget,
+        body,
+        session: None,
+        group_sends: Vec::new(),
+    }
+}
+
+/// The commit that ends a request with 500 without running the app (a
+/// message given up after too many deliveries); an `http.disconnect` just
+/// ends it.
+pub(crate) fn internal_error(
+    stream: &str,
+    entry: &StreamEntry,
+    message: &ChannelMessage,
+    reply: &ReplyAddress,
+) -> Commit {
+    let answer = matches!(message.event, Event::HttpRequest(_)).then(|| {
+        let response = internal_error_response();
+        let actions = vec![
+            start_of(&response),
+            body_action(Bytes::from_static(INTERNAL_ERROR), false),
+        ];
+        encode(&Reply::new(reply.conn, Some(message.seq), actions))
+    });
+    http_commit(stream, entry, message, reply, answer, true, BodyOp::Delete)
+}
+
+const INTERNAL_ERROR: &[u8] = b"internal server error\n";
+
+fn internal_error_response() -> BoxResponse {
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
 }
 
 /// Sends all but the last piece of a response as early replies; returns the
@@ -94,6 +155,7 @@ async fn stream_response(
     worker: &Worker,
     stream: &str,
     entry: &StreamEntry,
+    channel: &str,
     reply: &ReplyAddress,
     response: BoxResponse,
 ) -> redis::RedisResult<Option<Vec<Action>>> {
@@ -102,7 +164,25 @@ async fn stream_response(
     let mut pending = BytesMut::new();
     let mut streamed = false;
     let mut complete = true;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A body that panics midway fails like one that returns an error.
+        let frame = match absorb::catch(body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|error| error.to_string()),
+            Err(panic) => {
+                let conn = reply.to_string();
+                absorb::report(
+                    worker,
+                    channel,
+                    &entry.id,
+                    &conn,
+                    Failure::Panic,
+                    &panic,
+                    "ending the response",
+                );
+                Err(panic)
+            }
+        };
         let data = match frame {
             Ok(frame) => match frame.into_data() {
                 Ok(data) => data,
@@ -173,6 +253,7 @@ fn build_request(
         .extension(RequestInfo {
             reply: reply.clone(),
             client,
+            seq: message.seq,
         })
         .extension(WorkerRedis {
             redis: worker.redis.clone(),

@@ -34,7 +34,7 @@ use switchyard_protocol::redis_conn::Backoff;
 use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
 use switchyard_protocol::WORKER_GROUP;
 
-use crate::runtime::dispatch;
+use crate::runtime::{dispatch, redelivery};
 use crate::runtime::{Worker, READ_BLOCK};
 
 const MAX_READ: usize = 256;
@@ -210,6 +210,10 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
             advance_history(&streams, &mut positions, &batches);
             let mut first = Some(first);
             for batch in batches {
+                // Re-read from our own pending list: handled together, the
+                // one that may have killed our previous life isolated.
+                let mut again = Vec::new();
+                let redelivered = redelivered.contains(&batch.stream);
                 for entry in batch.entries {
                     let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
                         continue;
@@ -221,13 +225,19 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                             Err(_) => return,
                         },
                     };
+                    if redelivered {
+                        again.push((entry, (held, permit)));
+                        continue;
+                    }
                     let worker = worker.clone();
                     let stream = batch.stream.clone();
-                    let redelivered = redelivered.contains(&batch.stream);
                     tokio::spawn(async move {
-                        dispatch::handle_entry(&worker, &stream, entry, redelivered).await;
+                        dispatch::handle_entry(&worker, &stream, entry, false).await;
                         drop((held, permit));
                     });
+                }
+                if !again.is_empty() {
+                    tokio::spawn(redelivery::run(worker.clone(), batch.stream.clone(), again));
                 }
             }
         }

@@ -6,7 +6,9 @@
 //! - looks at the pending entries of its channels: entries owned by a
 //!   consumer whose liveness key is gone are claimed and handled here —
 //!   so a `kill -9`ed worker's messages move on within a few seconds,
-//! - trims entries that are delivered and acknowledged.
+//! - trims entries that are delivered and acknowledged,
+//! - sweeps the group members of interfaces that died
+//!   (`protocol/src/sweep.rs`; live interfaces do the same, whoever is first).
 //!
 //! Every ten seconds, as a backstop, `XAUTOCLAIM` takes over entries idle for
 //! longer than `--claim-idle` whoever owns them, and consumers that are dead
@@ -19,9 +21,9 @@ use redis::Value;
 use switchyard_protocol::liveness::{self, Role};
 use switchyard_protocol::redis_conn::SlotBatch;
 use switchyard_protocol::stream::{parse_autoclaim_reply, parse_entries, trim_acked, StreamEntry};
-use switchyard_protocol::{xinfo, WORKER_GROUP};
+use switchyard_protocol::{sweep, xinfo, WORKER_GROUP};
 
-use crate::runtime::dispatch;
+use crate::runtime::redelivery;
 use crate::runtime::Worker;
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -43,6 +45,7 @@ pub async fn run(worker: Arc<Worker>) {
         if let Err(error) = worker.refresh_shards().await {
             tracing::debug!(%error, "cannot read the announced channel shards");
         }
+        sweep::sweep_logged(&worker.redis, &worker.keys).await;
         for stream in worker.streams() {
             if let Err(error) = take_over_dead(&worker, &stream).await {
                 tracing::debug!(%error, stream, "claim pass failed");
@@ -244,17 +247,15 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
     Ok(())
 }
 
-/// Handles claimed entries with the usual permits, without waiting for them.
+/// Handles claimed entries with the usual permits, without waiting for them
+/// (the one that may have killed their last handler isolated: `redelivery`).
 async fn handle_claimed(worker: &Arc<Worker>, stream: &str, entries: Vec<StreamEntry>) {
+    let mut items = Vec::with_capacity(entries.len());
     for entry in entries {
         let Ok(permit) = worker.permits.clone().acquire_owned().await else {
             return;
         };
-        let worker = worker.clone();
-        let stream = stream.to_owned();
-        tokio::spawn(async move {
-            dispatch::handle_entry(&worker, &stream, entry, true).await;
-            drop(permit);
-        });
+        items.push((entry, permit));
     }
+    tokio::spawn(redelivery::run(worker.clone(), stream.to_owned(), items));
 }

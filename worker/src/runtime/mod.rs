@@ -14,13 +14,17 @@
 //! message in hand (commit, ack), leave the group, delete the liveness key —
 //! the interfaces and their sockets never notice.
 
+mod absorb;
 pub(crate) mod commit;
 mod dispatch;
 mod http_request;
 mod intake;
 mod maintenance;
+mod redelivery;
 mod state;
 mod ticks;
+
+pub use absorb::install_panic_hook;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -34,7 +34,7 @@ use super::metrics::METRICS;
 use super::model::{self, CreateError, DisplayKeys};
 use super::rollout::{self, Config, Rollout, Switched};
 use super::socket::{close_sockets, CLOSE_SCREEN_BOUND};
-use crate::api::http_app::WorkerRedis;
+use crate::api::http_app::{RequestInfo, WorkerRedis};
 
 pub fn router() -> Router {
     Router::new()
@@ -285,7 +285,12 @@ async fn get_schedule(Extension(mut r): Extension<WorkerRedis>, Path(school): Pa
     }
 }
 
-async fn put_schedule(Extension(mut r): Extension<WorkerRedis>, Path(school): Path<String>, body: Bytes) -> Response {
+async fn put_schedule(
+    Extension(mut r): Extension<WorkerRedis>,
+    Extension(info): Extension<RequestInfo>,
+    Path(school): Path<String>,
+    body: Bytes,
+) -> Response {
     let schedule = match serde_json::from_slice::<Value>(&body) {
         Ok(schedule @ Value::Object(_)) => schedule,
         Ok(_) => return detail(StatusCode::BAD_REQUEST, "the schedule must be a JSON object"),
@@ -295,11 +300,12 @@ async fn put_schedule(Extension(mut r): Extension<WorkerRedis>, Path(school): Pa
         return detail(StatusCode::NOT_FOUND, "unknown_school");
     }
     let dk = DisplayKeys::new(&r.keys);
-    let revision = match model::put_schedule(&mut r.redis, &dk, &school, &schedule.to_string()).await {
-        Ok(Some(revision)) => revision,
-        Ok(None) => return detail(StatusCode::NOT_FOUND, "unknown_school"),
-        Err(error) => return redis_down(error),
-    };
+    let revision =
+        match model::put_schedule(&mut r.redis, &dk, &school, &schedule.to_string(), &info.message_id()).await {
+            Ok(Some(revision)) => revision,
+            Ok(None) => return detail(StatusCode::NOT_FOUND, "unknown_school"),
+            Err(error) => return redis_down(error),
+        };
     tracing::info!(%school, revision, "schedule_revision bumped");
     // Stored first, then one publish; a screen that misses it catches up by polling.
     let invalidate = json!({"type": "invalidate", "revision": revision});

@@ -22,6 +22,7 @@
 use redis::aio::ConnectionLike;
 use std::sync::LazyLock;
 
+use crate::api::once::OnceScript;
 use redis::{RedisResult, Script, Value};
 use switchyard_protocol::Keys;
 
@@ -303,9 +304,12 @@ pub async fn socket_closed<C: ConnectionLike>(
 }
 
 /// Replaces a school's schedule and bumps its revision; `None` if the school
-/// does not exist.
-static PUT_SCHEDULE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// does not exist. Once per request (`message`: its
+/// [`RequestInfo::message_id`](crate::RequestInfo::message_id)): a request
+/// handled again after its worker died answers the revision of the first run
+/// instead of bumping it a second time.
+static PUT_SCHEDULE: LazyLock<OnceScript> = LazyLock::new(|| {
+    OnceScript::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'schedule', ARGV[1])
@@ -319,11 +323,10 @@ pub async fn put_schedule<C: ConnectionLike>(
     dk: &DisplayKeys,
     school: &str,
     schedule: &str,
+    message: &str,
 ) -> RedisResult<Option<u64>> {
     let revision: i64 = PUT_SCHEDULE
-        .key(dk.school(school))
-        .arg(schedule)
-        .invoke_async(con)
+        .invoke(con, &[dk.school(school)], &[&schedule], message)
         .await?;
     Ok(u64::try_from(revision).ok())
 }

@@ -14,5 +14,6 @@ pub mod groups;
 pub mod membership;
 pub mod outbound;
 pub mod presence;
+pub mod recovery;
 pub mod registry;
 pub mod replies;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload, WebSocketWrite};
+use switchyard_protocol::groups::Position;
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
@@ -325,8 +326,9 @@ impl Connection {
                     };
                     self.close(code, &reason).await;
                 }
-                Action::GroupAdd { group } => {
-                    self.shared.groups.add(&group, self.opened.id);
+                Action::GroupAdd { group, since, epoch } => {
+                    let since = since.map(|seq| Position::new(epoch.unwrap_or_default(), seq));
+                    self.shared.groups.add(&group, self.opened.id, since);
                     self.groups.insert(group);
                 }
                 Action::GroupDiscard { group } => {

@@ -107,6 +107,8 @@ async fn a_join_since_gets_the_history_after_it_then_live_once_in_order() {
         let up_to_date = joined(&cluster, 1, "lobby", json!({"since": 5, "epoch": epoch})).await;
         wait_up_to("history after a join since", &[&since_two, &from_start], 5).await;
         first.send(say("lobby", "m6"));
+        wait_up_to("m6", &[&since_two], 6).await;
+        // From another member, once m6 is out: the two says are numbered in this order.
         since_two.send(say("lobby", "m7"));
         let all = [&first, &since_two, &from_start, &up_to_date];
         wait_up_to("live after the joins", &all, 7).await;

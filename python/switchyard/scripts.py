@@ -26,6 +26,7 @@ NAMES = (
     "commit_groups.lua",
     "commit_reply.lua",
     "commit_session.lua",
+    "group_history.lua",
     "group_send.lua",
     "stream_owner.lua",
 )

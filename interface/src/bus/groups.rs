@@ -230,6 +230,10 @@ async fn subscriber(
         let Some(current) = groups.upgrade().map(|g| g.names()) else {
             return;
         };
+        recoverer.retain(&current);
+        for group in &current {
+            recoverer.subscribing(group).await;
+        }
         let mut resubscribed = true;
         for group in &current {
             resubscribed &= subscriptions.subscribe(&keys.group_channel(group)).await.is_ok();
@@ -241,7 +245,6 @@ async fn subscriber(
         backoff.reset();
         // Subscribed again: what was published meanwhile comes from the history,
         // before anything newer (which waits in the subscription meanwhile).
-        recoverer.retain(&current);
         if !first {
             let Some(table) = groups.upgrade() else {
                 return;
@@ -268,9 +271,16 @@ async fn subscriber(
                 command = commands.recv() => {
                     let result = match command {
                         Some(Command::Subscribe(group)) => {
+                            // Where the group stands is read first, and what was
+                            // published before the subscription took effect is read
+                            // from the history right after: nothing falls in between.
+                            recoverer.subscribing(&group).await;
                             let result = subscriptions.subscribe(&keys.group_channel(&group)).await;
                             if result.is_ok() {
-                                recoverer.subscribed(&group).await;
+                                let Some(table) = groups.upgrade() else {
+                                    return;
+                                };
+                                recoverer.subscribed(&*table, &group).await;
                             }
                             result
                         }

@@ -132,9 +132,11 @@ impl Recoverer {
         }
     }
 
-    /// The group is subscribed now: learn where its numbering stands, so that
-    /// what is missed from here on can be recovered.
-    pub async fn subscribed(&mut self, group: &str) {
+    /// The group is about to be subscribed: learn where its numbering stands
+    /// (unless known), so that what is missed from here on can be recovered.
+    /// Read before the subscription, never after: a broadcast published in
+    /// between would otherwise count as delivered.
+    pub async fn subscribing(&mut self, group: &str) {
         if self.positions.contains_key(group) {
             return;
         }
@@ -145,6 +147,14 @@ impl Recoverer {
             Err(error) => {
                 tracing::warn!(%group, %error, "cannot read the group's position; its next broadcast sets it")
             }
+        }
+    }
+
+    /// The group's subscription took effect: what was published since its
+    /// position was read (before subscribing) comes from the history.
+    pub async fn subscribed(&mut self, groups: &impl Members, group: &str) {
+        if self.positions.contains_key(group) {
+            self.catch_up(groups, group).await;
         }
     }
 
@@ -215,11 +225,6 @@ impl Recoverer {
     /// published while they were down, from its history.
     pub async fn catch_up_all(&mut self, groups: &impl Members) {
         let wanted: Vec<(String, Position)> = self.positions.iter().map(|(g, p)| (g.clone(), p.clone())).collect();
-        let unknown: Vec<String> = groups
-            .names()
-            .into_iter()
-            .filter(|g| !self.positions.contains_key(g))
-            .collect();
         let this = &*self;
         let reads: Vec<(String, Result<Owed, redis::RedisError>)> = futures::stream::iter(wanted)
             .map(|(group, last)| async move {
@@ -232,9 +237,6 @@ impl Recoverer {
         let mut recovered = 0;
         for (group, owed) in reads {
             recovered += self.caught_up(groups, &group, owed).unwrap_or(0);
-        }
-        for group in unknown {
-            self.subscribed(&group).await;
         }
         tracing::info!(recovered, "group broadcasts caught up after re-subscribing");
     }
@@ -315,7 +317,8 @@ impl Recoverer {
                 let owed = self.owed(group, last).await;
                 let _ = self.caught_up(groups, group, owed);
             }
-            None => self.subscribed(group).await,
+            // Unknown (its first read failed): from now on, at least.
+            None => self.subscribing(group).await,
         }
     }
 

@@ -6,13 +6,16 @@
 //! and must not pull in a flag parser or a log subscriber.
 //!
 //! - [`redis`]: `--redis-url` and its TLS and replica flags,
+//! - [`history`]: `--group-history` and `--group-history-ttl` for group senders,
 //! - [`logging`]: `--log-format` and the subscriber,
 //! - [`seconds`]: duration flags in seconds, with their ranges,
 //! - [`signals`]: SIGTERM/SIGINT as a future for `run(…, shutdown)`.
 
+pub mod history;
 pub mod logging;
 pub mod redis;
 pub mod seconds;
 pub mod signals;
 
+pub use history::HistoryArgs;
 pub use redis::{RedisArgs, TlsArgs};

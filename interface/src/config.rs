@@ -93,7 +93,8 @@ pub struct Config {
     pub config: Option<PathBuf>,
 
     /// Static files `URL_PREFIX=DIR`, repeatable (e.g. `/static/=./static`).
-    /// Default: /test/=web/test and /display/=web/display, for those that exist.
+    /// Default: /test/=web/test, /display/=web/display and /web/=web (the
+    /// JavaScript client, /web/switchyard.js), for those that exist.
     #[arg(long = "static", env = "SWITCHYARD_STATIC", value_delimiter = ',', value_parser = parse_mount)]
     pub statics: Vec<Mount>,
 
@@ -289,13 +290,13 @@ impl Config {
         Ok((Routes::new(websocket), Routes::new(http)))
     }
 
-    /// The static mounts: --static, or /test/=web/test and /display/=web/display
-    /// for those directories that exist.
+    /// The static mounts: --static, or /test/=web/test, /display/=web/display
+    /// and /web/=web for those directories that exist.
     pub fn static_mounts(&self) -> Vec<Mount> {
         if !self.statics.is_empty() {
             return self.statics.clone();
         }
-        ["/test/=web/test", "/display/=web/display"]
+        ["/test/=web/test", "/display/=web/display", "/web/=web"]
             .iter()
             .map(|m| Mount::parse(m).expect("valid"))
             .filter(|m| m.dir.is_dir())

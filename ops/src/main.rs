@@ -10,7 +10,7 @@ mod status;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard_cli::RedisArgs;
+use switchyard_cli::{HistoryArgs, RedisArgs};
 use switchyard_protocol::groups::{self, GroupFrame};
 use switchyard_protocol::{redis_conn, Keys};
 
@@ -37,13 +37,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Sends a text frame to every member of GROUP (one publish).
+    /// Sends a text frame to every member of GROUP (one publish), keeping it in
+    /// the group's history.
     SendGroup {
         group: String,
         message: String,
-        /// MESSAGE is a JSON object: add the broadcast's sequence number as "seq".
+        /// MESSAGE is a JSON object: add the broadcast's "seq", "epoch" and "group".
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
 }
 
@@ -77,7 +80,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let keys = Keys::new(cli.prefix);
     match cli.command {
         Command::Status { json } => status::run(&mut con, &keys, json).await,
-        Command::SendGroup { group, message, json } => {
+        Command::SendGroup {
+            group,
+            message,
+            json,
+            history,
+        } => {
             let frame = if json {
                 match serde_json::from_str::<serde_json::Value>(&message) {
                     Ok(serde_json::Value::Object(_)) => GroupFrame::JsonWithSeq(message),
@@ -86,7 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 GroupFrame::Text(message)
             };
-            let seq = groups::group_send(&mut con, &keys, &group, &frame).await?;
+            let seq = groups::group_send(&mut con, &keys, history.history(), &group, &frame).await?;
             if cli.redis.wait_replicas > 0 {
                 let key = keys.group_seq(&group);
                 redis_conn::wait_for_replicas(

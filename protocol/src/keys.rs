@@ -134,6 +134,18 @@ impl Keys {
         format!("{}:groupseq:{{{}}}", self.prefix, tag(group))
     }
 
+    /// The group's epoch: names its numbering, made anew whenever the counter
+    /// starts again (docs/protocol.md, "Group history and recovery").
+    pub fn group_epoch(&self, group: &str) -> String {
+        format!("{}:groupepoch:{{{}}}", self.prefix, tag(group))
+    }
+
+    /// The group's capped history: a stream of its last broadcasts, fields `s`
+    /// (sequence number) and `m` (the msgpack published).
+    pub fn group_history(&self, group: &str) -> String {
+        format!("{}:grouphistory:{{{}}}", self.prefix, tag(group))
+    }
+
     /// The last sequence number of connection `reply` whose sends to `group`
     /// went out: makes a committed message's group sends happen once.
     pub fn group_sent(&self, group: &str, reply: &str) -> String {
@@ -290,6 +302,8 @@ mod tests {
             let slots = [
                 slot(channel.as_bytes()),
                 slot(keys.group_seq(group).as_bytes()),
+                slot(keys.group_epoch(group).as_bytes()),
+                slot(keys.group_history(group).as_bytes()),
                 slot(keys.group_members(group).as_bytes()),
                 slot(keys.group_sent(group, "if!1").as_bytes()),
             ];

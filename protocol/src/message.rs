@@ -212,9 +212,18 @@ pub enum Action {
         #[serde(default)]
         reason: String,
     },
-    /// Make the connection a member of a group.
+    /// Make the connection a member of a group. With `since`, the interface
+    /// first delivers the group's broadcasts after `since` of `epoch` from the
+    /// group's history, then the live ones (or, when the history cannot serve
+    /// that position, a `recover_failed` frame; docs/protocol.md).
     #[serde(rename = "group.add")]
-    GroupAdd { group: String },
+    GroupAdd {
+        group: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+    },
     /// Remove the connection from a group.
     #[serde(rename = "group.discard")]
     GroupDiscard { group: String },
@@ -243,6 +252,10 @@ pub struct GroupMessage {
     /// Per-group sequence number (a gap tells a client it missed something).
     #[serde(default)]
     pub seq: u64,
+    /// The group's epoch: changes whenever its numbering starts again (its
+    /// history was lost or reset). Empty from senders older than history.
+    #[serde(default)]
+    pub epoch: String,
     #[serde(flatten)]
     pub payload: Payload,
 }
@@ -259,6 +272,7 @@ impl GroupMessage {
             v: PROTOCOL_VERSION,
             group,
             seq,
+            epoch: String::new(),
             payload,
         }
     }
@@ -335,7 +349,16 @@ mod tests {
                 Action::Accept { subprotocol: None },
                 Action::Send(Payload::text("{\"count\": 1}")),
                 Action::Send(Payload::bytes(vec![1, 2, 3])),
-                Action::GroupAdd { group: "chat".into() },
+                Action::GroupAdd {
+                    group: "chat".into(),
+                    since: None,
+                    epoch: None,
+                },
+                Action::GroupAdd {
+                    group: "room:lobby".into(),
+                    since: Some(7),
+                    epoch: Some("1718000000123456".into()),
+                },
                 Action::GroupDiscard { group: "chat".into() },
                 Action::Close {
                     code: 4400,

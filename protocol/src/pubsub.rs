@@ -35,6 +35,9 @@ pub enum Delivery {
     /// The subscriptions were lost and are being restored (cluster); messages
     /// published meanwhile were missed.
     Interrupted,
+    /// The subscriptions lost since the last [`Delivery::Interrupted`] are all
+    /// back (cluster): time to read what was missed from the groups' histories.
+    Restored,
 }
 
 /// Changes the subscriptions.
@@ -59,6 +62,8 @@ pub struct ClusterMessages {
     wanted: Wanted,
     pushes: mpsc::UnboundedReceiver<PushInfo>,
     restoring: Option<JoinHandle<()>>,
+    /// Signalled by a restore that subscribed everything again.
+    restored: Arc<tokio::sync::Notify>,
     /// Set by a restore that could not subscribe again for [`GIVE_UP`]: the
     /// connection is given up and the caller starts over with a new one.
     given_up: Arc<tokio::sync::Notify>,
@@ -103,6 +108,7 @@ pub async fn connect(client: &RedisClient) -> RedisResult<(Subscriptions, Messag
             wanted,
             pushes,
             restoring: None,
+            restored: Arc::default(),
             given_up: Arc::default(),
         }),
     ))
@@ -153,6 +159,7 @@ impl ClusterMessages {
                     tracing::warn!("group subscriptions could not be restored on this connection; starting over");
                     return None;
                 }
+                () = self.restored.notified() => return Some(Delivery::Restored),
             };
             match push.kind {
                 PushKind::SMessage | PushKind::Message => {
@@ -199,6 +206,7 @@ impl ClusterMessages {
         let mut con = self.con.clone();
         let wanted = self.wanted.clone();
         let given_up = self.given_up.clone();
+        let restored = self.restored.clone();
         self.restoring = Some(tokio::spawn(async move {
             let mut backoff = Backoff::default();
             let started = tokio::time::Instant::now();
@@ -219,6 +227,7 @@ impl ClusterMessages {
                 }
             }
             tracing::info!("group subscriptions restored");
+            restored.notify_one();
         }));
     }
 }

@@ -5,14 +5,22 @@
 //! step). Every script touches the keys of one hash slot only, so each runs
 //! on a Redis Cluster as on a single Redis.
 
-/// The `group_send(seq_key, channel, publish, group, kind, data)` function.
+/// The `group_send(seq_key, channel, epoch_key, history_key, publish, group,
+/// kind, data, history, history_ttl)` function.
 pub const GROUP_SEND_FUNCTION: &str = include_str!("../lua/group_send.lua");
 
 /// A standalone group send (periodic tasks, `switchyard send-group`).
-/// KEYS: group counter, group channel. ARGV: publish command, group, kind, data.
+/// KEYS: group counter, channel, epoch, history. ARGV: publish command, group,
+/// kind, data, history length, history TTL ms.
 pub fn group_send() -> String {
-    format!("{GROUP_SEND_FUNCTION}\nreturn group_send(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])")
+    format!(
+        "{GROUP_SEND_FUNCTION}\nreturn group_send(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+    )
 }
+
+/// Where a group's numbering stands and the broadcasts after a position
+/// (interfaces: their own recovery and a connection's join "since").
+pub const GROUP_HISTORY: &str = include_str!("../lua/group_history.lua");
 
 /// Commit step 1: a message's session writes, once, with its outbox.
 pub const COMMIT_SESSION: &str = include_str!("../lua/commit_session.lua");

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__, client
 from .apps import AppsError, check_globs, load, select
+from .protocol import GroupHistory
 from .redis_conn import ConfigError, Redis, TlsFiles, redacted
 from .worker import Worker, WorkerConfig
 
@@ -98,6 +99,12 @@ def parser() -> argparse.ArgumentParser:
         help="seconds a reply stream outlives its interface (SWITCHYARD_REPLY_TTL)")
     add("--drain-timeout", type=_int_in("--drain-timeout", 0, 10**6), default=_env("SWITCHYARD_DRAIN_TIMEOUT", "20"),
         help="seconds a graceful stop waits for messages in hand (SWITCHYARD_DRAIN_TIMEOUT)")
+    add("--group-history", type=_int_in("--group-history", 0, 1_000_000), metavar="N",
+        default=_env("SWITCHYARD_GROUP_HISTORY", "100"),
+        help="broadcasts kept per group for members and interfaces that reconnect; 0: none (SWITCHYARD_GROUP_HISTORY)")
+    add("--group-history-ttl", type=_int_in("--group-history-ttl", 0, 30 * 86_400), metavar="SECONDS",
+        default=_env("SWITCHYARD_GROUP_HISTORY_TTL", "300"),
+        help="seconds a broadcast stays in its group's history; 0: no age limit (SWITCHYARD_GROUP_HISTORY_TTL)")
     add("--name", default=_env("SWITCHYARD_WORKER_NAME"), help="consumer name in the group (SWITCHYARD_WORKER_NAME)")
     add("--metrics-bind", type=_bind, default=_env("SWITCHYARD_METRICS_BIND"), metavar="HOST:PORT",
         help="serve Prometheus /metrics here (SWITCHYARD_METRICS_BIND)")
@@ -162,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         session_ttl=args.session_ttl,
         reply_ttl=args.reply_ttl,
         drain_timeout=args.drain_timeout,
+        history=GroupHistory(length=args.group_history, ttl_ms=args.group_history_ttl * 1000),
         name=args.name,
         metrics_bind=args.metrics_bind,
     )
@@ -170,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_globs("--exclude-channels", exclude)
         Redis(config.redis_url, config.tls)  # checks the URL and TLS files; connects lazily
         client.worker_settings = (config.redis_url, config.prefix, config.tls)
+        client.worker_history = config.history
         apps = load(args.apps)
     except (ConfigError, AppsError) as error:
         return fail(str(error))

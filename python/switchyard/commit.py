@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 from . import scripts
 from .keys import Keys
-from .protocol import PAYLOAD_FIELD, WORKER_GROUP, DecodeError, GroupSend, decode_outbox, encode_outbox
+from .protocol import PAYLOAD_FIELD, WORKER_GROUP, DecodeError, GroupHistory, GroupSend, decode_outbox, encode_outbox
 from .redis_conn import Redis
 
 log = logging.getLogger("switchyard.commit")
@@ -129,6 +129,7 @@ class Committer:
         reply_ttl_ms: int,
         session_ttl_ms: int,
         wait_replicas: int = 0,
+        history: GroupHistory = GroupHistory(),
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -136,6 +137,7 @@ class Committer:
         self.reply_ttl_ms = reply_ttl_ms
         self.session_ttl_ms = session_ttl_ms
         self.wait_replicas = wait_replicas
+        self.history = history
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
         self._session = scripts.Script(scripts.COMMIT_SESSION)
@@ -298,12 +300,11 @@ class Committer:
         calls = []
         for members in sends.values():
             keys: list[str] = []
-            args: list[Any] = [publish, self.session_ttl_ms]
+            args: list[Any] = [publish, self.session_ttl_ms, self.history.length, self.history.ttl_ms]
             for item, send in members:
                 commit = item.commit
                 keys += [
-                    self.keys.group_seq(send.group),
-                    self.keys.group_channel(send.group),
+                    *self.keys.group_send_keys(send.group),
                     self.keys.group_sent(send.group, commit.reply_address),
                 ]
                 args += [commit.seq, send.group, send.kind, send.data]

@@ -94,8 +94,15 @@ class AsyncWebsocketConsumer:
         """Closes the socket (before accept: refuses the handshake with 403)."""
         self.actions.append({"type": "websocket.close", "code": 1000 if code is None else code, "reason": reason or ""})
 
-    async def group_add(self, group: str) -> None:
-        self.actions.append({"type": "group.add", "group": group})
+    async def group_add(self, group: str, *, since: int | None = None, epoch: str | None = None) -> None:
+        """Joins ``group``. With ``since`` (and the ``epoch`` it belongs to), the interface first
+        delivers the group's broadcasts after ``since`` from its history, then the live ones; a
+        position the history cannot serve gets ``{"type": "recover_failed", …}`` instead."""
+        action: dict[str, Any] = {"type": "group.add", "group": group}
+        if since is not None:
+            action["since"] = since
+            action["epoch"] = epoch or ""
+        self.actions.append(action)
 
     async def group_discard(self, group: str) -> None:
         self.actions.append({"type": "group.discard", "group": group})

@@ -97,6 +97,16 @@ class Keys:
     def group_seq(self, group: str) -> str:
         return f"{self.prefix}:groupseq:{{{tag(group)}}}"
 
+    def group_epoch(self, group: str) -> str:
+        return f"{self.prefix}:groupepoch:{{{tag(group)}}}"
+
+    def group_history(self, group: str) -> str:
+        return f"{self.prefix}:grouphistory:{{{tag(group)}}}"
+
+    def group_send_keys(self, group: str) -> list[str]:
+        """KEYS of a group send, in the order ``group_send.lua`` takes them."""
+        return [self.group_seq(group), self.group_channel(group), self.group_epoch(group), self.group_history(group)]
+
     def group_sent(self, group: str, reply: str) -> str:
         return f"{self.prefix}:groupsent:{{{tag(group)}}}:{reply}"
 

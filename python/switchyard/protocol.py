@@ -224,6 +224,17 @@ class GroupSend:
         raise TypeError(f"a group send takes str or bytes, not {type(data).__name__}")
 
 
+@dataclass(frozen=True)
+class GroupHistory:
+    """How much of each group's broadcasts a send keeps for recovery
+    (``--group-history``, ``--group-history-ttl``; docs/protocol.md, "Group history and recovery")."""
+
+    length: int = 100
+    """Most broadcasts kept per group; 0: none."""
+    ttl_ms: int = 300_000
+    """Older broadcasts are dropped, and the history expires this long after the group's last send; 0: no age limit."""
+
+
 # ----- outboxes ----------------------------------------------------------------------------
 
 

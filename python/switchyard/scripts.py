@@ -27,6 +27,7 @@ NAMES = (
     "commit_reply.lua",
     "commit_session.lua",
     "forget_interface.lua",
+    "group_history.lua",
     "group_send.lua",
     "replace_groups.lua",
     "stream_owner.lua",
@@ -57,8 +58,12 @@ def read(name: str) -> str:
 
 GROUP_SEND_FUNCTION = read("group_send.lua")
 
-GROUP_SEND = f"{GROUP_SEND_FUNCTION}\nreturn group_send(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
-"""A standalone group send. KEYS: group counter, group channel. ARGV: publish command, group, kind, data."""
+GROUP_SEND = (
+    f"{GROUP_SEND_FUNCTION}\nreturn group_send(KEYS[1], KEYS[2], KEYS[3], KEYS[4], "
+    "ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+)
+"""A standalone group send. KEYS: group counter, channel, epoch, history.
+ARGV: publish command, group, kind, data, history length, history TTL ms."""
 
 COMMIT_SESSION = read("commit_session.lua")
 """Commit step 1: a message's session writes, once, with its outbox."""

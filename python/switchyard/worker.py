@@ -47,7 +47,7 @@ from .commit import Committer
 from .handler import RETRYABLE, Backoff, handle
 from .keys import Keys
 from .metrics import Metrics, serve
-from .protocol import WORKER_GROUP
+from .protocol import WORKER_GROUP, GroupHistory
 from .redis_conn import READ_BLOCK_MS, Redis, TlsFiles
 from .streams import ensure_group, parse_autoclaim_reply, parse_entries, parse_read_reply, raw_replies, text, trim_acked
 
@@ -81,6 +81,7 @@ class WorkerConfig:
     session_ttl: int = 86_400
     reply_ttl: int = 60
     drain_timeout: int = 20
+    history: GroupHistory = field(default_factory=GroupHistory)
     name: str | None = None
     metrics_bind: tuple[str, int] | None = None
 
@@ -172,6 +173,7 @@ class Worker:
             reply_ttl_ms=config.reply_ttl * 1000,
             session_ttl_ms=config.session_ttl * 1000,
             wait_replicas=config.wait_replicas,
+            history=config.history,
         )
         self._sessions = BatchedReads(self.redis, "HGETALL")
         self.stopping = False

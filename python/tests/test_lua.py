@@ -27,4 +27,6 @@ def test_the_package_ships_its_own_copy() -> None:
 def test_composed_scripts_start_with_the_shared_function() -> None:
     assert scripts.COMMIT_GROUPS.startswith(scripts.GROUP_SEND_FUNCTION)
     assert scripts.GROUP_SEND.startswith(scripts.GROUP_SEND_FUNCTION)
-    assert scripts.GROUP_SEND.endswith("return group_send(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])")
+    assert scripts.GROUP_SEND.endswith(
+        "return group_send(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+    )

@@ -155,7 +155,13 @@ async def test_a_message_handled_twice_is_committed_once_with_its_first_outcome(
     import msgpack
 
     broadcast = msgpack.unpackb(published[0])
-    assert broadcast["group"] == "counters" and json.loads(broadcast["text"]) == {"shout": 1, "seq": 1}
+    epoch = broadcast["epoch"]
+    assert broadcast["group"] == "counters" and json.loads(broadcast["text"]) == {
+        "shout": 1,
+        "seq": 1,
+        "epoch": epoch,
+        "group": "counters",
+    }
     await pubsub.aclose()
     handled = stack.worker.metrics.handled
     assert handled[(("channel", "counter"), ("type", "websocket.receive"), ("outcome", "repeated"))] == 1
@@ -246,10 +252,14 @@ async def test_client_group_send_sync_and_async(redis_url: str) -> None:
     import msgpack
 
     decoded = [msgpack.unpackb(m) for m in got]
-    assert decoded == [
-        {"v": 1, "group": "news", "seq": first, "bytes": "\x00bin"},  # cmsgpack writes bytes as str
-        {"v": 1, "group": "news", "seq": second, "text": "text"},
+    epoch = decoded[0]["epoch"]
+    assert epoch and decoded == [
+        {"v": 1, "group": "news", "seq": first, "epoch": epoch, "bytes": "\x00bin"},  # cmsgpack writes bytes as str
+        {"v": 1, "group": "news", "seq": second, "epoch": epoch, "text": "text"},
     ]
+    # Both are kept in the group's history, in order.
+    history = await raw.xrange("switchyard:grouphistory:{news}")
+    assert [int(fields[b"s"]) for _, fields in history] == [first, second]
     await client.aclose()
     client.close()
     await pubsub.aclose()

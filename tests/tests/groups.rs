@@ -170,9 +170,11 @@ async fn broadcast_reaches_every_member_once_and_no_one_else() {
                 "alpha member {i} got a foreign broadcast: {got:?}"
             );
             let from_ops: Vec<&Value> = got.iter().filter(|v| v.get("x").is_some()).collect();
+            let epoch = from_ops.first().map(|v| v["epoch"].clone()).unwrap_or_default();
+            assert!(epoch.as_str().is_some_and(|e| !e.is_empty()), "{from_ops:?}");
             assert_eq!(
                 from_ops,
-                vec![&json!({"x": 1, "seq": ops_seq})],
+                vec![&json!({"x": 1, "seq": ops_seq, "epoch": epoch, "group": "room:alpha"})],
                 "alpha member {i}: the send-group broadcast"
             );
             assert_eq!(

@@ -27,6 +27,8 @@ async fn test_page_counts_reconnects_and_shows_heartbeats() {
             "/ws/chat/=chat".into(),
             "--static".into(),
             format!("/test/={}", root.join("web/test").display()),
+            "--static".into(),
+            format!("/web/={}", root.join("web").display()),
         ],
         worker_env: vec![("CHAT_HEARTBEAT_SECONDS", "1".into())],
         ..Options::default()

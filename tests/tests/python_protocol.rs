@@ -233,7 +233,11 @@ fn python_and_rust_send_redis_the_same_scripts_keys_and_messages() {
                 code: 4000,
                 reason: "bye".into()
             },
-            Action::GroupAdd { group: "lobby".into() },
+            Action::GroupAdd {
+                group: "lobby".into(),
+                since: None,
+                epoch: None,
+            },
             Action::GroupDiscard { group: "lobby".into() },
             Action::HttpResponseStart {
                 status: 201,

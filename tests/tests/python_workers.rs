@@ -196,14 +196,16 @@ client.close()
                 }
             }
             let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+            let epoch = json(&got[0])["epoch"].clone();
+            assert!(epoch.as_str().is_some_and(|e| !e.is_empty()), "member {i}: {got:?}");
             assert_eq!(
                 json(&got[0]),
-                serde_json::json!({"from": "sync", "seq": seqs[0]}),
+                serde_json::json!({"from": "sync", "seq": seqs[0], "epoch": epoch, "group": "chat"}),
                 "member {i}"
             );
             assert_eq!(
                 json(&got[1]),
-                serde_json::json!({"from": "async", "seq": seqs[1]}),
+                serde_json::json!({"from": "async", "seq": seqs[1], "epoch": epoch, "group": "chat"}),
                 "member {i}"
             );
             assert_eq!(got[2], "bytes:raw bytes", "member {i}");

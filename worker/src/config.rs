@@ -7,7 +7,7 @@ use clap::Parser;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use switchyard_cli::logging::LogFormat;
 use switchyard_cli::seconds::{self, HOUR, THIRTY_DAYS};
-use switchyard_cli::RedisArgs;
+use switchyard_cli::{HistoryArgs, RedisArgs};
 
 /// Switchyard worker: runs the consumers of the channels it serves, reading
 /// them from Redis streams. Stop it with SIGTERM: it finishes what it holds
@@ -17,6 +17,9 @@ use switchyard_cli::RedisArgs;
 pub struct WorkerConfig {
     #[command(flatten)]
     pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub history: HistoryArgs,
 
     /// Prefix of every Redis key (must match the interfaces').
     #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "switchyard")]

@@ -16,6 +16,7 @@ pub mod groups;
 pub mod membership;
 pub mod outbound;
 pub mod presence;
+pub mod recovery;
 pub mod registry;
 pub mod replies;
 pub mod stalls;

@@ -33,6 +33,7 @@ use switchyard_cli::seconds;
 use switchyard_protocol::close::{
     ABNORMAL, GOING_AWAY, INVALID_DATA, NORMAL, NO_STATUS, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER,
 };
+use switchyard_protocol::groups::Position;
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
 use tokio::time::{sleep_until, Instant};
 
@@ -363,8 +364,9 @@ impl Connection {
                     };
                     self.close(code, &reason).await;
                 }
-                Action::GroupAdd { group } => {
-                    self.shared.groups.add(&group, self.opened.id);
+                Action::GroupAdd { group, since, epoch } => {
+                    let since = since.map(|seq| Position::new(epoch.unwrap_or_default(), seq));
+                    self.shared.groups.add(&group, self.opened.id, since);
                     self.groups.insert(group);
                 }
                 Action::GroupDiscard { group } => {

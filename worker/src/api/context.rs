@@ -92,7 +92,26 @@ impl Context {
     }
 
     pub fn group_add(&mut self, group: impl Into<String>) {
-        self.actions.push(Action::GroupAdd { group: group.into() });
+        self.actions.push(Action::GroupAdd {
+            group: group.into(),
+            since: None,
+            epoch: None,
+        });
+    }
+
+    /// Joins a group "since" broadcast `since` of `epoch` (a client's last
+    /// position, e.g. after a reconnect): the interface first delivers the
+    /// group's broadcasts after it from the group's history, in order, then the
+    /// live ones — no gap, no duplicate. When the history cannot serve it (the
+    /// epoch changed, or it was trimmed past `since`) the connection gets a
+    /// `{"type": "recover_failed", …}` frame instead and then the live ones
+    /// (docs/protocol.md, "Group history and recovery").
+    pub fn group_add_since(&mut self, group: impl Into<String>, since: u64, epoch: impl Into<String>) {
+        self.actions.push(Action::GroupAdd {
+            group: group.into(),
+            since: Some(since),
+            epoch: Some(epoch.into()),
+        });
     }
 
     pub fn group_discard(&mut self, group: impl Into<String>) {

@@ -19,6 +19,7 @@ use futures::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
+use switchyard_protocol::groups::History;
 use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{Keys, ReplyAddress};
 use tower::{Service, ServiceExt};
@@ -61,6 +62,8 @@ impl RequestInfo {
 pub struct WorkerRedis {
     pub redis: Redis,
     pub keys: Keys,
+    /// `--group-history`: what a group send keeps (`groups::group_send`).
+    pub history: History,
 }
 
 /// What the runtime holds for an HTTP channel: a service with its types

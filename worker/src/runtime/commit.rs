@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Script, Value};
-use switchyard_protocol::groups::{publish_command, GroupFrame};
+use switchyard_protocol::groups::{publish_command, send_keys, GroupFrame, History};
 use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
 use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
@@ -131,6 +131,8 @@ pub struct Settings {
     pub member: String,
     pub reply_ttl: Duration,
     pub session_ttl: Duration,
+    /// `--group-history`: what each group send keeps.
+    pub history: History,
     /// `--redis-wait-replicas`: replicas each step waits for (0: none).
     pub wait_replicas: u32,
 }
@@ -455,13 +457,19 @@ async fn groups_step(settings: &Settings, scripts: &Scripts, items: &mut [Item])
     let publish = publish_command(settings.redis.is_cluster());
     let calls = sends.values().map(|members| {
         let mut invocation = scripts.groups.prepare_invoke();
-        invocation.arg(publish).arg(settings.session_ttl.as_millis() as u64);
+        let (history, history_ttl) = settings.history.args();
+        invocation
+            .arg(publish)
+            .arg(settings.session_ttl.as_millis() as u64)
+            .arg(history)
+            .arg(history_ttl);
         for (index, group, frame) in members {
             let commit = &items[*index].commit;
             let (kind, data) = frame.kind_and_data();
+            for key in send_keys(keys, group) {
+                invocation.key(key);
+            }
             invocation
-                .key(keys.group_seq(group))
-                .key(keys.group_channel(group))
                 .key(keys.group_sent(group, &commit.reply_address()))
                 .arg(commit.seq)
                 .arg(*group)

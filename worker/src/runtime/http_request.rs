@@ -258,6 +258,7 @@ fn build_request(
         .extension(WorkerRedis {
             redis: worker.redis.clone(),
             keys: worker.keys.clone(),
+            history: worker.config.history.history(),
         })
         .body(Full::new(body))
 }

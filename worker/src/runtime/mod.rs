@@ -89,6 +89,7 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
         member: member.clone(),
         reply_ttl: config.reply_ttl,
         session_ttl: config.session_ttl,
+        history: config.history.history(),
         wait_replicas: config.redis.wait_replicas,
     });
     let apps: HashMap<String, ChannelApp> = channels.into_iter().collect();

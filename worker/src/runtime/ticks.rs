@@ -38,6 +38,7 @@ pub async fn run(worker: Arc<Worker>, task: Periodic) {
                 let ctx = PeriodicContext {
                     redis: worker.redis.clone(),
                     keys: worker.keys.clone(),
+                    history: worker.config.history.history(),
                     tick: next_tick,
                 };
                 if let Err(error) = (task.run)(ctx).await {

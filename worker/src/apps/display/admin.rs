@@ -26,7 +26,6 @@ use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use switchyard_protocol::groups::{self, GroupFrame};
-use switchyard_protocol::redis_conn::Redis;
 
 use super::census;
 use super::errors::{detail, redis_down};
@@ -82,9 +81,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// One group send, counted and logged (`WS broadcast sent`); a failure is
 /// logged and otherwise ignored: screens that miss it catch up by polling.
-async fn broadcast(con: &mut Redis, dk: &DisplayKeys, group: &str, kind: &'static str, message: Value) {
+async fn broadcast(r: &mut WorkerRedis, dk: &DisplayKeys, group: &str, kind: &'static str, message: Value) {
     let frame = GroupFrame::Text(message.to_string());
-    match groups::group_send(con, &dk.base, group, &frame).await {
+    match groups::group_send(&mut r.redis, &dk.base, r.history, group, &frame).await {
         Ok(seq) => {
             METRICS.broadcast(kind, true);
             tracing::info!(%group, kind, seq, frame = %message, "WS broadcast sent");
@@ -106,8 +105,8 @@ async fn overview(Extension(mut r): Extension<WorkerRedis>) -> Response {
 /// Tells the screens that lose their socket: one send to every screen when
 /// the switch goes off, else one per school that left the rollout. Screens
 /// that gain one are polling and learn it at their next poll.
-async fn announce(con: &mut Redis, dk: &DisplayKeys, before: &Config, after: &Config) -> Switched {
-    let schools = match model::schools(con, dk).await {
+async fn announce(r: &mut WorkerRedis, dk: &DisplayKeys, before: &Config, after: &Config) -> Switched {
+    let schools = match model::schools(&mut r.redis, dk).await {
         Ok(schools) => schools,
         Err(error) => {
             tracing::warn!(%error, "display: cannot list schools; screens learn the change at their next poll");
@@ -117,10 +116,10 @@ async fn announce(con: &mut Redis, dk: &DisplayKeys, before: &Config, after: &Co
     let switched = rollout::switched(&schools, before, after);
     let off = json!({"type": "config", "ws_enabled": false});
     if before.ws_enabled && !after.ws_enabled {
-        broadcast(con, dk, model::ALL_GROUP, "config", off).await;
+        broadcast(r, dk, model::ALL_GROUP, "config", off).await;
     } else {
         for school in &switched.off {
-            broadcast(con, dk, &model::school_group(school), "config", off.clone()).await;
+            broadcast(r, dk, &model::school_group(school), "config", off.clone()).await;
         }
     }
     switched
@@ -153,7 +152,7 @@ async fn put_ws_enabled(Extension(mut r): Extension<WorkerRedis>, body: Bytes) -
         ws_enabled: enabled,
         ..before.clone()
     };
-    let switched = announce(&mut r.redis, &dk, &before, &after).await;
+    let switched = announce(&mut r, &dk, &before, &after).await;
     tracing::info!(
         enabled,
         switched_on = switched.on.len(),
@@ -192,7 +191,7 @@ async fn put_rollout(Extension(mut r): Extension<WorkerRedis>, body: Bytes) -> R
         rollout_stored: true,
         ..before.clone()
     };
-    let switched = announce(&mut r.redis, &dk, &before, &after).await;
+    let switched = announce(&mut r, &dk, &before, &after).await;
     tracing::info!(
         schools = ?rollout.schools,
         percent = rollout.percent,
@@ -309,14 +308,7 @@ async fn put_schedule(
     tracing::info!(%school, revision, "schedule_revision bumped");
     // Stored first, then one publish; a screen that misses it catches up by polling.
     let invalidate = json!({"type": "invalidate", "revision": revision});
-    broadcast(
-        &mut r.redis,
-        &dk,
-        &model::school_group(&school),
-        "invalidate",
-        invalidate,
-    )
-    .await;
+    broadcast(&mut r, &dk, &model::school_group(&school), "invalidate", invalidate).await;
     Json(json!({ "revision": revision })).into_response()
 }
 

@@ -1,14 +1,16 @@
 //! Chaos: echo load over two interfaces while workers are killed with `kill -9`, Redis is
 //! stopped and restarted, an interface is restarted and a consumer panics (the workers'
 //! test-only `SWITCHYARD_TEST_PANIC_ON`: echo panics on one text, sent by a client of its
-//! own, which must get close 1011 while nobody else notices); then every invariant is
+//! own, which must get close 1011 while nobody else notices) and the echo channel is stopped
+//! (every worker SIGTERMed, none for a few seconds, then new ones: the sockets stay open and
+//! what waited is answered once); then every invariant is
 //! checked and a report printed. On a Redis Cluster (`SWITCHYARD_TEST_REDIS=cluster`) the Redis fault is
 //! a failover instead: the master serving the echo stream is stopped, its replica takes
 //! over, and the old master comes back as a replica. `scripts/chaos` runs it longer (`CHAOS_SECONDS`, default here 15 so the
 //! whole test stays under ~45 s in CI). See docs/chaos.md.
 //!
 //! Settings (environment): `CHAOS_SECONDS` (how long faults keep coming; at least one round
-//! of all four is always run), `CHAOS_CLIENTS` (default 200), `CHAOS_WINDOW` (messages in
+//! of all five is always run), `CHAOS_CLIENTS` (default 200), `CHAOS_WINDOW` (messages in
 //! flight per client, default 4).
 
 use std::collections::BTreeMap;
@@ -42,6 +44,8 @@ const ECHO_STREAM_GROUP: &str = "workers";
 const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
 /// The message the echo consumer panics on (never one of the load's `c<client> <seq>`).
 const PANIC_TEXT: &str = "chaos: panic";
+/// How long the echo channel stays without a worker in the stopped-channel fault.
+const CHANNEL_STOPPED: Duration = Duration::from_secs(3);
 /// How long the panicking message's client may wait for its close 1011.
 const PANIC_ANSWER: Duration = Duration::from_secs(20);
 
@@ -127,14 +131,19 @@ enum Fault {
     /// A client of its own on interface 0 sends the text the echo consumer panics on: the
     /// panic is absorbed, that client is closed with 1011, the worker goes on.
     PanicConsumer,
+    /// Every worker SIGTERMed (they drain and exit 0); the channel has no worker for
+    /// [`CHANNEL_STOPPED`]; then as many new workers start. Sockets stay open; what was sent
+    /// meanwhile waits on the stream and is answered once.
+    StopChannel,
 }
 
 impl Fault {
-    const ROUND: [Fault; 4] = [
+    const ROUND: [Fault; 5] = [
         Fault::KillWorker,
         Fault::RestartRedis,
         Fault::RestartInterface,
         Fault::PanicConsumer,
+        Fault::StopChannel,
     ];
 
     fn name(self, redis_cluster: bool) -> &'static str {
@@ -144,6 +153,7 @@ impl Fault {
             Fault::RestartRedis => "redis restart",
             Fault::RestartInterface => "interface restart",
             Fault::PanicConsumer => "consumer panic",
+            Fault::StopChannel => "channel stopped",
         }
     }
 }
@@ -154,6 +164,7 @@ struct Faults {
     redis_restarts: u32,
     interface_restarts: u32,
     consumer_panics: u32,
+    channel_stops: u32,
     /// How the panicking message's client was answered, by close code (want only 1011).
     panic_answers: BTreeMap<String, u32>,
     /// Per fault kind: how long until every client had an answer again.
@@ -272,6 +283,31 @@ async fn chaos_under_load_keeps_every_invariant() {
                         *faults.panic_answers.entry(answer).or_default() += 1;
                         faults.consumer_panics += 1;
                     }
+                    Fault::StopChannel => {
+                        let running: Vec<usize> =
+                            (0..cluster.workers.len()).filter(|&i| cluster.workers[i].is_running()).collect();
+                        for &i in &running {
+                            cluster.workers[i].sigterm();
+                        }
+                        for &i in &running {
+                            match cluster.workers[i].wait_exit(Duration::from_secs(25)).await {
+                                Some(st) if st.success() => faults.killed.push(i),
+                                Some(st) => {
+                                    faults.killed.push(i);
+                                    failures.push(format!("worker-{i} exited with {st} after SIGTERM"));
+                                }
+                                None => {
+                                    failures.push(format!("worker-{i} still running 25 s after SIGTERM"));
+                                    break 'rounds;
+                                }
+                            }
+                        }
+                        tokio::time::sleep(CHANNEL_STOPPED).await;
+                        for _ in &running {
+                            cluster.spawn_worker();
+                        }
+                        faults.channel_stops += 1;
+                    }
                 }
                 eprintln!(
                     "[chaos] {:>5.1} s: {kind} done in {:.1} s; {} answers so far",
@@ -367,13 +403,14 @@ async fn chaos_under_load_keeps_every_invariant() {
         );
         let _ = writeln!(
             out,
-            "faults over {:.1} s: {} worker kill -9 (+ replacement), {} Redis {}, {} interface-{RESTARTED} restart, {} consumer panic",
+            "faults over {:.1} s: {} worker kill -9 (+ replacement), {} Redis {}, {} interface-{RESTARTED} restart, {} consumer panic, {} channel stopped ({CHANNEL_STOPPED:?} without a worker)",
             chaos_time.as_secs_f64(),
             faults.worker_kills,
             faults.redis_restarts,
             if cluster.redis.is_cluster() { "master failover" } else { "stop/restart" },
             faults.interface_restarts,
-            faults.consumer_panics
+            faults.consumer_panics,
+            faults.channel_stops
         );
         let _ = writeln!(
             out,

@@ -85,6 +85,7 @@ function storedSession(storage, key) {
  *
  * Events (all `CustomEvent`s, data in `detail`):
  * - `state` `{state}`: "connecting", "open", "closed" (will reconnect), "stopped" (will not);
+ * - `connecting` `{url, attempt}`: a socket is being opened to `url`;
  * - `open` `{url, attempt}`; `close` `{code, reason, reconnect, delay}`;
  * - `message` `{data, json}`: every frame that is not a tracked broadcast or notice;
  * - `broadcast` `{group, seq, epoch, data, json}`: a tracked group's broadcast, in order, once;
@@ -107,6 +108,8 @@ export class Switchyard extends EventTarget {
    * @param {number} [options.stallTimeout=60000] ms without any frame before the socket is
    *   considered stalled and reopened (0: never); any frame, a pong included, resets it
    * @param {(code:number)=>boolean} [options.reconnectOn] overrides `shouldReconnect`
+   * @param {() => object} [options.params] extra query parameters, asked for at every
+   *   (re)connect — e.g. a position for servers that take it in the URL (the display)
    * @param {string|string[]} [options.protocols] WebSocket subprotocols
    * @param {typeof WebSocket} [options.WebSocket] the constructor (for Node or tests)
    */
@@ -123,6 +126,7 @@ export class Switchyard extends EventTarget {
       pingMessage: () => JSON.stringify({ type: "ping" }),
       stallTimeout: 60000,
       reconnectOn: shouldReconnect,
+      params: null,
       protocols: undefined,
       WebSocket: globalThis.WebSocket,
       ...options,
@@ -142,11 +146,24 @@ export class Switchyard extends EventTarget {
   }
 
   /** Tracks `group`: `join(at)` builds the message that joins it — `at` is null the first
-   * time, then the last position `{epoch, seq}` — sent now if open and after every reconnect. */
-  group(name, join) {
+   * time, then the last position `{epoch, seq}` — sent now if open and after every reconnect.
+   * `join` null: the server joins the group itself (from the URL: see `params`); the client
+   * only tracks it (copies dropped, `gap`, `recover_failed`). */
+  group(name, join = null) {
     this.groups.set(name, { join, at: null });
-    if (this.state === "open") this.sendJSON(join(null));
+    if (join && this.state === "open") this.sendJSON(join(null));
     return this;
+  }
+
+  /** Moves the position of a tracked `group` to `at` ({epoch, seq}) if it is ahead of the
+   * one held: the app learned from elsewhere that it has everything up to there (a snapshot
+   * taken at that position, say). Another epoch counts as ahead. Returns whether it moved. */
+  advance(name, at) {
+    const g = this.groups.get(name);
+    if (!g || !at || typeof at.epoch !== "string" || !Number.isInteger(at.seq) || at.seq < 0) return false;
+    if (g.at && g.at.epoch === at.epoch && g.at.seq >= at.seq) return false;
+    g.at = { epoch: at.epoch, seq: at.seq };
+    return true;
   }
 
   /** Stops tracking `group` (send the app's own leave message too). */
@@ -203,9 +220,14 @@ export class Switchyard extends EventTarget {
 
   url() {
     const base = this.urls[this.urlIndex % this.urls.length];
-    if (!this.sessionId) return base;
+    const extra = this.options.params ? this.options.params() || {} : {};
+    if (!this.sessionId && Object.keys(extra).length === 0) return base;
     const u = new URL(base, globalThis.location ? globalThis.location.href : undefined);
-    u.searchParams.set("session_uuid", this.sessionId);
+    if (this.sessionId) u.searchParams.set("session_uuid", this.sessionId);
+    for (const [name, value] of Object.entries(extra)) {
+      if (value === undefined || value === null) u.searchParams.delete(name);
+      else u.searchParams.set(name, String(value));
+    }
     return u.toString();
   }
 
@@ -213,6 +235,7 @@ export class Switchyard extends EventTarget {
     const WS = this.options.WebSocket;
     const url = this.url();
     this.setState("connecting");
+    this.emit("connecting", { url, attempt: this.attempt });
     let ws;
     try {
       ws = new WS(url, this.options.protocols);
@@ -230,7 +253,7 @@ export class Switchyard extends EventTarget {
       this.startTimers();
       this.setState("open");
       this.emit("open", { url, attempt });
-      for (const g of this.groups.values()) this.sendJSON(g.join(g.at ? { ...g.at } : null));
+      for (const g of this.groups.values()) if (g.join) this.sendJSON(g.join(g.at ? { ...g.at } : null));
     };
     ws.onmessage = (event) => {
       if (this.socket !== ws) return;

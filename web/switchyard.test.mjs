@@ -105,3 +105,40 @@ test("recover_failed moves the position and tells the app; 4xxx closes stop", as
   assert.equal(closes[0].reconnect, false);
   assert.equal(sy.state, "stopped");
 });
+
+test("a group joined through the URL: params at every connect, positions advanced from elsewhere", async () => {
+  FakeSocket.all = [];
+  const sy = new Switchyard("ws://a/ws/display/?token=t", {
+    ...options,
+    session: false,
+    params: () => {
+      const at = sy.position("school:x");
+      return at ? { since: at.seq, epoch: at.epoch } : {};
+    },
+  });
+  const seen = [];
+  const connecting = [];
+  sy.addEventListener("broadcast", (e) => seen.push(e.detail.seq));
+  sy.addEventListener("connecting", (e) => connecting.push(e.detail.url));
+  sy.group("school:x");
+  assert.equal(sy.advance("school:x", { epoch: "e", seq: 4 }), true, "a snapshot's position");
+  assert.equal(sy.advance("school:x", { epoch: "e", seq: 3 }), false, "never backwards");
+  assert.equal(sy.advance("school:x", { epoch: "e", seq: "5" }), false, "a whole seq only");
+  assert.equal(sy.advance("nope", { epoch: "e", seq: 9 }), false, "tracked groups only");
+  sy.connect();
+  const first = FakeSocket.all[0];
+  assert.equal(first.url, "ws://a/ws/display/?token=t&since=4&epoch=e");
+  assert.deepEqual(connecting, [first.url]);
+  first.open();
+  assert.deepEqual(first.sent, [], "nothing to send: the server joined");
+  for (const seq of [4, 5, 6]) first.frame({ group: "school:x", seq, epoch: "e" });
+  first.drop(1006);
+  await tick();
+  const second = FakeSocket.all[1];
+  assert.equal(second.url, "ws://a/ws/display/?token=t&since=6&epoch=e", "since the last broadcast");
+  second.open();
+  second.frame({ group: "school:x", seq: 7, epoch: "e" });
+  assert.equal(sy.advance("school:x", { epoch: "f", seq: 1 }), true, "another epoch is ahead");
+  assert.deepEqual(seen, [5, 6, 7]);
+  sy.close();
+});

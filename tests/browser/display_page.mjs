@@ -3,6 +3,7 @@
 //   wait MODE REVISION TIMEOUT_MS  → waits until <body data-mode> is MODE and #revision is
 //                                    REVISION (`*`: any); {"ok", "ms", "mode", "ws", "revision",
 //                                    "title", "rows", "error"}
+//   console                        → what the page logged so far; {"ok": true, "lines": [...]}
 //   shot PATH                      → a screenshot; {"ok": true}
 //   quit
 //
@@ -17,6 +18,9 @@ if (!url || !userDataDir) {
 }
 
 const { context, page } = await openPage(userDataDir, { width: 1000, height: 700 });
+const logged = [];
+page.on("console", (message) => logged.push(message.text()));
+page.on("pageerror", (error) => logged.push(`pageerror: ${error.message}`));
 await page.goto(url);
 
 const shown = () =>
@@ -49,6 +53,8 @@ for await (const line of createInterface({ input: process.stdin })) {
       ok = false;
     }
     reply({ ok, ms: Math.round(performance.now() - started), ...(await shown()) });
+  } else if (command === "console") {
+    reply({ ok: true, lines: logged });
   } else if (command === "shot") {
     await page.screenshot({ path: args[0] });
     reply({ ok: true });

@@ -13,7 +13,7 @@ mod http_common;
 
 use std::time::{Duration, Instant};
 
-use display_common::{admin, put_schedule, set_rollout, snapshot, Browser, ADMIN};
+use display_common::{admin, lose_group_history, put_schedule, set_rollout, snapshot, Browser, ADMIN};
 use http::Method;
 use http_common::{binary, free_port, wait_for, Proc, Stack};
 use serde_json::{json, Value};
@@ -52,26 +52,33 @@ fn interface_a(stack: &Stack, port: u16) -> Proc {
     Proc::spawn("interface-a", &binary("switchyard-interface"), &args, &[], &stack.dir)
 }
 
-#[tokio::test]
-async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone() {
-    let stack = display_common::start_pages("display-browser").await;
+/// Interface A listening on a port of its own, and the page with its socket on A, its
+/// HTTP on the stack's interface and `polling` (`poll_min=…&poll_max=…`), showing
+/// revision 1 over the socket.
+async fn open_on_a(stack: &Stack, polling: &str) -> (u16, Proc, Page) {
     let port_a = free_port();
-    let mut a = interface_a(&stack, port_a);
+    let a = interface_a(stack, port_a);
     let a_listens = || async move { tokio::net::TcpStream::connect(("127.0.0.1", port_a)).await.is_ok() };
     assert!(wait_for(Duration::from_secs(10), a_listens).await.is_ok(), "A listens");
-
     let url = format!(
         "http://{b}/display/?token=demo-1&dk=browser&ws=ws://127.0.0.1:{port_a}&api=http://{b}\
-         &poll_min=0.3&poll_max=1&backoff_min=0.3&backoff_max=1",
+         &{polling}&backoff_min=0.3&backoff_max=1",
         b = stack.addr
     );
     let mut page = Page::open(&url);
-
     let shown = page.wait("ws", 1, 20_000).await;
     assert_eq!(
         shown["ok"], true,
         "the page never showed revision 1 over the socket: {shown}"
     );
+    (port_a, a, page)
+}
+
+#[tokio::test]
+async fn the_page_follows_edits_by_socket_and_by_polling_when_the_socket_is_gone() {
+    let stack = display_common::start_pages("display-browser").await;
+    let (port_a, mut a, mut page) = open_on_a(&stack, "poll_min=0.3&poll_max=1").await;
+    let shown = page.wait("ws", 1, 5_000).await;
     assert_eq!(shown["title"], "Monday", "{shown}");
     assert_eq!(shown["rows"], 4, "{shown}");
 
@@ -171,5 +178,74 @@ async fn a_stuck_screen_binds_once_unbound_and_leaves_and_rejoins_the_rollout_wi
     let shown = page.wait("ws", 2, 5_000).await;
     assert_eq!(shown["ok"], true, "the page did not bind again: {shown}");
     eprintln!("rebind after unbind: {rebind:?}, leave: {leave:?}, rejoin: {rejoin:?}");
+    page.quit().await;
+}
+
+/// The page's socket drops while an edit is broadcast; polling is slowed to 10 minutes
+/// and the page no longer compares `hello` revisions, so the edit can only come back
+/// through recovery: the page joins since its last position and gets the invalidation
+/// from the group's history. Then the group's history is lost (its keys deleted, as when
+/// Redis is flushed) while an edit is broadcast: `recover_failed`, and the page refetches.
+#[tokio::test]
+async fn a_screen_whose_socket_dropped_gets_the_edit_through_recovery_or_refetches() {
+    let stack = display_common::start_pages("display-browser-recover").await;
+    let (port_a, mut a, mut page) = open_on_a(&stack, "poll_min=600&poll_max=600").await;
+
+    let edit = |n: u64| json!({"title": format!("edit {n}"), "periods": []});
+    let logged = |page_log: &Value, needle: &str| {
+        page_log["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l.as_str().is_some_and(|l| l.contains(needle))))
+    };
+
+    // The socket drops; an edit is broadcast while it is down; it comes back through A.
+    a.stop();
+    let shown = page.wait("poll", 1, 10_000).await;
+    assert_eq!(
+        shown["ok"], true,
+        "the page did not notice the socket was gone: {shown}"
+    );
+    assert_eq!(
+        put_schedule(&stack.addr, "demo", &edit(2), Some(ADMIN)).await.status,
+        200
+    );
+    a = interface_a(&stack, port_a);
+    let shown = page.wait("ws", 2, 15_000).await;
+    assert_eq!(shown["ok"], true, "the edit did not arrive through recovery: {shown}");
+    assert_eq!(shown["title"], "edit 2", "{shown}");
+    let page_log = page.0.command("console", Duration::from_secs(10)).await;
+    assert!(
+        logged(&page_log, "[WS] invalidate received: revision 2"),
+        "the invalidation itself was recovered: {page_log}"
+    );
+    assert!(logged(&page_log, "&since="), "it joined since a position: {page_log}");
+
+    // Down again; an edit; then the group's keys are lost with it: recover_failed → refetch.
+    a.stop();
+    let shown = page.wait("poll", 2, 10_000).await;
+    assert_eq!(shown["ok"], true, "{shown}");
+    assert_eq!(
+        put_schedule(&stack.addr, "demo", &edit(3), Some(ADMIN)).await.status,
+        200
+    );
+    lose_group_history(&stack, "school:demo");
+    let _a = interface_a(&stack, port_a);
+    let shown = page.wait("ws", 3, 15_000).await;
+    assert_eq!(
+        shown["ok"], true,
+        "the page did not refetch after recover_failed: {shown}"
+    );
+    assert_eq!(shown["title"], "edit 3", "{shown}");
+    let page_log = page.0.command("console", Duration::from_secs(10)).await;
+    assert!(logged(&page_log, "[WS] recover_failed: epoch"), "{page_log}");
+    assert!(!logged(&page_log, "pageerror"), "{page_log}");
+
+    // Live again, in the new epoch.
+    assert_eq!(
+        put_schedule(&stack.addr, "demo", &edit(4), Some(ADMIN)).await.status,
+        200
+    );
+    let shown = page.wait("ws", 4, 5_000).await;
+    assert_eq!(shown["ok"], true, "no edit by socket in the new epoch: {shown}");
     page.quit().await;
 }

@@ -83,12 +83,17 @@ pub async fn start_with(name: &str, workers: usize, worker_env: Vec<(&'static st
 }
 
 /// A stack whose interface also serves the pages (`/display/` from
-/// `web/display`), one display worker, sockets on; ready and seeded.
+/// `web/display`, and `/web/` from `web`: the screen is built on
+/// `web/switchyard.js`), one display worker, sockets on; ready and seeded.
 pub async fn start_pages(name: &str) -> Stack {
     let mut interface_args = interface_args();
     interface_args.extend([
         "--static".to_owned(),
-        format!("/display/={}", repo_root().join("web/display").display()),
+        format!(
+            "/display/={},/web/={}",
+            repo_root().join("web/display").display(),
+            repo_root().join("web").display()
+        ),
     ]);
     let options = Options {
         interface_args,
@@ -238,6 +243,23 @@ pub async fn assert_untouched(client: &mut WsClient, quiet: Duration, what: &str
         Ok(Incoming::Text(text)) if text.contains("pong") => {}
         other => panic!("{what}: no pong: {other:?}"),
     }
+}
+
+/// Deletes a group's numbering and history, as when Redis loses them (flushed, or a
+/// restart without persistence): its next broadcast starts a new epoch at seq 1.
+pub fn lose_group_history(stack: &Stack, group: &str) {
+    let keys = switchyard_protocol::Keys::new(switchyard_tests::stack::PREFIX);
+    let group_keys = [
+        keys.group_seq(group),
+        keys.group_epoch(group),
+        keys.group_history(group),
+    ];
+    let mut con = stack
+        .redis
+        .conn_for_key(&group_keys[0])
+        .expect("a connection to the group's node");
+    let deleted: u64 = redis::cmd("DEL").arg(&group_keys).query(&mut con).expect("DEL");
+    assert_eq!(deleted, 3, "{group} had a numbering, an epoch and a history");
 }
 
 /// Every worker's `/metrics`, concatenated.

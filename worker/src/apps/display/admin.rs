@@ -81,8 +81,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// One group send, counted and logged (`WS broadcast sent`); a failure is
 /// logged and otherwise ignored: screens that miss it catch up by polling.
+/// A JSON broadcast: screens get it with the group's `seq`, `epoch` and
+/// `group` added, the position they join since after a reconnect.
 async fn broadcast(r: &mut WorkerRedis, dk: &DisplayKeys, group: &str, kind: &'static str, message: Value) {
-    let frame = GroupFrame::Text(message.to_string());
+    let frame = GroupFrame::JsonWithSeq(message.to_string());
     match groups::group_send(&mut r.redis, &dk.base, r.history, group, &frame).await {
         Ok(seq) => {
             METRICS.broadcast(kind, true);
@@ -306,7 +308,9 @@ async fn put_schedule(
             Err(error) => return redis_down(error),
         };
     tracing::info!(%school, revision, "schedule_revision bumped");
-    // Stored first, then one publish; a screen that misses it catches up by polling.
+    // Stored first, then one publish, kept in the group's history: a screen
+    // that was away gets it when it joins again since its last broadcast (or
+    // `recover_failed`, and refetches); a failed send is caught up by polling.
     let invalidate = json!({"type": "invalidate", "revision": revision});
     broadcast(&mut r, &dk, &model::school_group(&school), "invalidate", invalidate).await;
     Json(json!({ "revision": revision })).into_response()

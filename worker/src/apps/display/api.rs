@@ -2,9 +2,12 @@
 //! [`super::admin`], served on the same channel).
 //!
 //! - `GET snapshot/{token}/?dk=D` → `{"school", "name", "revision",
-//!   "schedule", "meta": {"ws_enabled"}}` with an ETag (`If-None-Match` →
-//!   304); the first `dk` binds the screen, another → 403 `{"detail":
-//!   "screen_bound"}`,
+//!   "schedule", "meta": {"ws_enabled", "group", "epoch", "seq"}}` with an
+//!   ETag (`If-None-Match` → 304); the first `dk` binds the screen, another →
+//!   403 `{"detail": "screen_bound"}`. `group`/`epoch`/`seq` is where the
+//!   school's group stood *before* the school was read: the snapshot holds
+//!   every edit broadcast up to there, so a socket that joins since it
+//!   (`/ws/display/?…&since=seq&epoch=epoch`) misses none after it,
 //! - `GET status/{token}/?v=N` → `{"fetch_required", "revision", "ws_enabled"}`
 //!   — the cheap call a polling screen makes; with the snapshot's ETag in
 //!   `If-None-Match` it is a bodiless 304 while nothing changed.
@@ -24,6 +27,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use switchyard_protocol::groups::{self, Position};
 
 use super::census;
 use super::errors::{detail, redis_down};
@@ -115,6 +119,14 @@ async fn snapshot(
         Ok(found) => found,
         Err(answer) => return answer,
     };
+    // Where the school's group stands, read before the school: an edit stores
+    // its revision before its broadcast, so every broadcast up to here is in
+    // what `bind` reads next (one read later than needed costs a 304).
+    let group = model::school_group(&school);
+    let position = match groups::read_history(&mut r.redis, &r.keys, &group, &Position::default(), false).await {
+        Ok(recovery) => recovery.now,
+        Err(error) => return redis_down(error),
+    };
     let (snapshot, binding) = match model::bind(&mut r.redis, &dk, &school, &token, &device, None).await {
         Ok(Bind::Ok { snapshot, binding, .. }) => (snapshot, binding),
         Ok(Bind::Mismatch { school }) => {
@@ -140,7 +152,12 @@ async fn snapshot(
         "name": snapshot.name,
         "revision": snapshot.revision,
         "schedule": schedule,
-        "meta": {"ws_enabled": ws_enabled},
+        "meta": {
+            "ws_enabled": ws_enabled,
+            "group": group,
+            "epoch": position.epoch,
+            "seq": position.seq,
+        },
     });
     (cache_headers(etag), Json(body)).into_response()
 }

@@ -1,11 +1,22 @@
-//! `display` on `/ws/display/?token=T&dk=D`: a screen's invalidation socket.
+//! `display` on `/ws/display/?token=T&dk=D[&since=S&epoch=E]`: a screen's
+//! invalidation socket.
 //!
 //! The socket carries no data, only "fetch again": on connect the screen
 //! joins `school:{id}` (and `display:all`) and gets `{"type": "hello",
-//! "revision": n}` so it can tell whether it missed an edit while away; every
-//! edit then arrives as `{"type": "invalidate", "revision": n}`, and a switch
-//! or rollout change that takes its school's sockets away as `{"type":
-//! "config", "ws_enabled": false}`. `{"type": "ping"}` → `{"type": "pong"}`.
+//! "revision": n}`; every edit then arrives as `{"type": "invalidate",
+//! "revision": n}`, and a switch or rollout change that takes its school's
+//! sockets away as `{"type": "config", "ws_enabled": false}`. Broadcasts
+//! carry the group's `seq`, `epoch` and `group` (docs/protocol.md, "Group
+//! history and recovery"). `{"type": "ping"}` → `{"type": "pong"}`.
+//!
+//! With `since=S&epoch=E` — the `seq`/`epoch` of the last broadcast of
+//! `school:{id}` the screen got, or the position its snapshot was taken at
+//! (`meta.seq`/`meta.epoch`) — the screen joins its school's group since that
+//! position: what it missed while away comes first, from the group's history,
+//! then the live broadcasts; when the history cannot serve the position it
+//! gets `{"type": "recover_failed", …}` and refetches its snapshot. So a
+//! screen never compares revisions to know whether it missed an edit. Without
+//! them (or with malformed ones, logged and ignored) it joins from now on.
 //!
 //! Close codes (always after accepting, so browsers see them): 4400 sockets
 //! are off for this screen (the switch, or its school is not in the rollout),
@@ -99,11 +110,22 @@ impl WebSocketConsumer for DisplaySocket {
                     tracing::info!(%token, school = %snapshot.school, %device, via = "socket", "device bound");
                 }
                 let group = model::school_group(&snapshot.school);
+                let since = match since(ctx) {
+                    Ok(since) => since,
+                    Err(detail) => {
+                        tracing::warn!(%token, detail, "display: malformed since/epoch ignored; joining from now");
+                        None
+                    }
+                };
                 ctx.accept();
-                ctx.group_add(group.clone());
+                let recovering = since.is_some();
+                match since {
+                    Some((seq, epoch)) => ctx.group_add_since(group.clone(), seq, epoch),
+                    None => ctx.group_add(group.clone()),
+                }
                 ctx.group_add(model::ALL_GROUP);
                 ctx.send_text(json!({"type": "hello", "revision": snapshot.revision}).to_string());
-                tracing::info!(%group, %token, revision = snapshot.revision, reconnect, "WS connected");
+                tracing::info!(%group, %token, revision = snapshot.revision, reconnect, recovering, "WS connected");
             }
         }
         Ok(())
@@ -138,6 +160,29 @@ impl WebSocketConsumer for DisplaySocket {
             tracing::info!(group = %model::school_group(&school), %token, code, "WS disconnected");
         }
         Ok(())
+    }
+}
+
+/// The position a screen joins its school's group since: `since` (a whole
+/// number, the `seq` of its last broadcast) with its `epoch` (digits; may be
+/// left out with since 0, "from the start"). `None` without `since`.
+fn since(ctx: &Context) -> Result<Option<(u64, String)>, &'static str> {
+    parse_since(ctx.query_param("since").as_deref(), ctx.query_param("epoch").as_deref())
+}
+
+fn parse_since(since: Option<&str>, epoch: Option<&str>) -> Result<Option<(u64, String)>, &'static str> {
+    let Some(since) = since else {
+        return Ok(None);
+    };
+    let Ok(seq) = since.parse::<u64>() else {
+        return Err("since is not a whole number >= 0");
+    };
+    match epoch.unwrap_or_default() {
+        "" if seq == 0 => Ok(Some((0, String::new()))),
+        epoch if (1..=32).contains(&epoch.len()) && epoch.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some((seq, epoch.to_owned())))
+        }
+        _ => Err("epoch is not the epoch of a broadcast"),
     }
 }
 
@@ -183,4 +228,24 @@ pub async fn close_sockets<C: ConnectionLike>(
         sent += appended as usize;
     }
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn a_position_is_a_whole_seq_with_its_epoch() {
+        assert_eq!(parse_since(None, None), Ok(None));
+        assert_eq!(parse_since(None, Some("17")), Ok(None));
+        assert_eq!(parse_since(Some("4"), Some("17")), Ok(Some((4, "17".to_owned()))));
+        assert_eq!(parse_since(Some("0"), None), Ok(Some((0, String::new()))));
+        assert_eq!(parse_since(Some("0"), Some("")), Ok(Some((0, String::new()))));
+        assert!(parse_since(Some("4"), None).is_err());
+        assert!(parse_since(Some("-1"), Some("17")).is_err());
+        assert!(parse_since(Some("1.5"), Some("17")).is_err());
+        assert!(parse_since(Some(""), Some("17")).is_err());
+        assert!(parse_since(Some("4"), Some("x17")).is_err());
+        assert!(parse_since(Some("4"), Some(&"1".repeat(33))).is_err());
+    }
 }

@@ -2,6 +2,8 @@
 //!
 //! One registry, built at start-up; tasks hold an `Arc<Metrics>` and bump the
 //! counters they own. `/metrics` renders the registry in the text format.
+//! Every name carries the `switchyard_` prefix
+//! ([`switchyard_protocol::METRIC_PREFIX`]), as the workers' do.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +27,18 @@ pub struct KindLabel {
 pub struct ReasonLabel {
     /// `max_connections`, `per_ip` or `origin` (see [`crate::front::admission::Refusal`]).
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnservedLabel {
+    /// `websocket` (a handshake) or `http` (a request).
+    pub kind: &'static str,
+    pub channel: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,11 +69,17 @@ pub struct Metrics {
     pub http_duration: Histogram,
     /// Pings the interface sent to keep WebSockets alive (`--ping-interval`).
     pub pings_sent: Counter,
+    /// Live workers of each routed channel, as the presence loop last saw them.
+    pub channel_workers: Family<ChannelLabel, Gauge>,
+    /// 1 while a routed channel has no live worker (its requests get 503 at once).
+    pub channel_unserved: Family<ChannelLabel, Gauge>,
+    /// Handshakes and HTTP requests answered 503 at once: their channel has no live worker.
+    pub unserved_requests: Family<UnservedLabel, Counter>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix(switchyard_protocol::METRIC_PREFIX);
         let connections_active = Gauge::default();
         let connections_limit = Gauge::default();
         let handshakes_refused = Family::<ReasonLabel, Counter>::default();
@@ -73,6 +93,24 @@ impl Metrics {
         let http_requests = Family::<StatusLabel, Counter>::default();
         let http_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let pings_sent = Counter::default();
+        let channel_workers = Family::<ChannelLabel, Gauge>::default();
+        let channel_unserved = Family::<ChannelLabel, Gauge>::default();
+        let unserved_requests = Family::<UnservedLabel, Counter>::default();
+        registry.register(
+            "channel_workers",
+            "Live workers of each routed channel, as this interface last saw them",
+            channel_workers.clone(),
+        );
+        registry.register(
+            "channel_unserved",
+            "1 while a routed channel has no live worker: its handshakes and requests get 503 at once",
+            channel_unserved.clone(),
+        );
+        registry.register(
+            "unserved_requests",
+            "WebSocket handshakes and HTTP requests answered 503 at once because their channel has no live worker",
+            unserved_requests.clone(),
+        );
         registry.register(
             "websocket_connections_active",
             "Open WebSocket connections",
@@ -141,7 +179,31 @@ impl Metrics {
             http_requests,
             http_duration,
             pings_sent,
+            channel_workers,
+            channel_unserved,
+            unserved_requests,
         }
+    }
+
+    /// Publishes each routed channel's live workers (and whether it is unserved).
+    pub fn channel_workers(&self, channel: &str, live: usize) {
+        let label = ChannelLabel {
+            channel: channel.to_owned(),
+        };
+        self.channel_workers
+            .get_or_create(&label)
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.channel_unserved.get_or_create(&label).set(i64::from(live == 0));
+    }
+
+    /// Counts a handshake (`websocket`) or request (`http`) refused for want of a worker.
+    pub fn unserved(&self, kind: &'static str, channel: &str) {
+        self.unserved_requests
+            .get_or_create(&UnservedLabel {
+                kind,
+                channel: channel.to_owned(),
+            })
+            .inc();
     }
 
     pub fn message(&self, direction: &'static str) {

@@ -46,6 +46,23 @@ pub struct StatusLabel {
     pub status: u16,
 }
 
+/// The kinds of `switchyard_websocket_errors_total` (docs/operations.md, "Metrics").
+const ERROR_KINDS: [&str; 13] = [
+    "handshake_timeout",
+    "handshake_refused",
+    "redis_unavailable",
+    "bad_reply",
+    "accept",
+    "upgrade_timeout",
+    "invalid_utf8",
+    "message_too_big",
+    "policy_violation",
+    "protocol_error",
+    "idle_timeout",
+    "slow_reader",
+    "rate_limited",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub connections_active: Gauge,
@@ -164,6 +181,14 @@ impl Metrics {
             "Pings sent to WebSocket clients to keep their connections alive",
             pings_sent.clone(),
         );
+        // Every kind and reason at 0 from the start, so rates and alerts see a series
+        // (not an absent one) before the first error.
+        for kind in ERROR_KINDS {
+            let _ = errors.get_or_create(&KindLabel { kind });
+        }
+        for reason in ["max_connections", "per_ip", "origin"] {
+            let _ = handshakes_refused.get_or_create(&ReasonLabel { reason });
+        }
         Metrics {
             registry,
             connections_active,

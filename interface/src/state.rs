@@ -116,7 +116,8 @@ impl Shared {
             admission,
             shutdown,
             started: Instant::now(),
-            redis_ok: AtomicBool::new(true),
+            // Not ready until the presence loop's first round trip proves Redis answers.
+            redis_ok: AtomicBool::new(false),
             live_workers: Mutex::default(),
             workers_known: AtomicBool::new(false),
         }

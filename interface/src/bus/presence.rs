@@ -50,7 +50,8 @@ pub async fn run(shared: Arc<Shared>) {
                 Err(error) => tracing::debug!(%error, "cannot read the workers' liveness keys"),
             }
         }
-        if ok != shared.redis_ok() {
+        // (The first successful beat is not news: readiness starts false until it.)
+        if ok != shared.redis_ok() && !(ok && beats == 1) {
             if ok {
                 tracing::info!("Redis reachable again");
             } else {

@@ -22,6 +22,7 @@ pub mod stack;
 pub mod supervisor;
 pub mod test_redis;
 pub mod testdir;
+pub mod traefik;
 pub mod ws;
 
 use std::future::Future;

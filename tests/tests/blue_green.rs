@@ -491,3 +491,35 @@ async fn http_get_from(from: IpAddr, addr: &str, path: &str, extra: &str) -> Str
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
 }
+
+/// The switch time, configuration written → first answer through Traefik from the new
+/// colour, over 10 switches (docs/benchmarks.md, "Blue/green switch"). Not a pass/fail
+/// figure: run by hand with
+/// `cargo nextest run -p switchyard-tests --test blue_green --run-ignored only switch_time --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed; run by hand (docs/benchmarks.md)"]
+async fn switch_time() {
+    let setup = Setup::start("bg-switch-time", "").await;
+    assert!(setup.script(&["deploy"], &[]).await.status.success());
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let out = setup
+            .script(&["rollback"], &[("BG_BASELINE_SECONDS", "0.5"), ("BG_WATCH_SECONDS", "0.5")])
+            .await;
+        assert!(out.status.success());
+        let summary: Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or(Value::Null);
+        times.push(summary["switch_ms"].as_f64().expect("switch_ms"));
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "switch time over {} switches: min {:.1} ms, median {:.1} ms, max {:.1} ms ({times:?})",
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}

@@ -15,6 +15,7 @@ pub mod http;
 pub mod load;
 pub mod ports;
 pub mod process;
+pub mod promtool;
 pub mod python;
 pub mod redis_cluster;
 pub mod redis_server;

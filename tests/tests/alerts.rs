@@ -11,28 +11,11 @@
 //! promtool comes with Debian's `prometheus` package (`scripts/test` installs it).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
+use switchyard_tests::promtool::promtool;
 use switchyard_tests::supervisor::repo_root;
 use switchyard_tests::{bounded, http, ports::free_port, Stack};
-
-fn promtool(args: &[&str]) -> String {
-    let output = Command::new("promtool")
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/test does)")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool {args:?} failed:\n{text}");
-    text
-}
 
 fn unit_test_files() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(repo_root().join("tests/promtool"))

@@ -257,36 +257,23 @@ async fn three_hundred_clients_move_to_green_during_a_promote_losing_nothing() {
             })
             .collect();
         let blue_addr = blue["bind"].as_str().expect("blue bind").to_owned();
-        let all_on_blue = eventually(Duration::from_secs(60), || async {
-            let status = http::get(&blue_addr, "/status").await.ok()?;
-            let status: Value = serde_json::from_str(&status.body).ok()?;
-            (status["connections"].as_u64() == Some(300)).then_some(())
-        })
-        .await;
         assert!(
-            all_on_blue.is_some(),
+            holds_connections(&blue_addr, 300).await,
             "300 clients not connected to blue through Traefik"
         );
 
         let promoted = setup.script(&["promote"], &[]).await;
         assert!(promoted.status.success(), "promote failed");
-        let summary: Value = String::from_utf8_lossy(&promoted.stdout)
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or(Value::Null);
+        let summary = summary(&promoted);
         eprintln!("promote summary: {summary}");
         let green = setup.colour("green");
         assert_eq!(setup.state()["active"], "green");
         assert!(setup.active_file().contains("service: switchyard-green"));
         let green_addr = green["bind"].as_str().expect("green bind").to_owned();
-        let all_on_green = eventually(Duration::from_secs(60), || async {
-            let status = http::get(&green_addr, "/status").await.ok()?;
-            let status: Value = serde_json::from_str(&status.body).ok()?;
-            (status["connections"].as_u64() == Some(300)).then_some(())
-        })
-        .await;
-        assert!(all_on_green.is_some(), "the 300 clients did not all reconnect to green");
+        assert!(
+            holds_connections(&green_addr, 300).await,
+            "the 300 clients did not all reconnect to green"
+        );
         assert!(
             http::status(&blue_addr, "/healthz").await.is_none(),
             "blue still answers after its drain"
@@ -465,6 +452,26 @@ async fn behind_traefik_the_interface_sees_the_client_address_and_ignores_spoofi
     .await
 }
 
+/// Waits (up to 60 s) until the interface at `addr` holds `n` connections.
+async fn holds_connections(addr: &str, n: u64) -> bool {
+    eventually(Duration::from_secs(60), || async {
+        let status = http::get(addr, "/status").await.ok()?;
+        let status: Value = serde_json::from_str(&status.body).ok()?;
+        (status["connections"].as_u64() == Some(n)).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// The JSON summary `promote` prints last.
+fn summary(out: &Output) -> Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// Whether a process runs (a zombie nobody reaped yet does not).
 fn running(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -504,15 +511,13 @@ async fn switch_time() {
     let mut times = Vec::new();
     for _ in 0..10 {
         let out = setup
-            .script(&["rollback"], &[("BG_BASELINE_SECONDS", "0.5"), ("BG_WATCH_SECONDS", "0.5")])
+            .script(
+                &["rollback"],
+                &[("BG_BASELINE_SECONDS", "0.5"), ("BG_WATCH_SECONDS", "0.5")],
+            )
             .await;
         assert!(out.status.success());
-        let summary: Value = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or(Value::Null);
-        times.push(summary["switch_ms"].as_f64().expect("switch_ms"));
+        times.push(summary(&out)["switch_ms"].as_f64().expect("switch_ms"));
     }
     times.sort_by(f64::total_cmp);
     eprintln!(

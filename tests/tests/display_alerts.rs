@@ -11,29 +11,12 @@ mod display_common;
 mod http_common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use display_common::{metric_sum, put_schedule, screen, snapshot, start_with, worker_env, ADMIN};
 use http_common::{repo_root, RunDir};
 use serde_json::Value;
-
-fn promtool(args: &[&str]) -> String {
-    let output = Command::new("promtool")
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/test does)")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool {args:?} failed:\n{text}");
-    text
-}
+use switchyard_tests::promtool::promtool;
 
 /// The queries of the dashboard's display row (every panel after its row header).
 fn display_queries() -> Vec<String> {

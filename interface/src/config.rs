@@ -532,6 +532,37 @@ mod limit_flag_tests {
     }
 
     #[test]
+    fn proxy_admin_and_readiness_flags() {
+        let c = config(&[
+            "--trusted-proxy",
+            "10.0.0.0/8,127.0.0.1",
+            "--trusted-proxy",
+            "::1/128",
+            "--admin-bind",
+            "127.0.0.1:9000",
+            "--ready-requires-workers",
+        ])
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(c.admin_bind, Some("127.0.0.1:9000".parse().unwrap()));
+        assert!(c.ready_requires_workers);
+        let defaults = config(&[]).unwrap();
+        assert!(
+            defaults.trusted_proxies.is_empty() && defaults.admin_bind.is_none() && !defaults.ready_requires_workers
+        );
+        for (flag, value) in [
+            ("--trusted-proxy", "10.0.0.0/40"),
+            ("--trusted-proxy", "proxy.local"),
+            ("--admin-bind", "nine"),
+        ] {
+            let error = config(&[&format!("{flag}={value}")]).unwrap_err();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        let error = config(&["--bind", "127.0.0.1:8000", "--admin-bind", "127.0.0.1:8000"]).unwrap_err();
+        assert!(error.starts_with("--admin-bind:"), "{error}");
+    }
+
+    #[test]
     fn burst_defaults_to_the_rate() {
         let limits = config(&["--max-message-rate", "20"]).unwrap().conn_limits();
         assert_eq!(limits.message_rate, Some((20.0, 20.0)));
@@ -557,6 +588,9 @@ mod limit_flag_tests {
             "SWITCHYARD_SEND_TIMEOUT",
             "SWITCHYARD_MAX_MESSAGE_RATE",
             "SWITCHYARD_MESSAGE_BURST",
+            "SWITCHYARD_ADMIN_BIND",
+            "SWITCHYARD_TRUSTED_PROXIES",
+            "SWITCHYARD_READY_REQUIRES_WORKERS",
         ] {
             assert!(help.contains(name), "{name} missing from --help");
         }

@@ -5,6 +5,7 @@
 //!   at the 1001);
 //! - a green that fails its gate never gets traffic, and the command exits non-zero naming
 //!   the check; a green that dies after the switch is rolled back automatically;
+//! - new workers are started when their version changes, the old ones stopped after it;
 //! - behind Traefik the interface sees the client's address (scope, per-IP limit, logs),
 //!   and forwarding headers from anyone else are ignored.
 
@@ -138,10 +139,11 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        // The script starts interfaces in sessions of their own: stop what it left.
+        // The script starts interfaces and workers in sessions of their own: stop what it left.
         let state = self.state();
         let colours = state["colours"].as_object().cloned().unwrap_or_default();
-        for entry in colours.values() {
+        let workers = state["workers"].as_array().cloned().unwrap_or_default();
+        for entry in colours.values().chain(workers.iter()) {
             if let Some(pid) = entry["pid"].as_i64() {
                 // SAFETY: kill(2) on a pid the script recorded; at worst it is gone.
                 unsafe {
@@ -330,39 +332,45 @@ async fn a_failed_gate_never_gets_traffic_and_a_green_that_dies_is_rolled_back()
         let rules = [
             (
                 "consecutive failed health checks of green",
-                [("BG_PROBE_INTERVAL", "0.3"), ("BG_HEALTH_INTERVAL", "0.25")],
+                [
+                    ("BG_PROBE_INTERVAL", "0.3"),
+                    ("BG_HEALTH_INTERVAL", "0.25"),
+                    ("BG_WATCH_SECONDS", "15"),
+                ],
             ),
             (
                 "error rate",
-                [("BG_PROBE_INTERVAL", "0.02"), ("BG_HEALTH_INTERVAL", "1000")],
+                [
+                    ("BG_PROBE_INTERVAL", "0.02"),
+                    ("BG_HEALTH_INTERVAL", "1000"),
+                    ("BG_WATCH_SECONDS", "15"),
+                ],
             ),
         ];
         for (reason, env) in rules {
             let watcher = {
-                let state = setup.state_dir.clone();
-                let tls = setup.tls.clone();
-                let blue_id = blue_id.clone();
+                let state_file = setup.state_dir.join("state.json");
+                // The green of an earlier round (the state file still names it until the
+                // script starts) is not the one to kill.
+                let earlier = setup.colour("green")["id"].clone();
                 tokio::spawn(async move {
+                    // Once the script saw Traefik answer from green (it records that), kill green.
                     let green = eventually(Duration::from_secs(90), || async {
-                        let (_, body) = tls.get(LOOPBACK, "/readyz", &[]).await.ok()?;
-                        let id = serde_json::from_str::<Value>(&body).ok()?["interface"]
-                            .as_str()?
-                            .to_owned();
-                        (id != blue_id).then_some(id)
+                        let state: Value =
+                            serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap_or_default()).ok()?;
+                        let entry = &state["colours"]["green"];
+                        (state["switched"]["colour"] == "green"
+                            && state["switched"]["id"] == entry["id"]
+                            && entry["id"] != earlier)
+                            .then(|| entry["pid"].as_i64())
+                            .flatten()
                     })
                     .await;
-                    let state: Value =
-                        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap_or_default())
-                            .unwrap_or(Value::Null);
-                    let entry = &state["colours"]["green"];
-                    match (green, entry["pid"].as_i64()) {
-                        (Some(id), Some(pid)) if entry["id"] == id.as_str() => {
-                            // SAFETY: the green interface the script started.
-                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                            true
-                        }
-                        _ => false,
+                    if let Some(pid) = green {
+                        // SAFETY: the green interface the script started.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                     }
+                    green.is_some()
                 })
             };
             let rolled = setup.script(&["promote"], &env).await;
@@ -527,4 +535,74 @@ async fn switch_time() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
+}
+
+/// Workers follow their version: `deploy` starts `BG_WORKERS` workers when the worker binary
+/// reports another `--version` than the running ones (none the first time), leaves them alone
+/// when it is the same, and `promote` stops the old ones once the new colour took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_worker_versions_are_started_and_the_old_ones_stopped_after_the_promote() {
+    bounded(Duration::from_secs(240), async {
+        let setup = Setup::start("bg-workers", "").await;
+        let worker = binary(switchyard_tests::WORKER_BIN).display().to_string();
+        // The same binary, announcing another version.
+        let wrapper = setup.state_dir.with_file_name("worker-next");
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'switchyard-worker 9.9.9-next'; exit 0; }}\nexec {worker} \"$@\"\n"),
+        )
+        .expect("write wrapper");
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let redis = setup.env["BG_INTERFACE_ARGS"]
+            .split(" --prefix")
+            .next()
+            .expect("redis args")
+            .to_owned();
+        let workers_env = [
+            ("BG_WORKERS", "1"),
+            ("BG_WORKER_BIN", worker.as_str()),
+            ("BG_WORKER_ARGS", &format!("{redis} --prefix switchyard")),
+        ];
+        assert!(setup.script(&["deploy"], &workers_env).await.status.success());
+        let pids = |state: &Value| -> Vec<(i64, String)> {
+            state["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| (w["pid"].as_i64().unwrap_or(0), w["version"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        };
+        let first = pids(&setup.state());
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(running(first[0].0));
+
+        // Same version: no new worker.
+        assert!(setup.script(&["promote"], &workers_env).await.status.success());
+        assert_eq!(pids(&setup.state()), first);
+
+        // Another version: a new worker, and the old one stopped after the switch.
+        let wrapper = wrapper.display().to_string();
+        let promoted = setup
+            .script(&["promote", "--worker-bin", &wrapper], &workers_env)
+            .await;
+        assert!(promoted.status.success());
+        let now = pids(&setup.state());
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0].1, "switchyard-worker 9.9.9-next");
+        assert!(running(now[0].0), "the new worker is not running");
+        assert!(!running(first[0].0), "the old worker still runs");
+        // And the new worker serves: a chat round trip through Traefik.
+        let mut chat = setup.tls.websocket(LOOPBACK, "/ws/chat/?session_uuid=w").await.expect("wss");
+        chat.send(Message::text("hi")).await.expect("send");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(15), chat.next()).await;
+            let Ok(Some(Ok(Message::Text(text)))) = frame else {
+                panic!("no answer: {frame:?}");
+            };
+            if text.contains("count") {
+                break;
+            }
+        }
+    })
+    .await
 }

@@ -14,6 +14,7 @@ use switchyard_cli::seconds::{self, HOUR, THIRTY_DAYS};
 use switchyard_cli::RedisArgs;
 
 use crate::front::admission::OriginPattern;
+use crate::front::forwarded::Cidr;
 use crate::front::router::{Route, Routes};
 use crate::front::static_files::Mount;
 use crate::websocket::limits::ConnLimits;
@@ -26,6 +27,29 @@ pub struct Config {
     /// Address to listen on (use 0.0.0.0:$PORT on platforms that assign a port).
     #[arg(long, env = "SWITCHYARD_BIND", default_value = "0.0.0.0:8000")]
     pub bind: SocketAddr,
+
+    /// Serve `/metrics` and `/status` on this address only (e.g. 127.0.0.1:9000,
+    /// a port the public cannot reach); the public `--bind` then keeps just
+    /// `/healthz` and `/readyz` (404 for the others). The admin port serves all
+    /// four. Default: everything on `--bind`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_BIND")]
+    pub admin_bind: Option<SocketAddr>,
+
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded: for=` headers are
+    /// believed, as CIDR blocks (`10.0.0.0/8`, `127.0.0.1/32`, `::1/128`; a bare
+    /// address means just it), repeatable or comma-separated. A request from one
+    /// of them gets the client address the headers name — in the scope workers
+    /// see, in `--max-connections-per-ip` and in the logs; from anyone else the
+    /// headers are ignored. Default: none (the TCP peer is the client).
+    #[arg(long = "trusted-proxy", env = "SWITCHYARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// The old readiness rule: `/readyz` also answers 503 while any routed
+    /// channel has no live worker. Off by default: every interface shares the
+    /// same workers, so a missing worker is not this interface's fault; the
+    /// unserved channel's handshakes and requests get 503 at once instead.
+    #[arg(long, env = "SWITCHYARD_READY_REQUIRES_WORKERS")]
+    pub ready_requires_workers: bool,
 
     /// Share the port with other interface processes (SO_REUSEPORT): the kernel
     /// spreads new connections over them.
@@ -41,7 +65,8 @@ pub struct Config {
 
     /// Most WebSocket connections open at once from one client IP address;
     /// more get 429 with Retry-After. 0 = unlimited. Behind a reverse proxy
-    /// every client has the proxy's address: leave it at 0 there.
+    /// every client has the proxy's address unless the proxy is listed in
+    /// --trusted-proxy (then the forwarded client address counts).
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
@@ -230,6 +255,10 @@ fn parse_origin(text: &str) -> Result<OriginPattern, String> {
     OriginPattern::parse(text)
 }
 
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    Cidr::parse(text)
+}
+
 /// The shortest timeout a flag takes: 0 would mean "fail at once".
 const MIN_TIMEOUT: f64 = 0.001;
 
@@ -347,6 +376,11 @@ impl Config {
         if let Some(id) = &self.id {
             if id.is_empty() || id.contains(['!', '{', '}', ' ']) {
                 bail!("--id: `{id}` may not be empty or contain '!', '{{', '}}' or spaces");
+            }
+        }
+        if let Some(admin) = self.admin_bind {
+            if admin == self.bind {
+                bail!("--admin-bind: {admin} is --bind itself; give the admin endpoints a port of their own");
             }
         }
         if self.max_body == 0 {
@@ -578,6 +612,37 @@ mod limit_flag_tests {
     }
 
     #[test]
+    fn proxy_admin_and_readiness_flags() {
+        let c = config(&[
+            "--trusted-proxy",
+            "10.0.0.0/8,127.0.0.1",
+            "--trusted-proxy",
+            "::1/128",
+            "--admin-bind",
+            "127.0.0.1:9000",
+            "--ready-requires-workers",
+        ])
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(c.admin_bind, Some("127.0.0.1:9000".parse().unwrap()));
+        assert!(c.ready_requires_workers);
+        let defaults = config(&[]).unwrap();
+        assert!(
+            defaults.trusted_proxies.is_empty() && defaults.admin_bind.is_none() && !defaults.ready_requires_workers
+        );
+        for (flag, value) in [
+            ("--trusted-proxy", "10.0.0.0/40"),
+            ("--trusted-proxy", "proxy.local"),
+            ("--admin-bind", "nine"),
+        ] {
+            let error = config(&[&format!("{flag}={value}")]).unwrap_err();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        let error = config(&["--bind", "127.0.0.1:8000", "--admin-bind", "127.0.0.1:8000"]).unwrap_err();
+        assert!(error.starts_with("--admin-bind:"), "{error}");
+    }
+
+    #[test]
     fn burst_defaults_to_the_rate() {
         let limits = config(&["--max-message-rate", "20"]).unwrap().conn_limits();
         assert_eq!(limits.message_rate, Some((20.0, 20.0)));
@@ -603,6 +668,9 @@ mod limit_flag_tests {
             "SWITCHYARD_SEND_TIMEOUT",
             "SWITCHYARD_MAX_MESSAGE_RATE",
             "SWITCHYARD_MESSAGE_BURST",
+            "SWITCHYARD_ADMIN_BIND",
+            "SWITCHYARD_TRUSTED_PROXIES",
+            "SWITCHYARD_READY_REQUIRES_WORKERS",
         ] {
             assert!(help.contains(name), "{name} missing from --help");
         }

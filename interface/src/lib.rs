@@ -79,6 +79,11 @@ async fn channel_shards(config: &Config, redis: &Redis) -> u16 {
 /// closes, every connection says goodbye before `--shutdown-timeout`, and
 /// this returns once the last one has ended (or the time is up).
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -> anyhow::Result<()> {
+    // Before anything else, so a taken admin port stops the start naming the flag.
+    let admin = match config.admin_bind {
+        Some(address) => Some(front::admin::bind(address).await?),
+        None => None,
+    };
     let routes = config.route_tables()?;
     let statics = StaticFiles::new(config.static_mounts(), config.static_max_age)?;
     let client = config.redis.open_at_start().await?;
@@ -120,6 +125,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         shared.backlogs.clone(),
         shared.metrics.clone(),
     ));
+    if let Some(admin) = admin {
+        background.spawn(front::admin::run(admin, shared.clone()));
+    }
     let server = tokio::spawn(server::run(listener, shared.clone()));
     log_start(&shared);
 
@@ -163,6 +171,8 @@ fn log_start(shared: &Shared) {
         statics = ?statics,
         channel_shards = shared.shards,
         max_connections = %describe_limit(shared.config.effective_max_connections()),
+        admin = ?shared.config.admin_bind,
+        trusted_proxies = ?shared.config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "interface listening"
     );
 }

@@ -2,6 +2,8 @@
 //!
 //! One registry, built at start-up; tasks hold an `Arc<Metrics>` and bump the
 //! counters they own. `/metrics` renders the registry in the text format.
+//! Every name carries the `switchyard_` prefix
+//! ([`switchyard_protocol::METRIC_PREFIX`]), as the workers' do.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -46,9 +48,33 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnservedLabel {
+    /// `websocket` (a handshake) or `http` (a request).
+    pub kind: &'static str,
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
 }
+
+/// The kinds of `switchyard_websocket_errors_total` (docs/operations.md, "Metrics").
+const ERROR_KINDS: [&str; 13] = [
+    "handshake_timeout",
+    "handshake_refused",
+    "redis_unavailable",
+    "bad_reply",
+    "accept",
+    "upgrade_timeout",
+    "invalid_utf8",
+    "message_too_big",
+    "policy_violation",
+    "protocol_error",
+    "idle_timeout",
+    "slow_reader",
+    "rate_limited",
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -79,11 +105,17 @@ pub struct Metrics {
     pub backlog_refusals: Family<RefusalLabel, Counter>,
     /// Messages left unanswered past --redeliver-after, by what was done.
     pub stalled_messages: Family<OutcomeLabel, Counter>,
+    /// Live workers of each routed channel, as the presence loop last saw them.
+    pub channel_workers: Family<ChannelLabel, Gauge>,
+    /// 1 while a routed channel has no live worker (its requests get 503 at once).
+    pub channel_unserved: Family<ChannelLabel, Gauge>,
+    /// Handshakes and HTTP requests answered 503 at once: their channel has no live worker.
+    pub unserved_requests: Family<UnservedLabel, Counter>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix(switchyard_protocol::METRIC_PREFIX);
         let connections_active = Gauge::default();
         let connections_limit = Gauge::default();
         let handshakes_refused = Family::<ReasonLabel, Counter>::default();
@@ -97,6 +129,24 @@ impl Metrics {
         let http_requests = Family::<StatusLabel, Counter>::default();
         let http_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let pings_sent = Counter::default();
+        let channel_workers = Family::<ChannelLabel, Gauge>::default();
+        let channel_unserved = Family::<ChannelLabel, Gauge>::default();
+        let unserved_requests = Family::<UnservedLabel, Counter>::default();
+        registry.register(
+            "channel_workers",
+            "Live workers of each routed channel, as this interface last saw them",
+            channel_workers.clone(),
+        );
+        registry.register(
+            "channel_unserved",
+            "1 while a routed channel has no live worker: its handshakes and requests get 503 at once",
+            channel_unserved.clone(),
+        );
+        registry.register(
+            "unserved_requests",
+            "WebSocket handshakes and HTTP requests answered 503 at once because their channel has no live worker",
+            unserved_requests.clone(),
+        );
         registry.register(
             "websocket_connections_active",
             "Open WebSocket connections",
@@ -168,6 +218,17 @@ impl Metrics {
             "Client messages unanswered past --redeliver-after: appended again, or their connection closed with 1013",
             stalled_messages.clone(),
         );
+        // Every kind and reason at 0 from the start, so rates and alerts see a series
+        // (not an absent one) before the first error.
+        for kind in ERROR_KINDS {
+            let _ = errors.get_or_create(&KindLabel { kind });
+        }
+        for outcome in ["redelivered", "closed"] {
+            let _ = stalled_messages.get_or_create(&OutcomeLabel { outcome });
+        }
+        for reason in ["max_connections", "per_ip", "origin"] {
+            let _ = handshakes_refused.get_or_create(&ReasonLabel { reason });
+        }
         Metrics {
             registry,
             connections_active,
@@ -186,6 +247,9 @@ impl Metrics {
             channel_backlog,
             backlog_refusals,
             stalled_messages,
+            channel_workers,
+            channel_unserved,
+            unserved_requests,
         }
     }
 
@@ -208,6 +272,27 @@ impl Metrics {
 
     pub fn stalled(&self, outcome: &'static str) {
         self.stalled_messages.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Publishes each routed channel's live workers (and whether it is unserved).
+    pub fn channel_workers(&self, channel: &str, live: usize) {
+        let label = ChannelLabel {
+            channel: channel.to_owned(),
+        };
+        self.channel_workers
+            .get_or_create(&label)
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.channel_unserved.get_or_create(&label).set(i64::from(live == 0));
+    }
+
+    /// Counts a handshake (`websocket`) or request (`http`) refused for want of a worker.
+    pub fn unserved(&self, kind: &'static str, channel: &str) {
+        self.unserved_requests
+            .get_or_create(&UnservedLabel {
+                kind,
+                channel: channel.to_owned(),
+            })
+            .inc();
     }
 
     pub fn message(&self, direction: &'static str) {

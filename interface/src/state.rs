@@ -14,6 +14,7 @@ use crate::bus::outbound::Outbound;
 use crate::bus::registry::Registry;
 use crate::config::Config;
 use crate::front::admission::Admission;
+use crate::front::forwarded::TrustedProxies;
 use crate::front::router::Routes;
 use crate::front::static_files::StaticFiles;
 use crate::metrics::Metrics;
@@ -46,12 +47,17 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// The per-connection limits of WebSockets, from the config.
     pub limits: ConnLimits,
+    /// `--trusted-proxy`: whose forwarding headers name the client.
+    pub proxies: TrustedProxies,
     pub shutdown: Shutdown,
     pub started: Instant,
     /// Set by the presence loop from its last Redis round trip.
     redis_ok: AtomicBool,
     /// Live, not stopping, workers per channel, as the presence loop last saw them.
     live_workers: Mutex<HashMap<String, usize>>,
+    /// Whether the presence loop has read the workers at least once: until then
+    /// no channel counts as unserved (a fresh interface does not refuse work).
+    workers_known: AtomicBool,
 }
 
 impl Shared {
@@ -97,8 +103,10 @@ impl Shared {
             config.allowed_origins.clone(),
         );
         let limits = config.conn_limits();
+        let proxies = TrustedProxies::new(config.trusted_proxies.clone());
         Shared {
             limits,
+            proxies,
             config,
             id,
             keys,
@@ -116,9 +124,16 @@ impl Shared {
             admission,
             shutdown,
             started: Instant::now(),
-            redis_ok: AtomicBool::new(true),
+            // Not ready until the presence loop's first round trip proves Redis answers.
+            redis_ok: AtomicBool::new(false),
             live_workers: Mutex::default(),
+            workers_known: AtomicBool::new(false),
         }
+    }
+
+    /// `/metrics` and `/status` are served on `--admin-bind`, not the public port.
+    pub fn admin_elsewhere(&self) -> bool {
+        self.config.admin_bind.is_some()
     }
 
     pub fn redis_ok(&self) -> bool {
@@ -137,10 +152,36 @@ impl Shared {
     }
 
     pub fn set_live_workers(&self, workers: HashMap<String, usize>) {
+        for channel in self.routed_channels() {
+            self.metrics
+                .channel_workers(&channel, workers.get(&*channel).copied().unwrap_or(0));
+        }
         *self
             .live_workers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = workers;
+        self.workers_known.store(true, Ordering::Relaxed);
+    }
+
+    /// True when `channel` has no live worker as far as this interface knows
+    /// (false until the workers were read once): its handshakes and requests
+    /// get 503 at once instead of waiting for an answer nobody will give.
+    pub fn unserved(&self, channel: &str) -> bool {
+        self.workers_known.load(Ordering::Relaxed)
+            && self
+                .live_workers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(channel)
+                .is_none_or(|live| *live == 0)
+    }
+
+    /// The routed channels without a live worker, as [`Shared::unserved`] sees them.
+    pub fn unserved_channels(&self) -> Vec<Arc<str>> {
+        self.routed_channels()
+            .into_iter()
+            .filter(|channel| self.unserved(channel))
+            .collect()
     }
 
     /// The shard stream a connection's messages go to (its shard of the channel).

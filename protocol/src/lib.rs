@@ -39,6 +39,12 @@ pub mod topology;
 pub mod value;
 pub mod xinfo;
 
+/// The prefix of every metric name the interface and the workers (Rust and
+/// Python, `python/switchyard/metrics.py`) serve: `switchyard_…`, so one
+/// dashboard and one set of alerts cover them and nothing clashes with other
+/// exporters on the same Prometheus.
+pub const METRIC_PREFIX: &str = "switchyard";
+
 pub use address::ReplyAddress;
 pub use codec::{decode, encode, DecodeError, Versioned, PROTOCOL_VERSION};
 pub use keys::{Keys, WORKER_GROUP};

@@ -52,38 +52,38 @@ class Metrics:
 
     def render(self) -> str:
         lines = [
-            "# HELP worker_messages_handled Messages handled, by channel, event type and commit outcome.",
-            "# TYPE worker_messages_handled counter",
+            "# HELP switchyard_worker_messages_handled Messages handled, by channel, event type and commit outcome.",
+            "# TYPE switchyard_worker_messages_handled counter",
         ]
         for labels, value in sorted(self.handled.items()):
-            lines.append(f"worker_messages_handled_total{_labels(labels)} {value}")
+            lines.append(f"switchyard_worker_messages_handled_total{_labels(labels)} {value}")
         lines += [
-            "# HELP worker_message_handling_seconds Time from reading a message to its commit, by channel.",
-            "# TYPE worker_message_handling_seconds histogram",
+            "# HELP switchyard_worker_message_handling_seconds Time from reading a message to its commit, by channel.",
+            "# TYPE switchyard_worker_message_handling_seconds histogram",
         ]
         for channel, counts in sorted(self.handling.items()):
             base = (("channel", channel),)
-            lines.append(f"worker_message_handling_seconds_sum{_labels(base)} {self.handling_sum[channel]}")
-            lines.append(f"worker_message_handling_seconds_count{_labels(base)} {int(counts[-1])}")
+            lines.append(f"switchyard_worker_message_handling_seconds_sum{_labels(base)} {self.handling_sum[channel]}")
+            lines.append(f"switchyard_worker_message_handling_seconds_count{_labels(base)} {int(counts[-1])}")
             for bound, count in zip(BUCKETS, counts):
-                lines.append(f"worker_message_handling_seconds_bucket{_labels(base + (('le', repr(bound)),))} {int(count)}")
-            lines.append(f"worker_message_handling_seconds_bucket{_labels(base + (('le', '+Inf'),))} {int(counts[-1])}")
+                lines.append(f"switchyard_worker_message_handling_seconds_bucket{_labels(base + (('le', repr(bound)),))} {int(count)}")
+            lines.append(f"switchyard_worker_message_handling_seconds_bucket{_labels(base + (('le', '+Inf'),))} {int(counts[-1])}")
         lines += [
-            "# HELP worker_consumer_failures Consumer panics and errors absorbed (answered 1011 / 500 and committed), by channel and kind (panic, error).",
-            "# TYPE worker_consumer_failures counter",
+            "# HELP switchyard_worker_consumer_failures Consumer panics and errors absorbed (answered 1011 / 500 and committed), by channel and kind (panic, error).",
+            "# TYPE switchyard_worker_consumer_failures counter",
         ]
         for labels, value in sorted(self.failures.items()):
-            lines.append(f"worker_consumer_failures_total{_labels(labels)} {value}")
+            lines.append(f"switchyard_worker_consumer_failures_total{_labels(labels)} {value}")
         for name, kind, help_text, value in [
-            ("worker_messages_in_flight", "gauge", "Messages being handled now.", self.in_flight),
-            ("worker_claimed_messages", "counter", "Messages taken over from dead or stuck workers.", self.claimed),
+            ("switchyard_worker_messages_in_flight", "gauge", "Messages being handled now.", self.in_flight),
+            ("switchyard_worker_claimed_messages", "counter", "Messages taken over from dead or stuck workers.", self.claimed),
             (
-                "worker_dead_letters",
+                "switchyard_worker_dead_letters",
                 "counter",
                 "Entries moved to the dead-letter stream (undecodable, or delivered more than --max-deliveries times).",
                 self.dead_letters,
             ),
-            ("worker_redis_errors", "counter", "Redis errors while handling (each one retried).", self.redis_errors),
+            ("switchyard_worker_redis_errors", "counter", "Redis errors while handling (each one retried).", self.redis_errors),
         ]:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")

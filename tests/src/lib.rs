@@ -16,6 +16,7 @@ pub mod http;
 pub mod load;
 pub mod ports;
 pub mod process;
+pub mod promtool;
 pub mod python;
 pub mod redis_cluster;
 pub mod redis_server;
@@ -23,6 +24,7 @@ pub mod stack;
 pub mod supervisor;
 pub mod test_redis;
 pub mod testdir;
+pub mod traefik;
 pub mod wait;
 pub mod ws;
 

@@ -43,6 +43,18 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     HEAVY.lock().await
 }
 
+/// `/readyz` answers 200 and names no routed channel without a live worker.
+pub async fn served_and_ready(addr: &str) -> bool {
+    let Ok(ready) = http::get(addr, "/readyz").await else {
+        return false;
+    };
+    let body: Json = serde_json::from_str(&ready.body).unwrap_or(Json::Null);
+    ready.status == 200
+        && body["channels_without_workers"]
+            .as_array()
+            .is_some_and(|missing| missing.is_empty())
+}
+
 /// The repository root (`tests/..`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -176,7 +188,8 @@ impl Supervised {
                     }
                 }
             }
-            if !self.redis_url.is_empty() && http::status(&self.addr, "/readyz").await == Some(200) {
+            // Ready, and every routed channel served (one without a live worker gets 503 at once).
+            if !self.redis_url.is_empty() && served_and_ready(&self.addr).await {
                 break;
             }
             assert!(

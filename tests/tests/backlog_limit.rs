@@ -1,12 +1,14 @@
-//! Bounded backlogs: with every worker of a channel stopped and clients retrying their
-//! handshakes, the channel's streams (and Redis's memory) stop growing at `--max-backlog`;
+//! Bounded backlogs: with the channel's only worker alive but stuck (its permits held by slow
+//! requests) and clients retrying their handshakes, the channel's streams (and Redis's memory)
+//! stop growing at `--max-backlog`;
 //! handshakes get 503 with Retry-After at once, a message on an open socket closes it with
 //! 1013, and nothing accepted is lost: when a worker is back, it all gets handled and the
 //! channel takes work again.
 //!
 //! Why: one connection has at most one message in flight, but handshakes are not bounded
 //! that way — each retry leaves a `websocket.connect` (and a disconnect) on the stream for
-//! the workers that are not there (interface/src/bus/backlog.rs).
+//! workers that do not read (interface/src/bus/backlog.rs). (With *no* live worker the
+//! interface refuses at once without appending anything: interface/src/front/unserved.rs.)
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,8 @@ async fn a_channel_without_workers_stops_taking_work_at_its_backlog_limit() {
         let mut stack = Stack::builder("backlog-limit")
             .single_redis()
             .workers(1)
+            .worker_arg("--concurrency")
+            .worker_arg("2")
             .probe(Probe::Echo)
             .interface_arg("--max-backlog-for")
             .interface_arg(&format!("echo={LIMIT}"))
@@ -97,9 +101,16 @@ async fn a_channel_without_workers_stops_taking_work_at_its_backlog_limit() {
         let addr = stack.addr.clone();
         let mut open = stack.ws("/ws/echo/").await;
 
-        // Every worker of the channel stopped.
-        stack.workers[0].sigterm();
-        assert!(stack.workers[0].wait_exit(Duration::from_secs(20)).await.is_some());
+        // The worker is alive (so the channel is served) but reads nothing more: both of its
+        // permits are held by slow requests.
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+            let request = format!("GET /api/example/slow?ms=45000 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await.expect("send");
+            slow.push(tcp);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let memory_before = used_memory(&stack);
 
         // Clients retry their handshakes for a while: each attempt leaves entries behind.
@@ -162,7 +173,9 @@ async fn a_channel_without_workers_stops_taking_work_at_its_backlog_limit() {
         assert!(metric(&scraped, "channel_backlog_refusals_total{channel=\"echo\",kind=\"message\"}") >= 1.0, "{scraped}");
         assert!(metric(&scraped, "channel_backlog{channel=\"echo\"}") >= LIMIT as f64, "{scraped}");
 
-        // A worker again: everything accepted is handled, and the channel takes work again.
+        // A worker that reads again: everything accepted is handled, and the channel takes
+        // work again.
+        drop(slow);
         stack.spawn_worker();
         let drained = eventually(Duration::from_secs(60), || async {
             let scraped = http::get(&addr, "/metrics").await.ok()?.body;

@@ -2,7 +2,7 @@
 //! real worker: `promtool check rules docs/alerts.yml`, `promtool test rules`
 //! on the display alerts' unit tests (each alert firing at the runbook's
 //! threshold and quiet below it), every query of the dashboard's display row
-//! parsed by promtool, and every `display_*` metric those name served by a
+//! parsed by promtool, and every `switchyard_display_*` metric those name served by a
 //! display worker's `/metrics`.
 //!
 //! promtool comes with Debian's `prometheus` package (`scripts/test` installs it).
@@ -11,29 +11,12 @@ mod display_common;
 mod http_common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use display_common::{metric_sum, put_schedule, screen, snapshot, start_with, worker_env, ADMIN};
 use http_common::{repo_root, RunDir};
 use serde_json::Value;
-
-fn promtool(args: &[&str]) -> String {
-    let output = Command::new("promtool")
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's prometheus package (scripts/test does)")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool {args:?} failed:\n{text}");
-    text
-}
+use switchyard_tests::promtool::promtool;
 
 /// The queries of the dashboard's display row (every panel after its row header).
 fn display_queries() -> Vec<String> {
@@ -51,12 +34,12 @@ fn display_queries() -> Vec<String> {
         .collect()
 }
 
-/// Every `display_…` metric name in a text.
+/// Every `switchyard_display_…` metric name in a text.
 fn display_metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = text.as_bytes();
     let mut i = 0;
-    while let Some(found) = text[i..].find("display_") {
+    while let Some(found) = text[i..].find("switchyard_display_") {
         let begin = i + found;
         let before = begin.checked_sub(1).map(|b| bytes[b]);
         let mut end = begin;
@@ -128,5 +111,5 @@ async fn the_display_alerts_and_dashboard_row_pass_promtool_and_name_metrics_a_w
         let (missing, served) = missing().await;
         panic!("named by the alerts or the dashboard but served by no worker: {missing:?}; served: {served:?}");
     }
-    assert!(metric_sum(&display, "display_census_timestamp_seconds").await > 0.0);
+    assert!(metric_sum(&display, "switchyard_display_census_timestamp_seconds").await > 0.0);
 }

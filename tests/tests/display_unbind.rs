@@ -94,15 +94,22 @@ async fn unbinding_a_screen_closes_its_sockets_with_4408_and_the_next_device_bin
     assert_eq!(log_lines(&display.stack, &["screen unbound", "demo-1"]).len(), 2);
     let rejected = metric_sum(
         &display,
-        "display_binding_checks_total{via=\"snapshot\",outcome=\"rejected\"}",
+        "switchyard_display_binding_checks_total{via=\"snapshot\",outcome=\"rejected\"}",
     )
     .await;
     assert!(rejected >= 20.0, "{rejected}");
-    let socket_rejects = metric_sum(&display, "display_ws_connects_total{outcome=\"screen_bound\"}").await;
+    let socket_rejects = metric_sum(
+        &display,
+        "switchyard_display_ws_connects_total{outcome=\"screen_bound\"}",
+    )
+    .await;
     assert_eq!(socket_rejects, 2.0);
-    assert_eq!(metric_sum(&display, "display_unbound_screens_total").await, 2.0);
+    assert_eq!(
+        metric_sum(&display, "switchyard_display_unbound_screens_total").await,
+        2.0
+    );
     let closed = wait_for(Duration::from_secs(5), || async {
-        metric_sum(&display, "display_ws_disconnects_total{code=\"4408\"}").await >= 2.0
+        metric_sum(&display, "switchyard_display_ws_disconnects_total{code=\"4408\"}").await >= 2.0
     })
     .await;
     assert!(closed.is_ok(), "the two 4408 closes were not counted");
@@ -153,9 +160,9 @@ async fn wait_mode(addr: &str, token: &str, mode: &str) {
     );
 }
 
-/// Waits until every worker's gauge `display_screens{state}` shows `count`.
+/// Waits until every worker's gauge `switchyard_display_screens{state}` shows `count`.
 async fn wait_gauge(display: &Display, state: &str, count: f64) {
-    let series = format!("display_screens{{state=\"{state}\"}}");
+    let series = format!("switchyard_display_screens{{state=\"{state}\"}}");
     let workers = display.metrics.len() as f64;
     let reached = wait_for(Duration::from_secs(10), || async {
         metric_sum(display, &series).await == count * workers
@@ -179,7 +186,7 @@ async fn the_census_counts_sockets_and_polls_and_forgets_sockets_of_a_dead_inter
     assert_eq!(screen_of(&overview(&addr).await, "demo-3")["mode"], "offline");
     wait_gauge(&display, "ws", 1.0).await;
     wait_gauge(&display, "fallback", 1.0).await;
-    let ratio = metric_sum(&display, "display_polling_ratio").await;
+    let ratio = metric_sum(&display, "switchyard_display_polling_ratio").await;
     assert!((ratio - 0.5).abs() < 1e-9, "{ratio}");
     let totals = overview(&addr).await["totals"].clone();
     assert_eq!(totals["ws"], 1);

@@ -1,5 +1,6 @@
-//! What the interface serves itself: `/healthz`, `/readyz` (which follows
-//! the workers), `/status`, and metrics on both sides that move with traffic.
+//! What the interface serves itself: `/healthz`, `/readyz`, `/status`, and
+//! metrics on both sides that move with traffic (readiness and unserved
+//! channels: `readiness.rs`).
 
 mod http_common;
 
@@ -57,42 +58,6 @@ async fn healthz_readyz_and_status() {
 }
 
 #[tokio::test]
-async fn readiness_flips_when_the_last_worker_of_a_channel_stops() {
-    let only = |channel: &str| vec!["--only-channels".to_owned(), channel.to_owned()];
-    let options = Options {
-        interface_args: routes(),
-        workers: vec![only("chat"), only("http.example"), only("http.example")],
-        ..Options::default()
-    };
-    let mut stack = Stack::start("http-readyz", options).await;
-    stack.wait_ready().await;
-
-    assert_eq!(stack.workers[1].stop(), Some(0));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let one_left = get(&stack.addr, "/readyz").await.unwrap();
-    assert_eq!(one_left.status, 200, "{}", one_left.text());
-    assert_eq!(one_left.json()["workers"]["http.example"], 1);
-
-    assert_eq!(stack.workers[2].stop(), Some(0));
-    let addr = stack.addr.clone();
-    let flipped = wait_for(Duration::from_secs(5), || {
-        let addr = addr.clone();
-        async move { get(&addr, "/readyz").await.is_ok_and(|r| r.status == 503) }
-    })
-    .await;
-    assert!(flipped.is_ok(), "/readyz stayed 200 without an http.example worker");
-    let not_ready = get(&stack.addr, "/readyz").await.unwrap().json();
-    assert_eq!(not_ready["ready"], false);
-    assert_eq!(
-        not_ready["channels_without_workers"],
-        serde_json::json!(["http.example"])
-    );
-
-    stack.add_worker(&only("http.example"));
-    stack.wait_ready().await;
-}
-
-#[tokio::test]
 async fn metrics_move_with_traffic() {
     let metrics_port = http_common::free_port();
     let options = Options {
@@ -135,15 +100,18 @@ async fn metrics_move_with_traffic() {
         .unwrap();
 
     let during = scrape(stack.addr.clone()).await;
-    assert_eq!(metric(&during, "websocket_connections_active"), 1.0);
+    assert_eq!(metric(&during, "switchyard_websocket_connections_active"), 1.0);
     let moved = |text: &str, series: &str| metric(text, series) - metric(&before, series);
-    assert_eq!(moved(&during, "websocket_messages_total{direction=\"in\"}"), 3.0);
+    assert_eq!(
+        moved(&during, "switchyard_websocket_messages_total{direction=\"in\"}"),
+        3.0
+    );
     // A heartbeat may add outgoing frames of its own.
-    assert!(moved(&during, "websocket_messages_total{direction=\"out\"}") >= 3.0);
-    assert!(moved(&during, "websocket_message_duration_seconds_count") >= 3.0);
-    assert!(moved(&during, "http_requests_total{status=\"200\"}") >= 2.0);
-    assert!(moved(&during, "http_requests_total{status=\"404\"}") >= 1.0);
-    assert!(during.contains("redis_errors_total"));
+    assert!(moved(&during, "switchyard_websocket_messages_total{direction=\"out\"}") >= 3.0);
+    assert!(moved(&during, "switchyard_websocket_message_duration_seconds_count") >= 3.0);
+    assert!(moved(&during, "switchyard_http_requests_total{status=\"200\"}") >= 2.0);
+    assert!(moved(&during, "switchyard_http_requests_total{status=\"404\"}") >= 1.0);
+    assert!(during.contains("switchyard_redis_errors_total"));
 
     let worker_addr_again = worker_addr.clone();
     let dead_lettered = wait_for(Duration::from_secs(5), || {
@@ -151,22 +119,31 @@ async fn metrics_move_with_traffic() {
         async move {
             metric(
                 &get(&addr, "/metrics").await.unwrap().text(),
-                "worker_dead_letters_total",
+                "switchyard_worker_dead_letters_total",
             ) >= 1.0
         }
     })
     .await;
-    assert!(dead_lettered.is_ok(), "worker_dead_letters_total did not move");
+    assert!(
+        dead_lettered.is_ok(),
+        "switchyard_worker_dead_letters_total did not move"
+    );
     let worker_after = scrape(worker_addr).await;
-    let http = "worker_messages_handled_total{channel=\"http.example\",type=\"http.request\",outcome=\"committed\"}";
+    let http = "switchyard_worker_messages_handled_total{channel=\"http.example\",type=\"http.request\",outcome=\"committed\"}";
     assert_eq!(metric(&worker_after, http) - metric(&worker_before, http), 2.0);
-    let chat = "worker_messages_handled_total{channel=\"chat\",type=\"websocket.receive\",outcome=\"committed\"}";
+    let chat =
+        "switchyard_worker_messages_handled_total{channel=\"chat\",type=\"websocket.receive\",outcome=\"committed\"}";
     assert_eq!(metric(&worker_after, chat) - metric(&worker_before, chat), 3.0);
-    assert!(metric(&worker_after, "worker_message_handling_seconds_count{channel=\"chat\"}") >= 4.0);
+    assert!(
+        metric(
+            &worker_after,
+            "switchyard_worker_message_handling_seconds_count{channel=\"chat\"}"
+        ) >= 4.0
+    );
     for series in [
-        "worker_messages_in_flight",
-        "worker_claimed_messages_total",
-        "worker_dead_letters_total",
+        "switchyard_worker_messages_in_flight",
+        "switchyard_worker_claimed_messages_total",
+        "switchyard_worker_dead_letters_total",
     ] {
         assert!(worker_after.contains(series), "{series} missing");
     }
@@ -178,10 +155,13 @@ async fn metrics_move_with_traffic() {
         async move {
             metric(
                 &get(&addr, "/metrics").await.unwrap().text(),
-                "websocket_connections_active",
+                "switchyard_websocket_connections_active",
             ) == 0.0
         }
     })
     .await;
-    assert!(closed.is_ok(), "websocket_connections_active did not go back to 0");
+    assert!(
+        closed.is_ok(),
+        "switchyard_websocket_connections_active did not go back to 0"
+    );
 }

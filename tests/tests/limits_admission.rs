@@ -151,7 +151,7 @@ async fn max_connections_refuses_with_503_until_one_closes() {
             .start()
             .await;
         let addr = stack.addr.as_str();
-        assert_eq!(metric(addr, "websocket_connections_limit").await, 2.0);
+        assert_eq!(metric(addr, "switchyard_websocket_connections_limit").await, 2.0);
 
         let first = upgrade_eventually(addr, localhost()).await;
         let mut second = upgrade_eventually(addr, localhost()).await;
@@ -161,7 +161,7 @@ async fn max_connections_refuses_with_503_until_one_closes() {
         assert_eq!(refused.status, 503, "{}", refused.head);
         assert_eq!(refused.header("retry-after"), Some("5"), "{}", refused.head);
         assert_eq!(echo_stream_len(&stack), asked, "a refused upgrade reached the workers");
-        let refusals = r#"websocket_handshakes_refused_total{reason="max_connections"}"#;
+        let refusals = r#"switchyard_websocket_handshakes_refused_total{reason="max_connections"}"#;
         assert!(metric(addr, refusals).await >= 1.0);
 
         // Closing one lets a new one in.
@@ -186,7 +186,14 @@ async fn per_ip_limit_refuses_with_429_per_address() {
         let refused = upgrade(addr, "/ws/echo/", localhost(), &[]).await.unwrap();
         assert_eq!(refused.status, 429, "{}", refused.head);
         assert_eq!(refused.header("retry-after"), Some("5"), "{}", refused.head);
-        assert!(metric(addr, r#"websocket_handshakes_refused_total{reason="per_ip"}"#).await >= 1.0);
+        assert!(
+            metric(
+                addr,
+                r#"switchyard_websocket_handshakes_refused_total{reason="per_ip"}"#
+            )
+            .await
+                >= 1.0
+        );
 
         // Another address has its own allowance.
         let from_other = upgrade(addr, "/ws/echo/", other, &[]).await.unwrap();
@@ -208,7 +215,7 @@ async fn slow_request_head_is_closed_after_the_header_timeout() {
             .start()
             .await;
         let addr = stack.addr.clone();
-        let timeouts_before = metric(&addr, "http_header_timeouts_total").await;
+        let timeouts_before = metric(&addr, "switchyard_http_header_timeouts_total").await;
 
         let dribbler = tokio::spawn({
             let addr = addr.clone();
@@ -251,10 +258,10 @@ async fn slow_request_head_is_closed_after_the_header_timeout() {
             String::from_utf8_lossy(&received)
         );
         let counted = eventually(Duration::from_secs(5), || async {
-            (metric(&addr, "http_header_timeouts_total").await > timeouts_before).then_some(())
+            (metric(&addr, "switchyard_http_header_timeouts_total").await > timeouts_before).then_some(())
         })
         .await;
-        assert!(counted.is_some(), "http_header_timeouts_total did not move");
+        assert!(counted.is_some(), "switchyard_http_header_timeouts_total did not move");
     })
     .await
 }
@@ -270,7 +277,7 @@ async fn oversized_request_head_gets_431() {
         assert_eq!(status, 200);
         let (status, head) = raw_get(addr, 20_000).await.unwrap();
         assert_eq!(status, 431, "{head}");
-        assert!(metric(addr, "http_headers_too_large_total").await >= 1.0);
+        assert!(metric(addr, "switchyard_http_headers_too_large_total").await >= 1.0);
     })
     .await
 }
@@ -317,7 +324,11 @@ async fn origin_allowlist_refuses_other_origins_with_403() {
         }
         assert_eq!(echo_stream_len(&stack), asked, "a refused upgrade reached the workers");
         assert_eq!(
-            metric(addr, r#"websocket_handshakes_refused_total{reason="origin"}"#).await,
+            metric(
+                addr,
+                r#"switchyard_websocket_handshakes_refused_total{reason="origin"}"#
+            )
+            .await,
             3.0
         );
 

@@ -219,7 +219,13 @@ async fn the_interface_pings_every_client() {
             }
         };
         assert_eq!((echoed.opcode, echoed.payload.as_slice()), (TEXT, &b"still here"[..]));
-        wait_metric(&stack, "websocket_pings_sent_total", 3.0, Duration::from_secs(5)).await;
+        wait_metric(
+            &stack,
+            "switchyard_websocket_pings_sent_total",
+            3.0,
+            Duration::from_secs(5),
+        )
+        .await;
     })
     .await
 }
@@ -275,7 +281,7 @@ async fn a_silent_client_is_closed_after_the_idle_timeout_one_answering_pings_is
         let pongs = answering.await.unwrap();
         assert!(pongs >= 4, "the answering client saw {pongs} pings");
         assert_eq!(
-            metric(&stack, "websocket_errors_total{kind=\"idle_timeout\"}").await,
+            metric(&stack, "switchyard_websocket_errors_total{kind=\"idle_timeout\"}").await,
             1.0
         );
     })
@@ -351,13 +357,19 @@ async fn a_client_that_does_not_read_is_closed_and_memory_stays_flat() {
 
         wait_metric(
             &stack,
-            "websocket_errors_total{kind=\"slow_reader\"}",
+            "switchyard_websocket_errors_total{kind=\"slow_reader\"}",
             1.0,
             Duration::from_secs(10),
         )
         .await;
         // Only the reader is left.
-        wait_metric_eq(&stack, "websocket_connections_active", 1.0, Duration::from_secs(10)).await;
+        wait_metric_eq(
+            &stack,
+            "switchyard_websocket_connections_active",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
         // Blocked in a write: dropped without a close frame, or with 1008 if one fitted.
         let code = read_to_end(&mut slow, Duration::from_secs(30)).await;
         assert!(matches!(code, None | Some(1008)), "closed with {code:?}");
@@ -394,7 +406,7 @@ async fn a_write_blocked_past_the_send_timeout_drops_the_client() {
         }
         wait_metric(
             &stack,
-            "websocket_errors_total{kind=\"slow_reader\"}",
+            "switchyard_websocket_errors_total{kind=\"slow_reader\"}",
             1.0,
             Duration::from_secs(20),
         )
@@ -405,7 +417,13 @@ async fn a_write_blocked_past_the_send_timeout_drops_the_client() {
             "{:?}",
             started.elapsed()
         );
-        wait_metric_eq(&stack, "websocket_connections_active", 0.0, Duration::from_secs(10)).await;
+        wait_metric_eq(
+            &stack,
+            "switchyard_websocket_connections_active",
+            0.0,
+            Duration::from_secs(10),
+        )
+        .await;
         assert_eq!(
             read_to_end(&mut slow, Duration::from_secs(30)).await,
             None,
@@ -455,13 +473,19 @@ async fn a_client_over_its_message_rate_is_closed_with_1008() {
         assert_eq!(close, Incoming::Close(Some(1008), "message rate exceeded".into()));
         wait_metric(
             &stack,
-            "websocket_errors_total{kind=\"rate_limited\"}",
+            "switchyard_websocket_errors_total{kind=\"rate_limited\"}",
             1.0,
             Duration::from_secs(5),
         )
         .await;
         // Gone (its queued messages handed over first): only the calm client is left.
-        wait_metric_eq(&stack, "websocket_connections_active", 1.0, Duration::from_secs(15)).await;
+        wait_metric_eq(
+            &stack,
+            "switchyard_websocket_connections_active",
+            1.0,
+            Duration::from_secs(15),
+        )
+        .await;
 
         // The worker got the messages before the limit, in order, and none after.
         let delivered = appended.finish();
@@ -496,7 +520,7 @@ async fn an_oversize_message_is_counted_as_message_too_big() {
             .interface_arg("1024")
             .start()
             .await;
-        let series = "websocket_errors_total{kind=\"message_too_big\"}";
+        let series = "switchyard_websocket_errors_total{kind=\"message_too_big\"}";
         assert_eq!(metric(&stack, series).await, 0.0);
         let mut c = stack.ws("/ws/echo/").await;
         c.send_binary(vec![7u8; 4096]).await.unwrap();

@@ -95,7 +95,7 @@ async fn rolling_restart_under_500_sockets_drops_nothing() {
             "no progress after the rolling restart ({after_restart} answers)"
         );
         let metrics = http::get(&stack.addr, "/metrics").await.unwrap().body;
-        let active = metric(&metrics, "websocket_connections_active");
+        let active = metric(&metrics, "switchyard_websocket_connections_active");
         let report = load.finish().await;
         let total = assert_clean(&report, CONNS);
 
@@ -113,7 +113,7 @@ async fn rolling_restart_under_500_sockets_drops_nothing() {
         assert_eq!(
             active,
             Some(CONNS as f64),
-            "websocket_connections_active before closing"
+            "switchyard_websocket_connections_active before closing"
         );
 
         let p = |q, from, to| {

@@ -158,13 +158,13 @@ async fn a_consumer_exception_closes_its_connection_with_1011_and_nothing_else()
         let metrics = switchyard_tests::http::get(&bind, "/metrics").await.unwrap();
         assert_eq!(metrics.status, 200);
         for series in [
-            "worker_messages_handled_total{channel=\"broken\",type=\"websocket.receive\",outcome=\"committed\"}",
-            "worker_message_handling_seconds_count{channel=\"broken\"}",
-            "worker_messages_in_flight",
-            "worker_dead_letters_total",
-            "worker_claimed_messages_total",
-            "worker_redis_errors_total",
-            "worker_consumer_failures_total{channel=\"broken\",kind=\"error\"} 1",
+            "switchyard_worker_messages_handled_total{channel=\"broken\",type=\"websocket.receive\",outcome=\"committed\"}",
+            "switchyard_worker_message_handling_seconds_count{channel=\"broken\"}",
+            "switchyard_worker_messages_in_flight",
+            "switchyard_worker_dead_letters_total",
+            "switchyard_worker_claimed_messages_total",
+            "switchyard_worker_redis_errors_total",
+            "switchyard_worker_consumer_failures_total{channel=\"broken\",kind=\"error\"} 1",
         ] {
             assert!(
                 metrics.body.contains(series),

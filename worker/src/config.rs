@@ -78,8 +78,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWITCHYARD_WORKER_NAME")]
     pub name: Option<String>,
 
-    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9100.
-    #[arg(long, env = "SWITCHYARD_METRICS_BIND")]
+    /// Serve Prometheus metrics (`/metrics`, and `/healthz`) on this address,
+    /// e.g. 127.0.0.1:9100 — an operators' port, never a public one. Also
+    /// spelled `--admin-bind`, as on the interface.
+    #[arg(long, visible_alias = "admin-bind", env = "SWITCHYARD_METRICS_BIND")]
     pub metrics_bind: Option<std::net::SocketAddr>,
 
     /// Log format.

@@ -4,6 +4,7 @@
 //! handles and how long that takes, how much it holds, and what it rescued
 //! from dead workers or had to give up on. One registry, built at start-up;
 //! the handler and the maintenance loop bump it; a tiny HTTP server renders it.
+//! Every name starts with `switchyard_` ([`switchyard_protocol::METRIC_PREFIX`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,7 +40,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix(switchyard_protocol::METRIC_PREFIX);
         let handled = Family::<Labels, Counter>::default();
         let handling =
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
@@ -132,9 +133,10 @@ impl Metrics {
 /// Where apps register their own metrics (once per process, e.g. from a
 /// `LazyLock`); rendered by `/metrics` with the worker's. Names must not
 /// clash with the worker's (`worker_*`): prefix them with the app's name.
+/// Both registries put `switchyard_` in front of every name.
 pub fn app_registry() -> &'static Mutex<Registry> {
     static APPS: OnceLock<Mutex<Registry>> = OnceLock::new();
-    APPS.get_or_init(|| Mutex::new(Registry::default()))
+    APPS.get_or_init(|| Mutex::new(Registry::with_prefix(switchyard_protocol::METRIC_PREFIX)))
 }
 
 impl Default for Metrics {

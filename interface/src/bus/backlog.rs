@@ -26,7 +26,7 @@ use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::xinfo::{self, GroupInfo};
 use switchyard_protocol::WORKER_GROUP;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefusalLabel};
 
 /// How often the backlogs are measured.
 const EVERY: Duration = Duration::from_secs(1);
@@ -89,6 +89,15 @@ impl Backlogs {
 
 /// Measures every limited channel's backlog each second, until the interface stops.
 pub async fn run(redis: Redis, backlogs: Arc<Backlogs>, metrics: Arc<Metrics>) {
+    // Every series at 0 from the start: rates and alerts see a series before the first refusal.
+    for name in backlogs.channels.keys() {
+        for kind in ["handshake", "http", "message"] {
+            let _ = metrics.backlog_refusals.get_or_create(&RefusalLabel {
+                channel: name.to_string(),
+                kind,
+            });
+        }
+    }
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

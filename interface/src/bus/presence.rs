@@ -7,7 +7,9 @@
 //! the round trip worked — that is what `/readyz` reports as "Redis reachable".
 //! It then reads the workers' liveness keys (`P:worker:*`, listed in the
 //! workers index) and counts the live workers per channel (reading, not
-//! stopping): a routed channel without one makes `/readyz` say 503. Every ten
+//! stopping): a routed channel without one is *unserved* — its handshakes and
+//! requests get 503 at once (`front::unserved`; with `--ready-requires-workers`
+//! `/readyz` says 503 too). Every ten
 //! beats it announces its channel shard count, so workers read every shard it
 //! appends to (again after Redis lost its data).
 //!
@@ -64,7 +66,8 @@ pub async fn run(shared: Arc<Shared>) {
                 Err(error) => tracing::debug!(%error, "cannot read the workers' liveness keys"),
             }
         }
-        if ok != shared.redis_ok() {
+        // (The first successful beat is not news: readiness starts false until it.)
+        if ok != shared.redis_ok() && !(ok && beats == 1) {
             if ok {
                 tracing::info!("Redis reachable again");
             } else {

@@ -4,9 +4,12 @@
 //! In that order: `/healthz`, `/readyz`, `/metrics` and `/status`
 //! ([`super::probes`]); an upgrade request on a WebSocket route becomes a
 //! handshake ([`crate::websocket::handshake`]); a request on an HTTP route goes
-//! to the workers ([`super::proxy`]); then the static mounts; anything else is
-//! 404. Every request runs in a `http{req=N}` span, so each log line names the
-//! request it belongs to.
+//! to the workers ([`super::proxy`]) — either gets 503 at once when no live
+//! worker serves its channel ([`super::unserved`]); then the static mounts; anything else is
+//! 404. Every request runs in a `http{req=N, client=…}` span, so each log line
+//! names the request it belongs to and its client ([`super::forwarded`]: the
+//! address a trusted proxy forwarded for, else the TCP peer), which is also
+//! the address admission counts and workers see.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::front::response::{text_response, Body};
-use crate::front::{probes, proxy};
+use crate::front::{probes, proxy, unserved};
 use crate::state::Shared;
 use crate::websocket::handshake;
 
@@ -30,32 +33,41 @@ pub async fn route(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = shared.registry.next_id();
-    let span = tracing::info_span!("http", req = id, method = %request.method(), path = request.uri().path());
-    let response = choose(&shared, request, remote, id).instrument(span).await;
+    // The client behind a trusted proxy (--trusted-proxy), else the TCP peer.
+    let client = shared.proxies.client(remote, request.headers());
+    let span = tracing::info_span!("http", req = id, client = %client, method = %request.method(), path = request.uri().path());
+    let response = choose(&shared, request, client, id).instrument(span).await;
     shared
         .metrics
         .http_request(response.status().as_u16(), started.elapsed());
     Ok(response)
 }
 
-async fn choose(shared: &Arc<Shared>, request: Request<Incoming>, remote: SocketAddr, id: u64) -> Response<Body> {
+async fn choose(shared: &Arc<Shared>, request: Request<Incoming>, client: SocketAddr, id: u64) -> Response<Body> {
     let path = request.uri().path();
     let method = request.method();
     let read_only = method == Method::GET || method == Method::HEAD;
     match path {
         "/healthz" if read_only => return probes::health(),
         "/readyz" if read_only => return probes::readiness(shared),
-        "/metrics" if read_only => return probes::metrics(shared),
-        "/status" if read_only => return probes::status(shared),
+        // With --admin-bind these live on the admin port only (super::admin).
+        "/metrics" if read_only && !shared.admin_elsewhere() => return probes::metrics(shared),
+        "/status" if read_only && !shared.admin_elsewhere() => return probes::status(shared),
         _ => {}
     }
     if fastwebsockets::upgrade::is_upgrade_request(&request) {
         if let Some(target) = shared.routes.lookup(path).cloned() {
-            return handshake::upgrade(shared.clone(), request, target, remote).await;
+            if let Some(refused) = unserved::refusal(shared, "websocket", &target.channel) {
+                return refused;
+            }
+            return handshake::upgrade(shared.clone(), request, target, client).await;
         }
     }
     if let Some(target) = shared.http_routes.lookup(path).cloned() {
-        return proxy::forward(shared.clone(), request, target, remote, id).await;
+        if let Some(refused) = unserved::refusal(shared, "http", &target.channel) {
+            return refused;
+        }
+        return proxy::forward(shared.clone(), request, target, client, id).await;
     }
     if shared.statics.claims(path) {
         return shared.statics.serve(method, path, request.headers()).await;

@@ -1,6 +1,12 @@
 //! What the interface answers about itself: `/healthz` (alive), `/readyz`
-//! (Redis reachable, not draining, a live worker for every routed channel),
-//! `/metrics` (Prometheus) and `/status` (JSON figures).
+//! (Redis reachable and not draining: this interface can serve), `/metrics`
+//! (Prometheus) and `/status` (JSON figures, unserved channels included).
+//!
+//! A routed channel without a live worker does not make `/readyz` fail: the
+//! workers are shared by every interface, so taking this one out of the load
+//! balancer would not help (it took them all out). Its requests get 503 at
+//! once instead ([`super::unserved`]). `--ready-requires-workers` brings back
+//! the old rule for those who want it.
 
 use http::{header, Response, StatusCode};
 
@@ -13,8 +19,9 @@ pub fn health() -> Response<Body> {
     json_response(StatusCode::OK, serde_json::json!({"status": "ok"}))
 }
 
-/// Ready means: Redis answers, we are not draining, and every routed channel
-/// has at least one live worker that is not stopping.
+/// Ready means: Redis answers and we are not draining (with
+/// `--ready-requires-workers`, also: every routed channel has a live worker).
+/// The body lists the live workers and the channels without one either way.
 pub fn readiness(shared: &Shared) -> Response<Body> {
     let redis = shared.redis_ok();
     let draining = shared.shutdown.is_draining();
@@ -28,7 +35,7 @@ pub fn readiness(shared: &Shared) -> Response<Body> {
         })
         .collect();
     let missing: Vec<&String> = channels.iter().filter(|(_, live)| *live == 0).map(|(c, _)| c).collect();
-    let ready = redis && !draining && missing.is_empty();
+    let ready = redis && !draining && (missing.is_empty() || !shared.config.ready_requires_workers);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -84,6 +91,7 @@ pub fn status(shared: &Shared) -> Response<Body> {
             "static": statics,
             "groups": shared.groups.sizes().len(),
             "workers": shared.live_workers(),
+            "unserved": shared.unserved_channels().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         }),
     )
 }

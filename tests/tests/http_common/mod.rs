@@ -258,12 +258,20 @@ impl Stack {
         self.workers.len() - 1
     }
 
-    /// Waits until `/readyz` says 200.
+    /// Waits until `/readyz` says 200 and lists no routed channel without a
+    /// live worker (a channel without one gets 503 at once).
     pub async fn wait_ready(&self) {
         let addr = self.addr.clone();
         let ready = wait_for(Duration::from_secs(15), || {
             let addr = addr.clone();
-            async move { get(&addr, "/readyz").await.is_ok_and(|r| r.status == 200) }
+            async move {
+                get(&addr, "/readyz").await.is_ok_and(|r| {
+                    r.status == 200
+                        && r.json()["channels_without_workers"]
+                            .as_array()
+                            .is_some_and(|c| c.is_empty())
+                })
+            }
         })
         .await;
         assert!(ready.is_ok(), "interface never became ready");

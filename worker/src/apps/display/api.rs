@@ -16,7 +16,7 @@
 //! rollout. It is part of the ETag, so a screen whose school leaves or joins
 //! the rollout sees a change at its next poll.
 //!
-//! Every answer is counted in `display_http_responses_total{endpoint,
+//! Every answer is counted in `switchyard_display_http_responses_total{endpoint,
 //! status}`; 304s are logged as `status 304` (the runbook counts them).
 
 use axum::extract::{Extension, MatchedPath, Path, Query, Request};

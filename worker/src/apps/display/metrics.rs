@@ -96,7 +96,7 @@ impl DisplayMetrics {
         );
         registry.register(
             "display_schools",
-            "Schools by whether their screens get sockets (sockets=on|off), counted like display_screens",
+            "Schools by whether their screens get sockets (sockets=on|off), counted like switchyard_display_screens",
             metrics.schools.clone(),
         );
         registry.register(

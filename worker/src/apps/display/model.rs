@@ -154,7 +154,7 @@ pub enum Bind {
 }
 
 /// A socket opened within this long of the screen's previous one closing
-/// counts as a reconnect (`display_ws_reconnects_total`).
+/// counts as a reconnect (`switchyard_display_ws_reconnects_total`).
 pub const RECONNECT_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 /// Binds the screen to the device if unbound, checks it otherwise, and reads

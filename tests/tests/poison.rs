@@ -119,7 +119,7 @@ async fn panics_and_errors_are_absorbed() {
         let failures = |channel: &str, kind: &str| {
             metric(
                 &text,
-                &format!("worker_consumer_failures_total{{channel=\"{channel}\",kind=\"{kind}\"}}"),
+                &format!("switchyard_worker_consumer_failures_total{{channel=\"{channel}\",kind=\"{kind}\"}}"),
             )
         };
         assert_eq!(failures("echo", "panic"), 1.0, "{text}");

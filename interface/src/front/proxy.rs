@@ -30,9 +30,8 @@ use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, Re
 use tokio::sync::mpsc;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::bus::backlog::RETRY_AFTER_SECONDS;
 use crate::bus::registry::ConnEvent;
-use crate::front::response::{full, header_pairs, stream_body, text_response, try_again_later, Body};
+use crate::front::response::{full, header_pairs, stream_body, text_response, Body};
 use crate::front::router::{Entered, Target};
 use crate::state::Shared;
 
@@ -63,10 +62,6 @@ pub async fn forward(
 ) -> Response<Body> {
     if shared.shutdown.is_draining() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
-    }
-    if shared.backlogs.is_full(&target.channel) {
-        shared.metrics.backlog_refused(&target.channel, "http");
-        return try_again_later("this channel's backlog is full; try again later\n", RETRY_AFTER_SECONDS);
     }
     let max_body = shared.config.max_body;
     if content_length(&request).is_some_and(|length| length > max_body) {

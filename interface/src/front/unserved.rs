@@ -1,4 +1,5 @@
-//! Work for a channel that no live worker serves is refused at once.
+//! Work for a channel that cannot take it is refused at once: no live worker
+//! serves it, or its backlog is past `--max-backlog` (`bus/backlog.rs`).
 //!
 //! Every interface shares the same workers, so a channel without one is not a
 //! reason to take interfaces out of the load balancer (that took *every*
@@ -8,30 +9,32 @@
 //! channels carry on. `/status`, the `switchyard_channel_unserved` gauge and
 //! the `SwitchyardChannelUnserved` alert tell the operator. The presence loop
 //! reads the workers every second, so a channel is served again within about
-//! a second of its first worker starting.
+//! a second of its first worker starting. A full backlog is checked here too,
+//! once for handshakes and HTTP requests, before anything is appended.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::Response;
 
-use crate::front::response::{text_response, Body};
+use crate::bus::backlog;
+use crate::front::response::{try_again_later, Body};
 use crate::state::Shared;
 
-/// Seconds the client is told to wait before trying again.
-const RETRY_AFTER_SECONDS: &str = "2";
+/// Seconds a client of an unserved channel is told to wait before trying again.
+const UNSERVED_RETRY_AFTER_SECONDS: u64 = 2;
 
-/// `Some(503)` when `channel` has no live worker; counted by `kind`
-/// (`websocket` or `http`).
+/// `Some(503)` when `channel` has no live worker or its backlog is full;
+/// counted by `kind` (`websocket` or `http`).
 pub fn refusal(shared: &Shared, kind: &'static str, channel: &str) -> Option<Response<Body>> {
-    if !shared.unserved(channel) {
-        return None;
+    if shared.unserved(channel) {
+        shared.metrics.unserved(kind, channel);
+        tracing::debug!(channel, kind, "no live worker serves this channel; answered 503");
+        let text = format!("no worker serves channel {channel} right now; try again later\n");
+        return Some(try_again_later(&text, UNSERVED_RETRY_AFTER_SECONDS));
     }
-    shared.metrics.unserved(kind, channel);
-    tracing::debug!(channel, kind, "no live worker serves this channel; answered 503");
-    let mut response = text_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!("no worker serves channel {channel} right now; try again later\n"),
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
-    Some(response)
+    if shared.backlogs.is_full(channel) {
+        let refused = if kind == "websocket" { "handshake" } else { kind };
+        shared.metrics.backlog_refused(channel, refused);
+        let text = "this channel's backlog is full; try again later\n";
+        return Some(try_again_later(text, backlog::RETRY_AFTER_SECONDS));
+    }
+    None
 }

@@ -24,10 +24,9 @@ use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::frames;
-use crate::bus::backlog::RETRY_AFTER_SECONDS;
 use crate::bus::registry::{ConnEvent, Events};
 use crate::front::admission::{Refusal, Slot};
-use crate::front::response::{header_pairs, text_response, try_again_later, Body};
+use crate::front::response::{header_pairs, text_response, Body};
 use crate::front::router::{Entered, Target};
 use crate::shutdown::TaskGuard;
 use crate::state::Shared;
@@ -47,10 +46,6 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => return refused(&shared, refusal),
     };
-    if shared.backlogs.is_full(&target.channel) {
-        shared.metrics.backlog_refused(&target.channel, "handshake");
-        return try_again_later("this channel's backlog is full; try again later\n", RETRY_AFTER_SECONDS);
-    }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {error}\n")),
@@ -115,6 +110,9 @@ pub async fn upgrade(
         }
     }
 }
+
+/// Seconds a client refused by a connection ceiling is told to wait.
+const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Origin allowlist, then the connection ceilings.
 fn admit(shared: &Shared, request: &Request<Incoming>, remote: SocketAddr) -> Result<Slot, Refusal> {

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use switchyard_protocol::redis_conn::{wait_for_replicas, Backoff, Redis, SlotBatch};
 use switchyard_protocol::value::text_of;
 use switchyard_protocol::PAYLOAD_FIELD;
@@ -42,7 +43,8 @@ pub type Appended = oneshot::Receiver<Option<String>>;
 struct Item {
     /// `None` marks a flush request: acknowledged once everything before it is sent.
     stream: Option<Arc<str>>,
-    payload: Vec<u8>,
+    /// The encoded message; shared, so a connection can keep it for a redelivery without a copy.
+    payload: Bytes,
     ack: Option<oneshot::Sender<Option<String>>>,
     queued: Instant,
 }
@@ -73,11 +75,11 @@ impl Outbound {
 
     /// Appends a message; the receiver yields its entry id once it is on the
     /// stream (`None`, or a dropped sender, when it could not be appended).
-    pub fn send(&self, stream: Arc<str>, payload: Vec<u8>) -> Appended {
+    pub fn send(&self, stream: Arc<str>, payload: impl Into<Bytes>) -> Appended {
         let (ack, done) = oneshot::channel();
         let _ = self.tx.send(Item {
             stream: Some(stream),
-            payload,
+            payload: payload.into(),
             ack: Some(ack),
             queued: Instant::now(),
         });
@@ -85,10 +87,10 @@ impl Outbound {
     }
 
     /// Appends a message without waiting (disconnect notices).
-    pub fn send_detached(&self, stream: Arc<str>, payload: Vec<u8>) {
+    pub fn send_detached(&self, stream: Arc<str>, payload: impl Into<Bytes>) {
         let _ = self.tx.send(Item {
             stream: Some(stream),
-            payload,
+            payload: payload.into(),
             ack: None,
             queued: Instant::now(),
         });
@@ -99,7 +101,7 @@ impl Outbound {
         let (ack, done) = oneshot::channel();
         let marker = Item {
             stream: None,
-            payload: Vec::new(),
+            payload: Bytes::new(),
             ack: Some(ack),
             queued: Instant::now(),
         };
@@ -191,7 +193,7 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
     for item in items {
         if let Some(stream) = &item.stream {
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(&**stream).arg("*").arg(PAYLOAD_FIELD).arg(&item.payload);
+            xadd.arg(&**stream).arg("*").arg(PAYLOAD_FIELD).arg(&item.payload[..]);
             batch.add(stream, xadd);
         }
     }
@@ -234,7 +236,7 @@ mod tests {
         let (ack, done) = oneshot::channel();
         let item = Item {
             stream: Some("s".into()),
-            payload: Vec::new(),
+            payload: Bytes::new(),
             ack: Some(ack),
             queued,
         };

@@ -28,6 +28,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload, WebSocketWrite};
 use switchyard_cli::seconds;
 use switchyard_protocol::close::{
@@ -74,7 +75,7 @@ pub struct Connection {
     appended: Option<Appended>,
     /// The message in flight as appended, and its entry id once Redis has it:
     /// what a stall check looks up and a redelivery appends again.
-    in_flight: Option<(Vec<u8>, Option<String>)>,
+    in_flight: Option<(Bytes, Option<String>)>,
     groups: HashSet<String>,
     /// We sent the first close frame and owe the client a moment to answer.
     awaiting_close_reply: bool,
@@ -247,7 +248,7 @@ impl Connection {
             self.opened.query.clone(),
             event,
         );
-        let payload = encode(&message);
+        let payload = Bytes::from(encode(&message));
         self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), payload.clone()));
         self.in_flight = Some((payload, None));
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use switchyard_protocol::redis_conn::{wait_for_replicas, Backoff, Redis, SlotBatch};
-use switchyard_protocol::value::text_of;
+use switchyard_protocol::stream::EntryId;
 use switchyard_protocol::PAYLOAD_FIELD;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -38,14 +38,14 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a sender learns: the entry id once its message is on the stream,
 /// `None` (or a dropped sender) when it could not be appended.
-pub type Appended = oneshot::Receiver<Option<String>>;
+pub type Appended = oneshot::Receiver<Option<EntryId>>;
 
 struct Item {
     /// `None` marks a flush request: acknowledged once everything before it is sent.
     stream: Option<Arc<str>>,
     /// The encoded message; shared, so a connection can keep it for a redelivery without a copy.
     payload: Bytes,
-    ack: Option<oneshot::Sender<Option<String>>>,
+    ack: Option<oneshot::Sender<Option<EntryId>>>,
     queued: Instant,
 }
 
@@ -119,7 +119,7 @@ async fn run(con: Redis, mut rx: mpsc::UnboundedReceiver<Item>, settings: Settin
         append_with_retry(&con, messages, &settings, &metrics).await;
         metrics.redis_batches.inc();
         for marker in markers {
-            acknowledge(marker, Some(String::new()));
+            acknowledge(marker, Some(EntryId::ZERO));
         }
     }
 }
@@ -188,7 +188,7 @@ fn attempt_deadlines(pending: &[Item], hold: Duration, now: Instant) -> (Instant
 /// One attempt: the XADDs (one pipeline, or one request per stream on a
 /// cluster), then `WAIT` on the nodes written to if asked for. The outcome of
 /// each message.
-async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<String>> {
+async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<EntryId>> {
     let mut batch = SlotBatch::new();
     for item in items {
         if let Some(stream) = &item.stream {
@@ -197,11 +197,11 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
             batch.add(stream, xadd);
         }
     }
-    let mut outcomes: Vec<redis::RedisResult<String>> = batch
+    let mut outcomes: Vec<redis::RedisResult<EntryId>> = batch
         .run(con)
         .await
         .into_iter()
-        .map(|outcome| outcome.map(|id| text_of(&id).unwrap_or_default()))
+        .map(|outcome| outcome.map(|id| entry_id_of(&id)))
         .collect();
     if wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
         let written = items
@@ -218,7 +218,18 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
     outcomes
 }
 
-fn acknowledge(item: Item, outcome: Option<String>) {
+/// The id an `XADD` answered, read in place (no allocation per message); `0-0`
+/// if Redis answered something else (a later stall check then finds it lost).
+fn entry_id_of(reply: &redis::Value) -> EntryId {
+    let text = match reply {
+        redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        redis::Value::SimpleString(text) => Some(text.as_str()),
+        _ => None,
+    };
+    text.and_then(EntryId::parse).unwrap_or(EntryId::ZERO)
+}
+
+fn acknowledge(item: Item, outcome: Option<EntryId>) {
     if let Some(ack) = item.ack {
         let _ = ack.send(outcome);
     }
@@ -275,8 +286,8 @@ mod tests {
     #[test]
     fn each_sender_learns_its_own_outcome() {
         let (ok, mut ok_rx) = item(Instant::now());
-        acknowledge(ok, Some("1-0".into()));
-        assert_eq!(ok_rx.try_recv(), Ok(Some("1-0".into())));
+        acknowledge(ok, EntryId::parse("1-0"));
+        assert_eq!(ok_rx.try_recv(), Ok(EntryId::parse("1-0")));
         let (refused, mut refused_rx) = item(Instant::now());
         acknowledge(refused, None);
         assert_eq!(refused_rx.try_recv(), Ok(None));

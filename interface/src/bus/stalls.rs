@@ -37,13 +37,14 @@ pub enum EntryState {
 }
 
 /// Looks up entry `id` of `stream` (see the module doc for the rules).
-pub async fn entry_state(redis: &Redis, keys: &Keys, stream: &str, id: &str) -> RedisResult<EntryState> {
+pub async fn entry_state(redis: &Redis, keys: &Keys, stream: &str, entry: EntryId) -> RedisResult<EntryState> {
+    let id = entry.to_string();
     let mut con = redis.clone();
     let pending: RedisResult<Value> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(WORKER_GROUP)
-        .arg(id)
-        .arg(id)
+        .arg(&id)
+        .arg(&id)
         .arg(1)
         .query_async(&mut con)
         .await;
@@ -63,8 +64,8 @@ pub async fn entry_state(redis: &Redis, keys: &Keys, stream: &str, id: &str) -> 
     }
     let found: Value = redis::cmd("XRANGE")
         .arg(stream)
-        .arg(id)
-        .arg(id)
+        .arg(&id)
+        .arg(&id)
         .query_async(&mut con)
         .await?;
     if items(&found).is_empty() {
@@ -74,7 +75,7 @@ pub async fn entry_state(redis: &Redis, keys: &Keys, stream: &str, id: &str) -> 
     let delivered_up_to = group
         .and_then(|group| group.last_delivered)
         .and_then(|last| EntryId::parse(&last));
-    Ok(state_of_unpending(EntryId::parse(id), delivered_up_to))
+    Ok(state_of_unpending(entry, delivered_up_to))
 }
 
 /// The consumer an `XPENDING stream group id id 1` reply names, if any.
@@ -87,9 +88,9 @@ fn pending_owner(reply: &Value) -> Option<String> {
 
 /// An entry in the stream and pending to nobody: queued if the group has not
 /// reached it yet, else handled (acknowledged) with its reply lost.
-fn state_of_unpending(entry: Option<EntryId>, delivered_up_to: Option<EntryId>) -> EntryState {
-    match (entry, delivered_up_to) {
-        (Some(entry), Some(delivered)) if entry <= delivered => EntryState::Lost,
+fn state_of_unpending(entry: EntryId, delivered_up_to: Option<EntryId>) -> EntryState {
+    match delivered_up_to {
+        Some(delivered) if entry <= delivered => EntryState::Lost,
         _ => EntryState::Waiting,
     }
 }
@@ -117,19 +118,20 @@ mod tests {
     #[test]
     fn queued_entries_wait_delivered_ones_were_lost() {
         let id = |text: &str| EntryId::parse(text);
+        let at = |text: &str| EntryId::parse(text).expect("an entry id");
         assert_eq!(
-            state_of_unpending(id("7-0"), id("5-0")),
+            state_of_unpending(at("7-0"), id("5-0")),
             EntryState::Waiting,
             "not reached yet"
         );
         assert_eq!(
-            state_of_unpending(id("5-0"), id("5-0")),
+            state_of_unpending(at("5-0"), id("5-0")),
             EntryState::Lost,
             "acknowledged"
         );
-        assert_eq!(state_of_unpending(id("3-1"), id("5-0")), EntryState::Lost);
+        assert_eq!(state_of_unpending(at("3-1"), id("5-0")), EntryState::Lost);
         assert_eq!(
-            state_of_unpending(id("3-1"), None),
+            state_of_unpending(at("3-1"), None),
             EntryState::Waiting,
             "no reader yet"
         );

@@ -35,6 +35,7 @@ use switchyard_protocol::close::{
     ABNORMAL, GOING_AWAY, INVALID_DATA, NORMAL, NO_STATUS, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER,
 };
 use switchyard_protocol::groups::Position;
+use switchyard_protocol::stream::EntryId;
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
 use tokio::time::{sleep_until, Instant};
 
@@ -75,7 +76,7 @@ pub struct Connection {
     appended: Option<Appended>,
     /// The message in flight as appended, and its entry id once Redis has it:
     /// what a stall check looks up and a redelivery appends again.
-    in_flight: Option<(Bytes, Option<String>)>,
+    in_flight: Option<(Bytes, Option<EntryId>)>,
     groups: HashSet<String>,
     /// We sent the first close frame and owe the client a moment to answer.
     awaiting_close_reply: bool,
@@ -176,7 +177,7 @@ impl Connection {
                 appended = wait_appended(&mut self.appended), if self.appended.is_some() => {
                     self.appended = None;
                     if let (Some(id), Some((_, entry))) = (&appended, &mut self.in_flight) {
-                        *entry = Some(id.clone());
+                        *entry = Some(*id);
                     }
                     if appended.is_none() {
                         self.shared.metrics.error("redis_unavailable");
@@ -262,7 +263,7 @@ impl Connection {
             return;
         };
         let shared = &self.shared;
-        let lookup = stalls::entry_state(&shared.redis, &shared.keys, &self.opened.stream, entry);
+        let lookup = stalls::entry_state(&shared.redis, &shared.keys, &self.opened.stream, *entry);
         match tokio::time::timeout(STALL_LOOKUP, lookup).await {
             Ok(Ok(EntryState::Lost)) => {
                 shared.metrics.stalled("redelivered");
@@ -472,7 +473,7 @@ impl Connection {
     }
 }
 
-async fn wait_appended(appended: &mut Option<Appended>) -> Option<String> {
+async fn wait_appended(appended: &mut Option<Appended>) -> Option<EntryId> {
     match appended {
         Some(rx) => rx.await.ok().flatten(),
         None => std::future::pending().await,

@@ -85,8 +85,20 @@ def base_scope(kind: str, channel: str, message: ChannelMessage) -> dict[str, An
     }
 
 
-async def handle(worker: Worker, stream: str, entry_id: str, fields: dict[bytes, bytes], redelivered: bool) -> None:
-    """Handles one entry. ``redelivered``: it was handed out before, so part of it may be committed."""
+async def handle(
+    worker: Worker,
+    stream: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    redelivered: bool,
+    after_death: bool | None = None,
+) -> None:
+    """Handles one entry. ``redelivered``: it was handed out before, so part of it may be committed.
+    ``after_death`` (default: ``redelivered``): a handler may have died on it, so ``--max-deliveries``
+    applies; not for a running worker's re-read after a lost read (Redis raises the count on
+    every re-read, no handler died)."""
+    if after_death is None:
+        after_death = redelivered
     served = worker.channel_of(stream)
     if served is None:
         log.error("entry %s from a stream this worker does not serve: %s", entry_id, stream)
@@ -107,7 +119,7 @@ async def handle(worker: Worker, stream: str, entry_id: str, fields: dict[bytes,
     started = time.monotonic()
     worker.metrics.in_flight += 1
     try:
-        deliveries = await delivery_count(worker, stream, entry_id) if redelivered else None
+        deliveries = await delivery_count(worker, stream, entry_id) if after_death else None
         if deliveries is not None and deliveries > worker.config.max_deliveries:
             outcome = await give_up(worker, stream, entry_id, fields, target, message, deliveries)
         else:

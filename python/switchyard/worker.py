@@ -356,14 +356,16 @@ class Worker:
                 log.exception("%s failed unexpectedly; restarting it", name)
                 await backoff.wait()
 
-    def _spawn(self, stream: str, entry_id: str, fields: dict[bytes, bytes], redelivered: bool) -> None:
+    def _spawn(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], redelivered: bool, after_death: bool | None = None
+    ) -> None:
         """Handles an entry in a task of its own; the caller holds a permit for it."""
         key = (stream, entry_id)
         self.in_hand.add(key)
 
         async def run() -> None:
             try:
-                await handle(self, stream, entry_id, fields, redelivered)
+                await handle(self, stream, entry_id, fields, redelivered, after_death)
             except Exception:  # a bug must not kill the worker; the entry stays pending
                 log.exception("handling %s on %s failed unexpectedly", entry_id, stream)
             finally:
@@ -379,6 +381,9 @@ class Worker:
         client = self.redis.client
         backoff = Backoff()
         positions: dict[str, str] = {}
+        # Streams whose pending list this process has read through once: what is found there
+        # later comes from lost reads, not from a handler that died.
+        read_through: set[str] = set()
         recheck = False
         recheck_at: float | None = None
         while not self.stopping:
@@ -426,11 +431,21 @@ class Worker:
                     continue
                 entries = next((e for s, e in batches if s == stream), [])
                 positions[stream] = entries[-1][0] if entries else ">"
+            after_death = history - read_through
+            read_through |= {s for s in streams if positions[s] == ">"}
             for stream, entries in batches:
-                if stream in history:
-                    # Our own pending list: handled together, the one that may have
-                    # killed our previous life isolated.
+                if stream in after_death:
+                    # Our own pending list after our previous life: handled together, the one
+                    # that may have killed it isolated.
                     await self._handle_redelivered(stream, entries)
+                    continue
+                if stream in history:
+                    # Re-read after a lost read: maybe half committed, but no handler died.
+                    for entry_id, fields in entries:
+                        if (stream, entry_id) in self.in_hand:
+                            continue
+                        await self.permits.acquire()
+                        self._spawn(stream, entry_id, fields, redelivered=True, after_death=False)
                     continue
                 for entry_id, fields in entries:
                     if (stream, entry_id) in self.in_hand:

@@ -36,10 +36,25 @@ use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{self, BodyOp, Commit, Outcome};
 use crate::runtime::{http_request, Worker};
 
-/// Handles one entry. `redelivered`: the entry was handed out before (a
-/// worker's own pending list, or claimed from another one), so an earlier
-/// attempt may have committed part of it.
-pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, redelivered: bool) {
+/// How an entry reached its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Read as new (`>`).
+    First,
+    /// Re-read from this live process's own pending list after a read whose
+    /// answer was lost: no handler had it, none died on it, so Redis's
+    /// delivery count (raised by every such re-read) says nothing about it.
+    /// An earlier life may still have committed part of it.
+    LostRead,
+    /// Handed out before to a handler that may have died: read back by a
+    /// restarted worker, or claimed from a dead one. The delivery limit
+    /// (`--max-deliveries`) applies.
+    AfterDeath,
+}
+
+/// Handles one entry (see [`Delivery`] for what its history means).
+pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, delivery: Delivery) {
+    let redelivered = delivery != Delivery::First;
     let Some((channel, app)) = worker.channel_of(stream) else {
         tracing::error!(stream, "entry from a stream this worker does not serve");
         return;
@@ -71,7 +86,7 @@ pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, red
     let started = Instant::now();
     worker.metrics.in_flight.inc();
     let outcome = async {
-        if redelivered {
+        if delivery == Delivery::AfterDeath {
             let deliveries = delivery_count(worker, stream, &entry.id).await;
             let limit = worker.config.max_deliveries;
             if deliveries.is_some_and(|n| n > u64::from(limit)) {

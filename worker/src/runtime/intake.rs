@@ -34,7 +34,8 @@ use switchyard_protocol::redis_conn::Backoff;
 use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
 use switchyard_protocol::WORKER_GROUP;
 
-use crate::runtime::{dispatch, redelivery};
+use crate::runtime::dispatch::{self, Delivery};
+use crate::runtime::redelivery;
 use crate::runtime::{Worker, READ_BLOCK};
 
 const MAX_READ: usize = 256;
@@ -119,6 +120,9 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
     // ">" = new entries.
     let mut positions: Vec<String> = streams.iter().map(|_| "0".to_owned()).collect();
     let in_hand = InHand::default();
+    // Streams whose pending list this process has read through once: what it
+    // finds there later comes from lost reads, not from a handler that died.
+    let mut read_through: HashSet<String> = HashSet::new();
     // Set by a failed read: read the pending list again after the next good read.
     let mut recheck = false;
     let mut recheck_at: Option<Instant> = None;
@@ -208,12 +212,26 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 .map(|b| b.stream.clone())
                 .collect();
             advance_history(&streams, &mut positions, &batches);
+            let after_death: HashSet<String> = redelivered.difference(&read_through).cloned().collect();
+            read_through.extend(
+                streams
+                    .iter()
+                    .zip(&positions)
+                    .filter(|(_, p)| *p == ">")
+                    .map(|(s, _)| s.clone()),
+            );
             let mut first = Some(first);
             for batch in batches {
-                // Re-read from our own pending list: handled together, the
-                // one that may have killed our previous life isolated.
+                // Re-read from our own pending list after our previous life:
+                // handled together, the one that may have killed it isolated.
                 let mut again = Vec::new();
-                let redelivered = redelivered.contains(&batch.stream);
+                let delivery = if after_death.contains(&batch.stream) {
+                    Delivery::AfterDeath
+                } else if redelivered.contains(&batch.stream) {
+                    Delivery::LostRead
+                } else {
+                    Delivery::First
+                };
                 for entry in batch.entries {
                     let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
                         continue;
@@ -225,14 +243,14 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                             Err(_) => return,
                         },
                     };
-                    if redelivered {
+                    if delivery == Delivery::AfterDeath {
                         again.push((entry, (held, permit)));
                         continue;
                     }
                     let worker = worker.clone();
                     let stream = batch.stream.clone();
                     tokio::spawn(async move {
-                        dispatch::handle_entry(&worker, &stream, entry, false).await;
+                        dispatch::handle_entry(&worker, &stream, entry, delivery).await;
                         drop((held, permit));
                     });
                 }

@@ -29,7 +29,7 @@ use futures::future::join_all;
 use switchyard_protocol::stream::{self, StreamEntry};
 use switchyard_protocol::WORKER_GROUP;
 
-use crate::runtime::dispatch;
+use crate::runtime::dispatch::{self, Delivery};
 use crate::runtime::Worker;
 
 /// Deliveries from which entries without a known suspect are handled one at a time.
@@ -75,7 +75,7 @@ pub async fn run<G: Send>(worker: Arc<Worker>, stream: String, items: Vec<(Strea
             let worker = &worker;
             let stream = &stream;
             async move {
-                dispatch::handle_entry(worker, stream, entry, true).await;
+                dispatch::handle_entry(worker, stream, entry, Delivery::AfterDeath).await;
                 drop(guard);
             }
         }))
@@ -101,5 +101,5 @@ async fn one_alone(worker: &Worker, stream: &str, suspect_key: &str, entry: Stre
     if let Err(error) = marked {
         tracing::debug!(%error, "cannot record the suspect entry");
     }
-    dispatch::handle_entry(worker, stream, entry, true).await;
+    dispatch::handle_entry(worker, stream, entry, Delivery::AfterDeath).await;
 }

@@ -142,6 +142,12 @@ pub async fn read_history(
     parse_history(answer)
 }
 
+/// Where a group's numbering stands: its epoch and last `seq` (a worker
+/// commits a plain join with it, so the member misses nothing sent after).
+pub async fn position(con: &mut Redis, keys: &Keys, group: &str) -> RedisResult<Position> {
+    Ok(read_history(con, keys, group, &Position::default(), false).await?.now)
+}
+
 /// The script's answer `[status, epoch, top, m…]`.
 fn parse_history(answer: Value) -> RedisResult<Recovery> {
     let bad = |what: &str| {

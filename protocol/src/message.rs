@@ -223,6 +223,12 @@ pub enum Action {
         since: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        /// A plain join: the consumer asked for no position, and the worker
+        /// set `since`/`epoch` to where the group stood when it handled the
+        /// join, so that nothing broadcast after the join is missed. When the
+        /// history cannot serve it the connection joins live without a notice.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        plain: bool,
     },
     /// Remove the connection from a group.
     #[serde(rename = "group.discard")]
@@ -353,11 +359,19 @@ mod tests {
                     group: "chat".into(),
                     since: None,
                     epoch: None,
+                    plain: false,
+                },
+                Action::GroupAdd {
+                    group: "chat".into(),
+                    since: Some(3),
+                    epoch: Some("1718000000123456".into()),
+                    plain: true,
                 },
                 Action::GroupAdd {
                     group: "room:lobby".into(),
                     since: Some(7),
                     epoch: Some("1718000000123456".into()),
+                    plain: false,
                 },
                 Action::GroupDiscard { group: "chat".into() },
                 Action::Close {

@@ -33,12 +33,16 @@ from redis.exceptions import RedisError
 from .commit import BodyOp, Commit, CommitError, Outcome, SessionWrite, dead_letter, dead_letter_record
 from .consumer import INTERNAL_ERROR, AsyncWebsocketConsumer
 from .protocol import PAYLOAD_FIELD, WORKER_GROUP, ChannelMessage, DecodeError, decode_channel_message, encode_reply, parse_reply_address
+from .scripts import GROUP_HISTORY, Script
 from .session import Session, session_id
 
 if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger("switchyard.worker")
+
+_GROUP_HISTORY = Script(GROUP_HISTORY)
+"""Reads where a group stands, for plain joins."""
 
 RETRYABLE = (RedisError, CommitError, OSError)
 """Errors that say Redis could not be reached or refused a step: the message is handled again."""
@@ -215,9 +219,28 @@ async def attempt_websocket(
         # A message handled again checks the outbox even if this run did not use
         # the session; a disconnect shortens the outbox's life.
         write = SessionWrite(sid)
+    if not disconnect:
+        await place_plain_joins(worker, consumer.actions)
     commit = websocket_commit(stream, entry_id, message, consumer.actions, write)
     commit.group_sends = consumer.group_sends
     return await worker.committer.commit(commit)
+
+
+async def place_plain_joins(worker: Worker, actions: list[Any]) -> None:
+    """Gives each plain ``group.add`` the group's position now, before the commit: the
+    interface then delivers every broadcast sent after it, including those published
+    before it has subscribed to the group (docs/protocol.md, "Group history and
+    recovery"; as the Rust worker's ``place_plain_joins``)."""
+    for action in actions:
+        if action.get("type") != "group.add" or "since" in action:
+            continue
+        group = action["group"]
+        keys = [worker.keys.group_seq(group), worker.keys.group_epoch(group), worker.keys.group_history(group)]
+        answer = await _GROUP_HISTORY(worker.redis.client, keys, ["", 0, "0"])
+        epoch = answer[1]
+        action["since"] = int(answer[2])
+        action["epoch"] = epoch.decode("utf-8") if isinstance(epoch, bytes) else str(epoch)
+        action["plain"] = True
 
 
 def websocket_commit(

@@ -80,6 +80,9 @@ STREAM_OWNER = read("stream_owner.lua")
 ANNOUNCE_SHARDS = read("announce_shards.lua")
 """Records a channel's shard count (the largest announced wins)."""
 
+GROUP_HISTORY = read("group_history.lua")
+"""Where a group's numbering stands (and its broadcasts after a position)."""
+
 ALL = {
     "group_send": GROUP_SEND,
     "commit_session": COMMIT_SESSION,
@@ -87,6 +90,7 @@ ALL = {
     "commit_reply": COMMIT_REPLY,
     "stream_owner": STREAM_OWNER,
     "announce_shards": ANNOUNCE_SHARDS,
+    "group_history": GROUP_HISTORY,
 }
 """Every script text a worker sends, by name (compared with Rust's in the tests)."""
 

@@ -117,12 +117,22 @@ def ws(kind: str, seq: int, conn: int = 1, query: str = "", **fields: Any) -> di
 
 
 async def test_a_consumer_counts_in_its_session_and_joins_its_groups(stack: Stack) -> None:
+    # Two broadcasts before the join: the plain join is committed with that position, so
+    # the interface delivers everything sent after it (as the Rust worker does).
+    client = Client(stack.worker.config.redis_url)
+    await client.agroup_send("counters", "one")
+    await client.agroup_send("counters", "two")
+    await client.aclose()
+    epoch = (await stack.raw.get(stack.worker.keys.group_epoch("counters"))).decode()
     await stack.deliver("counter", ws("websocket.connect", 1, headers=[["host", "x"]], client="10.0.0.1:5"))
     for seq in (2, 3):
         await stack.deliver("counter", ws("websocket.receive", seq, text="hi"))
     replies = await stack.replies()
     assert replies[0]["done"] == 1
-    assert replies[0]["actions"] == [{"type": "websocket.accept"}, {"type": "group.add", "group": "counters"}]
+    assert replies[0]["actions"] == [
+        {"type": "websocket.accept"},
+        {"type": "group.add", "group": "counters", "since": 2, "epoch": epoch, "plain": True},
+    ]
     assert [r["actions"] for r in replies[1:]] == [
         [{"type": "websocket.send", "text": '{"count": 1}'}],
         [{"type": "websocket.send", "text": '{"count": 2}'}],

@@ -55,6 +55,7 @@ actions = [
     {"type": "websocket.send", "bytes": b"\x00\xff"},
     {"type": "websocket.close", "code": 4000, "reason": "bye"},
     {"type": "group.add", "group": "lobby"},
+    {"type": "group.add", "group": "room:2", "since": 3, "epoch": "17", "plain": True},
     {"type": "group.discard", "group": "lobby"},
     {"type": "http.response.start", "status": 201, "headers": [("content-type", "text/plain")]},
     {"type": "http.response.body", "body": b"ok", "more_body": False},

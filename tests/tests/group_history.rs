@@ -11,11 +11,14 @@
 //!   broadcasts that follow still arrive;
 //! - an interface whose subscription is cut while broadcasts flow (its pub/sub connection
 //!   killed, or Redis restarted with its data) delivers what it missed from the history:
-//!   every member gets every broadcast exactly once, in order.
+//!   every member gets every broadcast exactly once, in order;
+//! - a plain join misses nothing sent after its answer, even before its interface has
+//!   subscribed to the group.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use switchyard_protocol::groups::History;
 use switchyard_tests::cluster::{Cluster, Member};
 use switchyard_tests::stack::REPLY_TIMEOUT;
 use switchyard_tests::{bounded, eventually};
@@ -84,13 +87,6 @@ async fn a_join_since_gets_the_history_after_it_then_live_once_in_order() {
     bounded(Duration::from_secs(60), async {
         let cluster = Cluster::builder("history-since").interfaces(2).start().await;
         let first = joined(&cluster, 0, "lobby", json!({})).await;
-        // Known race (issue 17's note): a broadcast sent before the interface of a group's
-        // first local member has read the group's position can be missed by that member.
-        // This test is about joins since a position, so it waits for the subscription.
-        assert!(
-            cluster.wait_subscribers("room:lobby", 1, Duration::from_secs(15)).await,
-            "interface-0 did not subscribe to the lobby"
-        );
         for k in 1..=5 {
             first.send(say("lobby", &format!("m{k}")));
         }
@@ -381,8 +377,18 @@ async fn an_interface_recovers_what_its_lost_subscription_missed() {
 /// One group send `{"k": k}` straight through the group-send script (no process to start:
 /// fast enough to land before the interfaces have subscribed again).
 fn direct_send(con: &mut redis::Connection, group: &str, k: u64) -> redis::RedisResult<u64> {
+    direct_send_with(con, "PUBLISH", History::default(), group, k)
+}
+
+/// [`direct_send`] with the publish command (`SPUBLISH` on a Redis Cluster) and history.
+fn direct_send_with(
+    con: &mut redis::Connection,
+    publish: &str,
+    history: History,
+    group: &str,
+    k: u64,
+) -> redis::RedisResult<u64> {
     let keys = switchyard_protocol::Keys::new(PREFIX);
-    let history = switchyard_protocol::groups::History::default();
     let (length, ttl) = history.args();
     let script = redis::Script::new(&switchyard_protocol::scripts::group_send());
     let mut invocation = script.prepare_invoke();
@@ -390,13 +396,86 @@ fn direct_send(con: &mut redis::Connection, group: &str, k: u64) -> redis::Redis
         invocation.key(key);
     }
     invocation
-        .arg("PUBLISH")
+        .arg(publish)
         .arg(group)
         .arg("j")
         .arg(json!({ "k": k }).to_string())
         .arg(length)
         .arg(ttl)
         .invoke(con)
+}
+
+/// A plain join (no position) misses nothing sent after its answer, even when it is the
+/// group's first member on its interface and the send comes before that interface has
+/// subscribed: the worker commits the join with the group's position, and the interface
+/// delivers from there. Each room gets one send the moment its join is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_join_gets_every_broadcast_sent_after_its_answer() {
+    bounded(Duration::from_secs(120), async {
+        let cluster = Cluster::builder("history-plain-join").interfaces(1).start().await;
+        let members = plain_joins_then_a_send(&cluster, History::default()).await;
+        let all: Vec<&Member> = members.iter().map(|(_, m)| m).collect();
+        wait_up_to("each room's first broadcast", &all, 1).await;
+        tokio::time::sleep(QUIET).await;
+        for (room, m) in &members {
+            assert_eq!(seq_list(m), [1], "{room}: {:?}", m.frames());
+            assert!(notices(m).is_empty(), "{room}: {:?}", m.frames());
+        }
+    })
+    .await
+}
+
+/// Without a history there is nothing to recover a plain join from: a send that comes
+/// before the interface has subscribed may be missed, but the member, which asked for
+/// no position, gets no `recover_failed` either, and what follows arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_join_without_history_gets_no_recover_failed() {
+    bounded(Duration::from_secs(120), async {
+        let cluster = Cluster::builder("history-plain-join-off").interfaces(1).start().await;
+        let members = plain_joins_then_a_send(&cluster, History::OFF).await;
+        for (room, m) in &members {
+            m.send(say(room, "next"));
+        }
+        let all: Vec<&Member> = members.iter().map(|(_, m)| m).collect();
+        wait_up_to("each room's say", &all, 2).await;
+        tokio::time::sleep(QUIET).await;
+        for (room, m) in &members {
+            let seqs = seq_list(m);
+            assert!(seqs == [2] || seqs == [1, 2], "{room}: {:?}", m.frames());
+            assert!(notices(m).is_empty(), "{room}: {:?}", m.frames());
+        }
+    })
+    .await
+}
+
+/// 40 fresh rooms, each joined plainly on interface-0 and sent `{"k": 1}` straight after
+/// the join's answer (connections opened first, so nothing slows the send).
+async fn plain_joins_then_a_send(cluster: &Cluster, history: History) -> Vec<(String, Member)> {
+    const ROOMS: usize = 40;
+    let publish = if cluster.redis.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let keys = switchyard_protocol::Keys::new(PREFIX);
+    let rooms: Vec<String> = (0..ROOMS).map(|r| format!("fresh{r}")).collect();
+    let mut cons: Vec<redis::Connection> = rooms
+        .iter()
+        .map(|room| {
+            cluster
+                .redis
+                .conn_for_key(&keys.group_seq(&format!("room:{room}")))
+                .unwrap()
+        })
+        .collect();
+    let mut members = Vec::new();
+    for (room, con) in rooms.into_iter().zip(cons.iter_mut()) {
+        let member = joined(cluster, 0, &room, json!({})).await;
+        let seq = direct_send_with(con, publish, history, &format!("room:{room}"), 1).unwrap();
+        assert_eq!(seq, 1);
+        members.push((room, member));
+    }
+    members
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,7 @@ fn python_and_rust_send_redis_the_same_scripts_keys_and_messages() {
         ("commit_reply", scripts::COMMIT_REPLY.to_owned()),
         ("stream_owner", scripts::STREAM_OWNER.to_owned()),
         ("announce_shards", scripts::ANNOUNCE_SHARDS.to_owned()),
+        ("group_history", scripts::GROUP_HISTORY.to_owned()),
     ];
     assert_eq!(
         answer["scripts"].as_object().unwrap().len(),
@@ -237,6 +238,13 @@ fn python_and_rust_send_redis_the_same_scripts_keys_and_messages() {
                 group: "lobby".into(),
                 since: None,
                 epoch: None,
+                plain: false,
+            },
+            Action::GroupAdd {
+                group: "room:2".into(),
+                since: Some(3),
+                epoch: Some("17".into()),
+                plain: true,
             },
             Action::GroupDiscard { group: "lobby".into() },
             Action::HttpResponseStart {

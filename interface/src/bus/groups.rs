@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use switchyard_protocol::groups::Position;
 use switchyard_protocol::pubsub::{self, Delivery};
 use switchyard_protocol::redis_conn::{Backoff, Redis, RedisClient};
 use switchyard_protocol::Keys;
@@ -21,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::bus::membership::{self, Change};
-use crate::bus::recovery::{Members, Recoverer};
+use crate::bus::recovery::{Join, Members, Recoverer};
 use crate::bus::registry::Registry;
 
 enum Command {
@@ -31,7 +30,7 @@ enum Command {
     Join {
         group: String,
         conn: u64,
-        since: Position,
+        join: Join,
     },
 }
 
@@ -95,10 +94,10 @@ impl Groups {
         groups
     }
 
-    /// Makes `conn` a member of `group`. With `since`, it first gets the group's
-    /// broadcasts after that position from the history, then the live ones; a
-    /// connection already a member just stays one.
-    pub fn add(&self, group: &str, conn: u64, since: Option<Position>) {
+    /// Makes `conn` a member of `group`. With a [`Join`], it first gets the
+    /// group's broadcasts after that position from the history, then the live
+    /// ones; a connection already a member just stays one.
+    pub fn add(&self, group: &str, conn: u64, since: Option<Join>) {
         let mut members = self.lock();
         let set = members.entry(group.to_owned()).or_default();
         if set.is_empty() {
@@ -106,12 +105,12 @@ impl Groups {
         }
         let new = !set.contains(conn);
         match since {
-            Some(since) if new => {
+            Some(join) if new => {
                 set.joining.insert(conn);
                 let _ = self.commands.send(Command::Join {
                     group: group.to_owned(),
                     conn,
-                    since,
+                    join,
                 });
             }
             Some(_) => {}
@@ -294,11 +293,11 @@ async fn subscriber(
                             recoverer.unsubscribed(&group);
                             subscriptions.unsubscribe(&keys.group_channel(&group)).await
                         }
-                        Some(Command::Join { group, conn, since }) => {
+                        Some(Command::Join { group, conn, join }) => {
                             let Some(table) = groups.upgrade() else {
                                 return;
                             };
-                            recoverer.join(&*table, &group, conn, since).await;
+                            recoverer.join(&*table, &group, conn, join).await;
                             Ok(())
                         }
                         None => return,
@@ -317,6 +316,14 @@ async fn subscriber(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_protocol::groups::Position;
+
+    fn since(epoch: &str, seq: u64) -> Option<Join> {
+        Some(Join {
+            since: Position::new(epoch, seq),
+            plain: false,
+        })
+    }
 
     fn table() -> (Groups, mpsc::UnboundedReceiver<Command>) {
         let (commands, rx) = mpsc::unbounded_channel();
@@ -335,8 +342,8 @@ mod tests {
             seen.push(match command {
                 Command::Subscribe(g) => format!("subscribe {g}"),
                 Command::Unsubscribe(g) => format!("unsubscribe {g}"),
-                Command::Join { group, conn, since } => {
-                    format!("join {group} {conn} since {}/{}", since.epoch, since.seq)
+                Command::Join { group, conn, join } => {
+                    format!("join {group} {conn} since {}/{}", join.since.epoch, join.since.seq)
                 }
             });
         }
@@ -360,7 +367,7 @@ mod tests {
     fn a_join_since_waits_for_its_history_before_any_broadcast() {
         let (groups, mut rx) = table();
         groups.add("g", 1, None);
-        groups.add("g", 2, Some(Position::new("e", 4)));
+        groups.add("g", 2, since("e", 4));
         assert_eq!(drain(&mut rx), ["subscribe g", "join g 2 since e/4"]);
         assert_eq!(groups.members("g"), [1], "a joining connection gets no live broadcast");
         assert_eq!(groups.sizes(), [("g".to_owned(), 2)], "but it counts as a member");
@@ -377,7 +384,7 @@ mod tests {
     #[test]
     fn a_connection_that_left_while_joining_is_not_activated() {
         let (groups, mut rx) = table();
-        groups.add("g", 7, Some(Position::new("e", 1)));
+        groups.add("g", 7, since("e", 1));
         groups.discard("g", 7);
         assert_eq!(drain(&mut rx), ["subscribe g", "join g 7 since e/1", "unsubscribe g"]);
         let mut delivered = false;
@@ -390,7 +397,7 @@ mod tests {
     fn a_member_that_joins_again_since_stays_live_without_a_second_history() {
         let (groups, mut rx) = table();
         groups.add("g", 1, None);
-        groups.add("g", 1, Some(Position::new("e", 3)));
+        groups.add("g", 1, since("e", 3));
         assert_eq!(drain(&mut rx), ["subscribe g"]);
         assert_eq!(groups.members("g"), [1]);
     }
@@ -398,7 +405,7 @@ mod tests {
     #[test]
     fn a_plain_join_while_joining_since_makes_it_live() {
         let (groups, _rx) = table();
-        groups.add("g", 1, Some(Position::new("e", 3)));
+        groups.add("g", 1, since("e", 3));
         groups.add("g", 1, None);
         assert_eq!(groups.members("g"), [1]);
         let mut delivered = false;

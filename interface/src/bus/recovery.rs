@@ -46,6 +46,17 @@ pub trait Members {
     fn activate(&self, group: &str, conn: u64, deliver: impl FnOnce());
 }
 
+/// Where a connection joins a group from (a `group.add` with `since`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// It gets the broadcasts after this position, then the live ones.
+    pub since: Position,
+    /// A plain join (the worker set `since` to where the group stood): when the
+    /// history cannot serve it, the connection joins live without a
+    /// `recover_failed` notice, as it asked for no position.
+    pub plain: bool,
+}
+
 /// History reads under way at once when every group catches up after a reconnect.
 const CATCH_UP_READS: usize = 16;
 
@@ -243,10 +254,19 @@ impl Recoverer {
 
     /// A connection joins `group` since `since`: the history after `since` up
     /// to where the group's members are, then it is a member like the others.
-    pub async fn join(&mut self, groups: &impl Members, group: &str, conn: u64, since: Position) {
+    /// A plain join gets no `recover_failed` notice: it asked for no position.
+    pub async fn join(&mut self, groups: &impl Members, group: &str, conn: u64, join: Join) {
         if !groups.is_joining(group, conn) {
             return;
         }
+        let Join { since, plain } = join;
+        let notify = |this: &Self, reason: &str, from: &Position| {
+            if plain {
+                tracing::debug!(%group, conn, reason, "plain join whose position the history cannot serve; joined live");
+            } else {
+                this.send_to(conn, group, reason, from);
+            }
+        };
         // The group must be at least where the connection is (it may have had
         // broadcasts from another interface that are still on their way here).
         let behind = match self.positions.get(group) {
@@ -259,9 +279,7 @@ impl Recoverer {
             self.catch_up(groups, group).await;
         }
         let Some(at) = self.positions.get(group).cloned() else {
-            groups.activate(group, conn, || {
-                self.send_to(conn, group, "unavailable", &Position::default());
-            });
+            groups.activate(group, conn, || notify(self, "unavailable", &Position::default()));
             return;
         };
         if caught_up(&since, &at) {
@@ -275,12 +293,12 @@ impl Recoverer {
                 Ok(_) => {
                     // The numbering changed under this interface's feet: the
                     // members learn it with their next broadcast; this one too.
-                    self.send_to(conn, group, "epoch", &at);
+                    notify(self, "epoch", &at);
                     return;
                 }
                 Err(error) => {
                     tracing::warn!(%group, conn, %error, "cannot read the group's history for a join");
-                    self.send_to(conn, group, "unavailable", &at);
+                    notify(self, "unavailable", &at);
                     return;
                 }
             };
@@ -288,7 +306,7 @@ impl Recoverer {
                 tracing::debug!(%group, conn, ?since, reason, "join since a position the history cannot serve");
                 // What follows as a member continues from `at` at most.
                 let from = if from.seq > at.seq { &at } else { from };
-                self.send_to(conn, group, reason, from);
+                notify(self, reason, from);
             }
             // Up to where the members are; what follows reaches it as a member.
             let mut delivered = 0;
@@ -301,7 +319,7 @@ impl Recoverer {
                     Ok(_) => break,
                     Err(error) => {
                         tracing::error!(%group, %error, "undecodable broadcast in the history");
-                        self.send_to(conn, group, "trimmed", &at);
+                        notify(self, "trimmed", &at);
                         return;
                     }
                 }

@@ -44,6 +44,7 @@ use super::frames::{Inbound, Inbox};
 use super::io::WriteHalf;
 use super::rate::TokenBucket;
 use crate::bus::outbound::Appended;
+use crate::bus::recovery::Join;
 use crate::bus::registry::{Backlog, ConnEvent, Events};
 use crate::bus::stalls::{self, EntryState};
 use crate::state::Shared;
@@ -366,8 +367,16 @@ impl Connection {
                     };
                     self.close(code, &reason).await;
                 }
-                Action::GroupAdd { group, since, epoch } => {
-                    let since = since.map(|seq| Position::new(epoch.unwrap_or_default(), seq));
+                Action::GroupAdd {
+                    group,
+                    since,
+                    epoch,
+                    plain,
+                } => {
+                    let since = since.map(|seq| Join {
+                        since: Position::new(epoch.unwrap_or_default(), seq),
+                        plain,
+                    });
                     self.shared.groups.add(&group, self.opened.id, since);
                     self.groups.insert(group);
                 }

@@ -91,11 +91,16 @@ impl Context {
         });
     }
 
+    /// Joins a group: the connection gets every broadcast sent after this
+    /// message was handled (the worker commits the join with the group's
+    /// position at that moment, so one published before the interface has
+    /// subscribed is not missed either).
     pub fn group_add(&mut self, group: impl Into<String>) {
         self.actions.push(Action::GroupAdd {
             group: group.into(),
             since: None,
             epoch: None,
+            plain: false,
         });
     }
 
@@ -111,6 +116,7 @@ impl Context {
             group: group.into(),
             since: Some(since),
             epoch: Some(epoch.into()),
+            plain: false,
         });
     }
 

@@ -20,9 +20,10 @@
 //! Each message is handled inside a `message{channel, conn, seq, event}` span,
 //! so every log line names the connection (or request) it is about.
 
+use switchyard_protocol::groups;
 use switchyard_protocol::redis_conn::Backoff;
 use switchyard_protocol::stream::{self, StreamEntry};
-use switchyard_protocol::{decode, encode, ChannelMessage, Event, Reply, ReplyAddress, WORKER_GROUP};
+use switchyard_protocol::{decode, encode, Action, ChannelMessage, Event, Reply, ReplyAddress, WORKER_GROUP};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -231,7 +232,10 @@ async fn finish(
     again: bool,
 ) -> redis::RedisResult<Outcome> {
     let disconnect = matches!(message.event, Event::Disconnect { .. });
-    let actions = std::mem::take(&mut ctx.actions);
+    let mut actions = std::mem::take(&mut ctx.actions);
+    if !disconnect {
+        place_plain_joins(worker, &mut actions).await?;
+    }
     // A message handled again checks the session's outbox even if this run
     // did not touch the session; a disconnect shortens the outbox's life.
     let session = ctx
@@ -250,6 +254,28 @@ async fn finish(
         group_sends: std::mem::take(&mut ctx.group_sends),
     };
     worker.committer.commit(commit).await
+}
+
+/// Gives each plain `group.add` the group's position now, before the commit:
+/// the interface then delivers every broadcast sent after it, including those
+/// published before it has subscribed to the group (docs/protocol.md, "Group
+/// history and recovery"). One read per group, in the group's slot.
+async fn place_plain_joins(worker: &Worker, actions: &mut [Action]) -> redis::RedisResult<()> {
+    for action in actions.iter_mut() {
+        if let Action::GroupAdd {
+            group,
+            since: since @ None,
+            epoch,
+            plain,
+        } = action
+        {
+            let at = groups::position(&mut worker.redis.clone(), &worker.keys, group).await?;
+            *since = Some(at.seq);
+            *epoch = Some(at.epoch);
+            *plain = true;
+        }
+    }
+    Ok(())
 }
 
 /// The entry's delivery count, asking until Redis answers; `None` when it is

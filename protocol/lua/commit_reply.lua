@@ -7,9 +7,12 @@
 -- An appended body chunk is guarded by the sequence table (a chunk handled
 -- again is not appended twice); replies need no guard: the interface applies a
 -- reply only if its `done` is above the last one it applied.
+-- The replies to one interface go out as one stream entry with an `m` field
+-- per reply, in order: one XADD per interface and batch, not per message.
 local ttl = ARGV[1]
 local i = 2
 local expire = {}
+local entries, streams = {}, {}
 for m = 1, #KEYS / 3 do
   local stream, seqs, body = KEYS[3*m-2], KEYS[3*m-1], KEYS[3*m]
   local conn, seq, reply = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2]
@@ -27,9 +30,17 @@ for m = 1, #KEYS / 3 do
   end
   if forget then redis.call('HDEL', seqs, conn) end
   if reply ~= '' then
-    redis.call('XADD', stream, '*', 'm', reply)
+    local entry = entries[stream]
+    if not entry then
+      entry = {stream, '*'}
+      entries[stream] = entry
+      streams[#streams + 1] = stream
+    end
+    entry[#entry + 1] = 'm'
+    entry[#entry + 1] = reply
     expire[stream] = true
   end
 end
+for _, stream in ipairs(streams) do redis.call('XADD', unpack(entries[stream])) end
 for key in pairs(expire) do redis.call('PEXPIRE', key, ttl) end
 return #KEYS / 3

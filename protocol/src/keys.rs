@@ -24,6 +24,12 @@ pub const WORKER_GROUP: &str = "workers";
 /// Number of hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 
+/// Session fields whose name starts with this are Switchyard's own: a
+/// connection's outbox (`~o:IFACE!CONN`), when the key expires (`~x`), the
+/// outboxes of connections that are gone (`~c`). Consumers never see them and
+/// cannot write them.
+pub const SESSION_RESERVED: char = '~';
+
 /// Builds every Redis key and pub/sub channel name Switchyard uses.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -94,14 +100,17 @@ impl Keys {
     }
 
     /// A session hash, keyed by `session_uuid` or by reply address: `P:session:{ID}`.
+    /// Its fields starting with [`SESSION_RESERVED`] are Switchyard's (the
+    /// outboxes, the expiry; `commit_session.lua`), hidden from consumers.
     pub fn session(&self, id: &str) -> String {
         format!("{}:session:{{{}}}", self.prefix, tag(id))
     }
 
-    /// The outcome of a connection's last message that wrote its session, in the
-    /// session's slot: `P:outbox:{ID}:IFACE!CONN`. Written in the same atomic
-    /// step as the session, it makes that step happen once and lets a worker
-    /// that takes over finish the message with the original reply.
+    /// The outcome of a connection's last message that wrote its session, when
+    /// it is too large to keep in the session hash (field `~o:IFACE!CONN`), in
+    /// the session's slot: `P:outbox:{ID}:IFACE!CONN`. Written in the same
+    /// atomic step as the session, it makes that step happen once and lets a
+    /// worker that takes over finish the message with the original reply.
     pub fn outbox(&self, session_id: &str, reply: &str) -> String {
         format!("{}:outbox:{{{}}}:{}", self.prefix, tag(session_id), reply)
     }

@@ -47,6 +47,6 @@ pub const METRIC_PREFIX: &str = "switchyard";
 
 pub use address::ReplyAddress;
 pub use codec::{decode, encode, DecodeError, Versioned, PROTOCOL_VERSION};
-pub use keys::{Keys, WORKER_GROUP};
+pub use keys::{Keys, SESSION_RESERVED, WORKER_GROUP};
 pub use message::*;
 pub use stream::PAYLOAD_FIELD;

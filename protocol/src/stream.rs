@@ -59,9 +59,15 @@ pub struct StreamEntry {
 impl StreamEntry {
     /// The msgpack payload (field `m`), if the entry has one.
     pub fn payload(&self) -> Option<&[u8]> {
+        self.payloads().next()
+    }
+
+    /// Every msgpack payload (field `m`), in order: a reply stream entry holds
+    /// the replies of one commit batch to one interface.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
         self.fields
             .iter()
-            .find(|(name, _)| name == PAYLOAD_FIELD.as_bytes())
+            .filter(|(name, _)| name == PAYLOAD_FIELD.as_bytes())
             .map(|(_, value)| value.as_slice())
     }
 }

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
@@ -247,14 +248,15 @@ class Committer:
         calls = []
         for members in groups.values():
             keys: list[str] = []
-            args: list[Any] = [self.session_ttl_ms, self.session_ttl_ms, min(CLOSING_TTL_MS, self.session_ttl_ms)]
+            args: list[Any] = [self.session_ttl_ms, min(CLOSING_TTL_MS, self.session_ttl_ms), int(time.time() * 1000)]
             for item, key in members:
                 commit = item.commit
                 session = commit.session
                 assert session is not None
                 keys += [key, self.keys.outbox(session.id, commit.reply_address)]
                 outbox = encode_outbox(commit.reply, commit.group_sends) if session.writes() else b""
-                args += [commit.seq, outbox, "1" if commit.forget else "0", len(session.sets)]
+                own = "1" if session.id == commit.reply_address else "0"
+                args += [commit.seq, commit.reply_address, outbox, "1" if commit.forget else "0", own, len(session.sets)]
                 for name, value in session.sets:
                     args += [name, value]
                 args.append(len(session.deletes))

@@ -37,6 +37,16 @@ def session_id(query: str, reply: str) -> str:
     return reply
 
 
+RESERVED = "~"
+"""Session fields starting with this are Switchyard's (a connection's outbox, the key's
+expiry: ``commit_session.lua``); consumers never see them and cannot write them."""
+
+
+def _check_name(key: str) -> None:
+    if key.startswith(RESERVED):
+        raise KeyError(f"session fields starting with {RESERVED!r} are Switchyard's: {key!r}")
+
+
 class Session(MutableMapping[str, str]):
     """The connection's session: a dict of strings, committed with the reply."""
 
@@ -57,11 +67,13 @@ class Session(MutableMapping[str, str]):
                 "session keys and values are strings (a Redis hash, shared with Rust workers): "
                 f"store str(value) or json.dumps(value), not {type(value).__name__}"
             )
+        _check_name(key)
         self.used = True
         self._values[key] = value
         self._changes[key] = value
 
     def __delitem__(self, key: str) -> None:
+        _check_name(key)
         self.used = True
         del self._values[key]
         self._changes[key] = None

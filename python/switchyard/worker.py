@@ -200,7 +200,10 @@ class Worker:
 
     async def load_session(self, session_id: str) -> dict[str, str]:
         raw = await self._sessions.read(self.keys.session(session_id))
-        return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
+        # Fields starting with "~" are Switchyard's (outboxes, expiry: commit_session.lua).
+        return {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items() if not k.startswith(b"~")
+        }
 
     # ----- start and stop ------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use switchyard_tests::stack::REPLY_TIMEOUT;
+use switchyard_tests::test_redis::TestConn;
 use switchyard_tests::{bounded, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +79,10 @@ async fn session_reply_stream_and_sequence_table_expire() {
         }
         let mut redis = stack.redis_conn().unwrap();
         let keys: Vec<String> = redis::cmd("KEYS").arg("switchyard:*").query(&mut redis).unwrap();
-        // The outbox (the session write's guard) expires with the session; connseq is
-        // written for HTTP request bodies only.
-        let expiring = ["switchyard:session:", "switchyard:outbox:", "switchyard:reply:"];
+        // The outbox (the session write's guard) is a field of the session hash (a large one
+        // has a key of its own, with the session's expiry); connseq is written for HTTP
+        // request bodies only.
+        let expiring = ["switchyard:session:", "switchyard:reply:"];
         for prefix in expiring {
             let matching: Vec<&String> = keys.iter().filter(|k| k.starts_with(prefix)).collect();
             assert!(!matching.is_empty(), "no {prefix}* key written; keys: {keys:?}");
@@ -89,6 +91,95 @@ async fn session_reply_stream_and_sequence_table_expire() {
                 assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
             }
         }
+    })
+    .await
+}
+
+/// The session's expiry is refreshed only once a quarter of it has run down (not at every
+/// message), and that is enough: a session in steady use outlives its TTL many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_use_outlives_its_ttl() {
+    bounded(Duration::from_secs(60), async {
+        let stack = Stack::builder("chat-session-ttl")
+            .workers(1)
+            .worker_arg("--session-ttl=2")
+            .start()
+            .await;
+        let session = "5d1b0c9e-2f4a-4b6c-8d3e-7a9f1e2b3c4d";
+        let mut client = stack.ws(&format!("/ws/chat/?session_uuid={session}")).await;
+        let mut redis = stack.redis_conn().unwrap();
+        let key = format!("switchyard:session:{{{session}}}");
+        // 6 s of use, a message every 100 ms: three TTLs. `~x` is when the key expires, as
+        // set by the last refresh.
+        let mut refreshes = std::collections::BTreeSet::new();
+        for n in 1..=60u64 {
+            client.send_text(format!("m{n}")).await.unwrap();
+            assert_eq!(client.recv_count(REPLY_TIMEOUT).await.unwrap(), n, "the session was lost");
+            let expires: u64 = redis::cmd("HGET").arg(&key).arg("~x").query(&mut redis).unwrap();
+            refreshes.insert(expires);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut redis).unwrap();
+        assert!(ttl > 0 && ttl <= 2000, "PTTL {ttl}");
+        assert!(
+            (3..20).contains(&refreshes.len()),
+            "the session's expiry was set {} times for 60 messages over 6 s",
+            refreshes.len()
+        );
+        // Unused, it goes.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let exists: bool = redis::cmd("EXISTS").arg(&key).query(&mut redis).unwrap();
+        assert!(!exists, "an unused session outlived its TTL");
+    })
+    .await
+}
+
+/// A connection's outbox is a field of its session; once the connection is gone, that field
+/// is kept for a while (a slow worker may still commit one of its messages) and then deleted
+/// by a later commit of the session, so a session shared by many connections over time does
+/// not pile up outboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outboxes_of_connections_that_are_gone_are_purged() {
+    bounded(Duration::from_secs(60), async {
+        // The closing delay is the session TTL when that is shorter than an hour.
+        let stack = Stack::builder("chat-outbox-purge")
+            .workers(1)
+            .worker_arg("--session-ttl=3")
+            .start()
+            .await;
+        let session = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+        let url = format!("/ws/chat/?session_uuid={session}");
+        let key = format!("switchyard:session:{{{session}}}");
+        let mut redis = stack.redis_conn().unwrap();
+        let outboxes = |redis: &mut TestConn| -> Vec<String> {
+            let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(redis).unwrap();
+            fields.into_iter().filter(|f| f.starts_with("~o:")).collect()
+        };
+        for n in 1..=4u64 {
+            let mut client = stack.ws(&url).await;
+            client.send_text("hello").await.unwrap();
+            assert_eq!(client.recv_count(REPLY_TIMEOUT).await.unwrap(), n);
+            client.close().await;
+        }
+        let gone = switchyard_tests::eventually(Duration::from_secs(10), || {
+            let listed: Option<String> = redis::cmd("HGET").arg(&key).arg("~c").query(&mut redis).unwrap();
+            async move { listed.filter(|l| l.split(' ').count() == 8) }
+        })
+        .await
+        .expect("the four closed connections are listed for purging");
+        assert_eq!(outboxes(&mut redis).len(), 4, "{gone}");
+        // Past the closing delay, a later commit of the session purges them (a live
+        // connection keeps the session in use meanwhile: unused, it would expire first).
+        let mut client = stack.ws(&url).await;
+        for n in 5..=20u64 {
+            client.send_text("hello").await.unwrap();
+            assert_eq!(client.recv_count(REPLY_TIMEOUT).await.unwrap(), n);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let left = outboxes(&mut redis);
+        assert_eq!(left.len(), 1, "only the live connection's outbox is left: {left:?}");
+        let listed: Option<String> = redis::cmd("HGET").arg(&key).arg("~c").query(&mut redis).unwrap();
+        assert_eq!(listed, None);
     })
     .await
 }

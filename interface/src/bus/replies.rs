@@ -64,7 +64,14 @@ pub async fn run(client: RedisClient, shared: Arc<Shared>) {
                     if let Some(id) = EntryId::parse(&entry.id) {
                         last = last.max(id);
                     }
-                    dispatch(&shared, &entry.id, entry.payload());
+                    let mut payloads = entry.payloads().peekable();
+                    if payloads.peek().is_none() {
+                        shared.metrics.error("bad_reply");
+                        tracing::error!(entry = entry.id, "reply stream entry without payload field; dropped");
+                    }
+                    for payload in payloads {
+                        dispatch(&shared, &entry.id, payload);
+                    }
                 }
             }
             let idle = trimming.as_ref().is_none_or(JoinHandle::is_finished);
@@ -78,17 +85,12 @@ pub async fn run(client: RedisClient, shared: Arc<Shared>) {
     }
 }
 
-fn dispatch(shared: &Shared, id: &str, payload: Option<&[u8]>) {
-    let reply = match payload.map(decode::<Reply>) {
-        Some(Ok(reply)) => reply,
-        Some(Err(error)) => {
+fn dispatch(shared: &Shared, id: &str, payload: &[u8]) {
+    let reply = match decode::<Reply>(payload) {
+        Ok(reply) => reply,
+        Err(error) => {
             shared.metrics.error("bad_reply");
-            tracing::error!(entry = id, %error, "undecodable entry on the reply stream; dropped");
-            return;
-        }
-        None => {
-            shared.metrics.error("bad_reply");
-            tracing::error!(entry = id, "reply stream entry without payload field; dropped");
+            tracing::error!(entry = id, %error, "undecodable reply on the reply stream; dropped");
             return;
         }
     };

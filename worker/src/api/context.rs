@@ -6,8 +6,6 @@
 //! mid-message therefore leaves no trace, and the message is simply handled
 //! again by another worker.
 
-use std::collections::HashMap;
-
 use switchyard_protocol::groups::GroupFrame;
 use switchyard_protocol::redis_conn::Redis;
 use switchyard_protocol::{Action, Keys, Payload, ReplyAddress};
@@ -172,11 +170,11 @@ impl Context {
     /// The connection's session, loaded from Redis on first use.
     pub async fn session(&mut self) -> redis::RedisResult<&mut Session> {
         if self.session.is_none() {
-            let values: HashMap<String, String> = redis::cmd("HGETALL")
+            let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
                 .arg(self.keys.session(&self.session_id))
                 .query_async(&mut self.redis)
                 .await?;
-            self.session = Some(Session::loaded(values));
+            self.session = Some(Session::loaded(fields));
         }
         Ok(self.session.get_or_insert_with(Session::default))
     }

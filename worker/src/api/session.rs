@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use switchyard_protocol::SESSION_RESERVED;
+
 /// The session of the connection being handled.
 #[derive(Debug, Default, Clone)]
 pub struct Session {
@@ -16,7 +18,19 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn loaded(values: HashMap<String, String>) -> Session {
+    /// The session from its hash's fields; Switchyard's own fields (the
+    /// outboxes, the expiry: [`SESSION_RESERVED`]) are left out.
+    pub(crate) fn loaded(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Session {
+        let values = fields
+            .into_iter()
+            .filter(|(field, _)| !is_reserved(&String::from_utf8_lossy(field)))
+            .map(|(field, value)| {
+                (
+                    String::from_utf8_lossy(&field).into_owned(),
+                    String::from_utf8_lossy(&value).into_owned(),
+                )
+            })
+            .collect();
         Session {
             values,
             changes: HashMap::new(),
@@ -32,14 +46,25 @@ impl Session {
         self.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
+    /// Sets a field. Names starting with `~` are Switchyard's: such a write is
+    /// refused (logged) and changes nothing.
     pub fn set(&mut self, field: impl Into<String>, value: impl ToString) {
         let field = field.into();
+        if is_reserved(&field) {
+            tracing::error!(%field, "session fields starting with '~' are Switchyard's; not set");
+            return;
+        }
         let value = value.to_string();
         self.values.insert(field.clone(), value.clone());
         self.changes.insert(field, Some(value));
     }
 
+    /// Removes a field (not one of Switchyard's, see [`Session::set`]).
     pub fn remove(&mut self, field: &str) {
+        if is_reserved(field) {
+            tracing::error!(%field, "session fields starting with '~' are Switchyard's; not removed");
+            return;
+        }
         self.values.remove(field);
         self.changes.insert(field.to_owned(), None);
     }
@@ -84,6 +109,11 @@ impl SessionWrite {
     }
 }
 
+/// Whether a session field is one of Switchyard's own.
+fn is_reserved(field: &str) -> bool {
+    field.starts_with(SESSION_RESERVED)
+}
+
 /// The session id for a connection: a well-formed `session_uuid`, else the
 /// reply address.
 pub(crate) fn session_id(query: &str, reply: &str) -> String {
@@ -118,12 +148,25 @@ mod tests {
 
     #[test]
     fn tracks_changes() {
-        let mut session = Session::loaded(HashMap::from([("a".to_owned(), "1".to_owned())]));
+        let mut session = Session::loaded(vec![(b"a".to_vec(), b"1".to_vec())]);
         session.set("count", 5);
         session.remove("a");
+        session.set("~x", 1);
+        session.remove("~c");
         assert_eq!(session.get_u64("count"), 5);
         let (sets, deletes) = session.changes();
         assert_eq!(sets, vec![("count", "5")]);
         assert_eq!(deletes, vec!["a"]);
+    }
+
+    #[test]
+    fn switchyards_own_fields_are_hidden() {
+        let session = Session::loaded(vec![
+            (b"count".to_vec(), b"2".to_vec()),
+            (b"~o:if!1".to_vec(), b"2 \x83\xa1v\x01\xff".to_vec()),
+            (b"~x".to_vec(), b"1796702975496".to_vec()),
+        ]);
+        assert_eq!(session.get("count"), Some("2"));
+        assert_eq!(session.values.len(), 1);
     }
 }

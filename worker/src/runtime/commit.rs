@@ -46,6 +46,7 @@ use redis::{RedisError, RedisResult, Script, Value};
 use switchyard_protocol::groups::{publish_command, send_keys, GroupFrame, History};
 use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
 use switchyard_protocol::stream::StreamEntry;
+use switchyard_protocol::time;
 use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
 
 use crate::api::session::SessionWrite;
@@ -308,23 +309,27 @@ async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]
         let mut invocation = scripts.session.prepare_invoke();
         invocation
             .arg(settings.session_ttl.as_millis() as u64)
-            .arg(settings.session_ttl.as_millis() as u64)
-            .arg(CLOSING_TTL.min(settings.session_ttl).as_millis() as u64);
+            .arg(CLOSING_TTL.min(settings.session_ttl).as_millis() as u64)
+            .arg(time::now_ms());
         for (index, session_key) in members {
             let commit = &items[*index].commit;
             let Some(session) = &commit.session else { continue };
+            let reply_address = commit.reply_address();
             invocation
                 .key(session_key)
-                .key(keys.outbox(&session.id, &commit.reply_address()));
+                .key(keys.outbox(&session.id, &reply_address));
             let outbox = if session.writes() {
                 encode_outbox(commit)
             } else {
                 Vec::new()
             };
+            let own = session.id == reply_address;
             invocation
                 .arg(commit.seq)
+                .arg(&reply_address)
                 .arg(outbox)
                 .arg(if commit.forget { "1" } else { "0" })
+                .arg(if own { "1" } else { "0" })
                 .arg(session.sets.len());
             for (field, value) in &session.sets {
                 invocation.arg(field).arg(value);

@@ -285,13 +285,13 @@ def backbone(args):
     rows = load(args.results)
     out = [
         "| system | connections | msgs/s | p50 ms | p99 ms | CPU µs/msg, all | interface | workers | Redis "
-        "| Redis commands per message | top commands per message |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Redis commands per message | Redis µs/msg in scripts | top commands per message |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     by_key = {}
     for r in rows:
         if r.get("failed"):
-            out.append(f"| {r.get('label', '')} | {r.get('args', '')} | failed ({r['failed']}) | | | | | | | | |")
+            out.append(f"| {r.get('label', '')} | {r.get('args', '')} | failed ({r['failed']}) | | | | | | | | | |")
             continue
         by_key[(r["label"], r["connections"])] = r
         cs = r.get("redis_commandstats")
@@ -303,11 +303,17 @@ def backbone(args):
             top_s = ", ".join(f"{k} {v / answered:.2f}" for k, v in top)
         else:
             per, top_s = "–", "–"
+        usec = r.get("redis_commandusec")
+        scripts = (
+            num(sum(usec.get(k, 0) for k in ("evalsha", "eval", "fcall")) / answered, "{:.1f}")
+            if usec and answered
+            else "–"
+        )
         out.append(
             f"| {r['label']} | {r['connections']:,} | {num(r['msgs_per_sec'])} | {ms(r['p50_us'])} | {ms(r['p99_us'])} "
             f"| {num(r.get('cpu_us_per_msg'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'switchyard-inte'), '{:.1f}')} "
             f"| {num(cpu_per_msg_of(r, 'switchyard-work'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'redis'), '{:.1f}')} "
-            f"| {per} | {top_s} |"
+            f"| {per} | {scripts} | {top_s} |"
         )
     hops = []
     for (label, conns), r in sorted(by_key.items(), key=lambda kv: kv[0][1]):
@@ -332,7 +338,9 @@ def backbone(args):
 answered in it, per side (interface; the 2 workers together; redis-server) and summed. Redis
 commands per message = all commands counted by `INFO commandstats` (reset before each run)
 divided by messages answered over the whole run (warm-up and the connects/disconnects included,
-so it slightly overstates the per-message steady state). "reference" is the same chat counter
+so it slightly overstates the per-message steady state). "Redis µs/msg in scripts" = the time
+Redis spent inside `EVALSHA` (the Lua commit steps, their own commands included), as
+`INFO commandstats` counts it, over the same messages. "reference" is the same chat counter
 answered inside one Rust process (fastwebsockets, no Redis, no workers): what a message costs
 without the broker hop that lets workers restart under open sockets.
 

@@ -255,8 +255,8 @@ class Committer:
                 assert session is not None
                 keys += [key, self.keys.outbox(session.id, commit.reply_address)]
                 outbox = encode_outbox(commit.reply, commit.group_sends) if session.writes() else b""
-                own = "1" if session.id == commit.reply_address else "0"
-                args += [commit.seq, commit.reply_address, outbox, "1" if commit.forget else "0", own, len(session.sets)]
+                flags = ("c" if commit.forget else "") + ("o" if session.id == commit.reply_address else "")
+                args += [commit.seq, commit.reply_address, outbox, flags, len(session.sets)]
                 for name, value in session.sets:
                     args += [name, value]
                 args.append(len(session.deletes))

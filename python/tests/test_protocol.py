@@ -118,3 +118,12 @@ def test_session_ids_and_changes() -> None:
     assert session.changes() == ([("count", "5")], ["a"])
     with pytest.raises(TypeError, match="strings"):
         session["count"] = 6  # type: ignore[assignment]
+
+
+def test_switchyards_own_session_fields_cannot_be_written() -> None:
+    session = Session("s", {"count": "1"})
+    with pytest.raises(KeyError, match="Switchyard's"):
+        session["~o:if!1"] = "x"
+    with pytest.raises(KeyError, match="Switchyard's"):
+        del session["~x"]
+    assert session.changes() == ([], [])

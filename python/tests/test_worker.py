@@ -138,10 +138,11 @@ async def test_a_consumer_counts_in_its_session_and_joins_its_groups(stack: Stac
         [{"type": "websocket.send", "text": '{"count": 2}'}],
     ]
     stored = await stack.raw.hgetall(stack.worker.keys.session(f"{IFACE}!1"))
-    # Switchyard's own fields beside the consumer's: the connection's outbox (the last
-    # message's seq and outcome) and when the key expires; the consumer sees neither.
+    # Switchyard's own fields beside the consumer's: the connection's last committed seq
+    # and its outcome, and when the key expires; the consumer sees none of them.
     assert {k: v for k, v in stored.items() if not k.startswith(b"~")} == {b"count": b"2"}
-    assert stored[f"~o:{IFACE}!1".encode()].startswith(b"3 ")
+    assert stored[f"~s:{IFACE}!1".encode()] == b"3"
+    assert stored[f"~o:{IFACE}!1".encode()].startswith(b"\x83")  # msgpack {v, reply, groups}
     assert int(stored[b"~x"]) > 0
     assert await stack.worker.load_session(f"{IFACE}!1") == {"count": "2"}
     assert await stack.raw.xpending("switchyard:chan:{counter:0}", "workers") == {

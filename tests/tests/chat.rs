@@ -114,7 +114,11 @@ async fn a_session_in_use_outlives_its_ttl() {
         let mut refreshes = std::collections::BTreeSet::new();
         for n in 1..=60u64 {
             client.send_text(format!("m{n}")).await.unwrap();
-            assert_eq!(client.recv_count(REPLY_TIMEOUT).await.unwrap(), n, "the session was lost");
+            assert_eq!(
+                client.recv_count(REPLY_TIMEOUT).await.unwrap(),
+                n,
+                "the session was lost"
+            );
             let expires: u64 = redis::cmd("HGET").arg(&key).arg("~x").query(&mut redis).unwrap();
             refreshes.insert(expires);
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -42,12 +42,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::FutureExt;
 use redis::{RedisError, RedisResult, Script, Value};
 use switchyard_protocol::groups::{publish_command, send_keys, GroupFrame, History};
 use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
 use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::time;
-use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
+use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, PAYLOAD_FIELD, WORKER_GROUP};
 
 use crate::api::session::SessionWrite;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -324,12 +325,17 @@ async fn session_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]
                 Vec::new()
             };
             let own = session.id == reply_address;
+            let flags = match (commit.forget, own) {
+                (true, true) => "co",
+                (true, false) => "c",
+                (false, true) => "o",
+                (false, false) => "",
+            };
             invocation
                 .arg(commit.seq)
                 .arg(&reply_address)
                 .arg(outbox)
-                .arg(if commit.forget { "1" } else { "0" })
-                .arg(if own { "1" } else { "0" })
+                .arg(flags)
                 .arg(session.sets.len());
             for (field, value) in &session.sets {
                 invocation.arg(field).arg(value);
@@ -505,6 +511,17 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
         item.writing().then(|| keys.reply_stream(&item.commit.interface))
     });
     let calls = groups.values().map(|members| {
+        let plain = members.iter().all(|(index, _)| {
+            let commit = &items[*index].commit;
+            commit.body == BodyOp::Keep && !commit.forget
+        });
+        if plain {
+            // WebSocket replies only: no guard to check, so no script — an
+            // XADD per reply stream (an `m` per reply) and its PEXPIRE.
+            let batch = plain_replies(settings, items, members);
+            let redis = settings.redis.clone();
+            return async move { batch.run(&redis).await.into_iter().try_for_each(|r| r.map(drop)) }.boxed();
+        }
         let mut invocation = scripts.reply.prepare_invoke();
         invocation.arg(settings.reply_ttl.as_millis() as u64);
         for (index, reply_stream) in members {
@@ -525,7 +542,7 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
             invocation.arg(if commit.forget { "1" } else { "0" });
         }
         let mut con = settings.redis.clone();
-        async move { invocation.invoke_async::<i64>(&mut con).await }
+        async move { invocation.invoke_async::<i64>(&mut con).await.map(drop) }.boxed()
     });
     let results = join_all(calls).await;
     let written = one_key_per_slot(&groups);
@@ -537,6 +554,36 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
         }
     }
     written
+}
+
+/// The replies of `members` (none with an HTTP body or a forget) as what
+/// `commit_reply.lua` would do for them: per reply stream, one `XADD` with an
+/// `m` field per reply, in order, then its `PEXPIRE`.
+fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)]) -> SlotBatch {
+    let mut streams: Vec<(&str, redis::Cmd)> = Vec::new();
+    for (index, stream) in members {
+        let Some(reply) = items[*index].commit.reply.as_deref() else {
+            continue;
+        };
+        let at = match streams.iter().position(|(s, _)| s == stream) {
+            Some(at) => at,
+            None => {
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(stream).arg("*");
+                streams.push((stream, xadd));
+                streams.len() - 1
+            }
+        };
+        streams[at].1.arg(PAYLOAD_FIELD).arg(reply);
+    }
+    let mut batch = SlotBatch::new();
+    for (stream, xadd) in streams {
+        batch.add(stream, xadd);
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(stream).arg(settings.reply_ttl.as_millis() as u64);
+        batch.add(stream, expire);
+    }
+    batch
 }
 
 /// Step 4: one `XACK` per stream for everything that got this far.

@@ -41,6 +41,8 @@ class Counter(AsyncWebsocketConsumer):
         count = int(self.scope["session"].get("count", "0")) + 1
         self.scope["session"]["count"] = str(count)
         await self.send(text_data=json.dumps({"count": count}))
+        if text_data == "big":
+            await self.send(text_data="x" * 4000)
         if text_data == "shout":
             await self.group_send("counters", text_data=json.dumps({"shout": count}), json_seq=True)
 
@@ -182,6 +184,24 @@ async def test_a_message_handled_twice_is_committed_once_with_its_first_outcome(
     await pubsub.aclose()
     handled = stack.worker.metrics.handled
     assert handled[(("channel", "counter"), ("type", "websocket.receive"), ("outcome", "repeated"))] == 1
+
+
+async def test_an_outcome_over_1_kib_is_kept_in_its_own_key_and_finished_once(stack: Stack) -> None:
+    stream = stack.worker.keys.channel_stream("counter", 0)
+    message = ws("websocket.receive", 2, conn=6, query="session_uuid=bigone", text="big")
+    entry_id = await stack.deliver("counter", message)
+    session = stack.worker.keys.session("bigone")
+    assert await stack.raw.hget(session, f"~s:{IFACE}!6") == b"2"
+    assert await stack.raw.hget(session, f"~o:{IFACE}!6") == b"", "the outcome is not inline"
+    stored = await stack.raw.get(stack.worker.keys.outbox("bigone", f"{IFACE}!6"))
+    assert stored is not None and stored.startswith(b"2 ")
+    assert await stack.raw.pttl(stack.worker.keys.outbox("bigone", f"{IFACE}!6")) > 0
+    # Handed out again (a worker died before acknowledging): the stored outcome is finished.
+    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    replies = await stack.replies()
+    assert len(replies) == 2 and replies[0] == replies[1]
+    assert replies[0]["actions"][1] == {"type": "websocket.send", "text": "x" * 4000}
+    assert await stack.raw.hget(session, "count") == b"1", "the session was written once"
 
 
 async def test_a_consumer_exception_closes_with_1011_and_writes_nothing(stack: Stack) -> None:

@@ -20,9 +20,9 @@
 --   '~c' the connections that are gone, "<reply> <deadline>" pairs in deadline
 --        order: their '~s:'/'~o:' fields are deleted once the deadline has
 --        passed (a hash field has no TTL of its own before Redis 7.4).
--- The hot path does no string building: the outcome goes from ARGV to HSET as
--- it came, and the HMGET reads only short fields (measured in
--- docs/benchmarks.md, "Per-message cost").
+-- On the hot path the outcome is never copied into a new string: it goes from
+-- ARGV to HSET as it came, and the HMGET reads only short fields (measured in
+-- docs/benchmarks.md, "Per-message cost"); only the two field names are built.
 -- Returns per message: 1 go on; 0 already done (a later message of the
 -- connection is committed, or this one and its outcome is gone); or
 -- "<seq> <outcome>" when this very message was committed before: finish it

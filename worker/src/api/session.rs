@@ -23,13 +23,13 @@ impl Session {
     pub(crate) fn loaded(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Session {
         let values = fields
             .into_iter()
-            .filter(|(field, _)| !is_reserved(&String::from_utf8_lossy(field)))
             .map(|(field, value)| {
                 (
                     String::from_utf8_lossy(&field).into_owned(),
                     String::from_utf8_lossy(&value).into_owned(),
                 )
             })
+            .filter(|(field, _)| !is_reserved(field))
             .collect();
         Session {
             values,

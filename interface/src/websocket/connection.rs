@@ -25,11 +25,13 @@
 //! good, or its mailbox could never be drained.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload, WebSocketWrite};
+use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload};
 use switchyard_cli::seconds;
 use switchyard_protocol::close::{
     ABNORMAL, GOING_AWAY, INVALID_DATA, NORMAL, NO_STATUS, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER,
@@ -41,8 +43,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::flow::{Done, Flow, Step};
 use super::frames::{Inbound, Inbox};
-use super::io::WriteHalf;
 use super::rate::TokenBucket;
+use super::writer::FrameWriter;
 use crate::bus::outbound::Appended;
 use crate::bus::recovery::Join;
 use crate::bus::registry::{Backlog, ConnEvent, Events};
@@ -70,7 +72,7 @@ pub struct Opened {
 pub struct Connection {
     shared: Arc<Shared>,
     opened: Opened,
-    writer: WebSocketWrite<WriteHalf>,
+    writer: FrameWriter,
     /// Order, queue and endings: what to send next.
     flow: Flow,
     /// Whether Redis has the message in flight yet.
@@ -87,13 +89,38 @@ pub struct Connection {
     rate: Option<TokenBucket>,
 }
 
+/// The deadlines of one round of the connection loop; one timer waits for
+/// the earliest.
+#[derive(Clone, Copy)]
+struct Alarms {
+    /// No close frame sent or received yet.
+    open: bool,
+    /// The drain's deadline: close with 1001 (while open).
+    drain: Option<Instant>,
+    /// A closed connection's last wait for answers to what it sent.
+    linger: Option<Instant>,
+    /// Look at the entry of the message in flight (`--redeliver-after`).
+    stall: Option<Instant>,
+    /// Give up on a message sent again (`--redis-hold`).
+    give_up: Option<Instant>,
+    /// Nothing heard from the client (while reading and open).
+    idle: Option<Instant>,
+    /// The next ping (while open).
+    ping: Option<Instant>,
+}
+
+impl Alarms {
+    fn earliest(&self) -> Option<Instant> {
+        let drain = self.drain.filter(|_| self.open);
+        [drain, self.linger, self.stall, self.give_up, self.idle, self.ping]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 impl Connection {
-    pub fn new(
-        shared: Arc<Shared>,
-        opened: Opened,
-        writer: WebSocketWrite<WriteHalf>,
-        backlog: Arc<Backlog>,
-    ) -> Connection {
+    pub fn new(shared: Arc<Shared>, opened: Opened, writer: FrameWriter, backlog: Arc<Backlog>) -> Connection {
         let rate = shared
             .limits
             .message_rate
@@ -113,25 +140,47 @@ impl Connection {
     }
 
     /// Runs the connection to its end, then tells the workers it is gone.
-    pub async fn run(mut self, mut inbound: Inbox, mut events: Events) {
-        self.shared.metrics.connections_active.inc();
-        let actions = std::mem::take(&mut self.opened.actions);
-        self.apply_actions(actions).await;
-        let code = self.serve(&mut inbound, &mut events).await;
-        if self.awaiting_close_reply {
-            let _ = tokio::time::timeout(CLOSE_WAIT, async { while inbound.recv().await.is_some() {} }).await;
+    /// `held` is kept until then (the route count, the admission slot, the
+    /// shutdown guard).
+    ///
+    /// Not an `async fn`: an async fn keeps its arguments twice in its state,
+    /// as passed and as moved into its body (here 700 bytes per connection,
+    /// `-Zprint-type-sizes`); the block captures them once. For the same
+    /// reason what happens once or rarely (the accept's actions, a close's
+    /// write, an alarm) is boxed: whatever the task awaits inline is part of its state,
+    /// idle or not.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would keep its arguments twice")]
+    pub fn run<H: Send + 'static>(
+        mut self,
+        mut inbound: Inbox,
+        mut events: Events,
+        held: H,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            self.shared.metrics.connections_active.inc();
+            let actions = std::mem::take(&mut self.opened.actions);
+            Box::pin(self.apply_actions(actions)).await;
+            let code = self.serve(&mut inbound, &mut events).await;
+            if self.awaiting_close_reply {
+                let drain = async { while inbound.recv().await.is_some() {} };
+                let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, drain)).await;
+            }
+            self.finish(code);
+            drop(held);
         }
-        self.finish(code);
     }
 
     async fn serve(&mut self, inbound: &mut Inbox, events: &mut Events) -> u16 {
         let mut shutdown = self.shared.shutdown.clone();
-        let limits = self.shared.limits.clone();
-        let mut next_ping = limits.ping_interval.map(|interval| Instant::now() + interval);
+        let ping_interval = self.shared.limits.ping_interval;
+        let mut next_ping = ping_interval.map(|interval| Instant::now() + interval);
         // While the inbox is not polled nothing can be heard; the idle clock
         // starts again when reading resumes.
         let mut was_reading = true;
         let mut resumed = Instant::now();
+        // One timer for every deadline, moved rather than made anew each round.
+        let alarm = sleep_until(far_future());
+        tokio::pin!(alarm);
         loop {
             match self.flow.next_step(Instant::now()) {
                 Step::Release { seq, event } => self.release(seq, event),
@@ -143,37 +192,29 @@ impl Connection {
                 Step::Wait => {}
             }
             let reading = self.flow.reading();
-            let open = self.flow.closed().is_none();
-            let drain_deadline = self.flow.drain_deadline();
             if reading && !was_reading {
                 resumed = Instant::now();
             }
             was_reading = reading;
-            let idle_at = limits
-                .idle_timeout
-                .filter(|_| reading)
-                .map(|timeout| inbound.last_heard().max(resumed) + timeout);
-            let timer = [idle_at, next_ping].into_iter().flatten().min();
-            let linger_until = self.flow.linger_until();
-            let stall_at = seconds::off_if_zero(self.shared.config.redeliver_after)
-                .and_then(|after| self.flow.stall_check_at(after))
-                .filter(|_| self.appended.is_none());
-            let give_up_at = self.flow.give_up_at(self.shared.config.redis_hold);
+            let alarms = self.alarms(inbound, reading, resumed, next_ping);
+            let wake_at = alarms.earliest();
+            if let Some(at) = wake_at {
+                if alarm.deadline() != at {
+                    alarm.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
-                _ = self.backlog.overflow(), if open => {
+                _ = self.backlog.overflow(), if alarms.open => {
                     self.shared.metrics.error("slow_reader");
                     tracing::info!(conn = self.opened.id, "client does not read: its send queue is full");
                     self.close(POLICY_VIOLATION, "send queue full").await;
                 }
-                _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() && open => {
-                    self.close(GOING_AWAY, "server shutting down").await;
-                    self.flow.abandon_queue();
-                    return GOING_AWAY;
-                }
-                _ = sleep_until(linger_until.unwrap_or_else(far_future)), if linger_until.is_some() => {
-                    tracing::warn!(conn = self.opened.id, "closed connection still had unanswered messages; sending disconnect anyway");
-                    return self.flow.closed().unwrap_or(ABNORMAL);
+                _ = &mut alarm, if wake_at.is_some() => {
+                    let rung = Box::pin(self.on_alarm(alarms, inbound, &mut next_ping)).await;
+                    if let Some(code) = rung {
+                        return code;
+                    }
                 }
                 appended = wait_appended(&mut self.appended), if self.appended.is_some() => {
                     self.appended = None;
@@ -186,46 +227,11 @@ impl Connection {
                         self.flow.append_failed();
                     }
                 }
-                _ = sleep_until(stall_at.unwrap_or_else(far_future)), if stall_at.is_some() => {
-                    self.check_stall().await;
-                }
-                _ = sleep_until(give_up_at.unwrap_or_else(far_future)), if give_up_at.is_some() => {
-                    self.shared.metrics.stalled("closed");
-                    tracing::warn!(conn = self.opened.id, "message sent again is still unanswered: closing");
-                    self.close(TRY_AGAIN_LATER, "message unanswered; try again later").await;
-                    self.flow.append_failed();
-                }
-                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() && open => {
-                    let now = Instant::now();
-                    if idle_at.is_some_and(|at| at <= now) {
-                        // A busy mailbox may have kept the inbox from being polled: look once more.
-                        if let Ok(item) = tokio::time::timeout(Duration::ZERO, inbound.recv()).await {
-                            match item {
-                                Some(item) => self.on_inbound(item).await,
-                                None => self.mark_closed(ABNORMAL),
-                            }
-                            continue;
-                        }
-                        if limits.idle_timeout.is_some_and(|timeout| inbound.last_heard() + timeout > now) {
-                            continue;
-                        }
-                        self.shared.metrics.error("idle_timeout");
-                        tracing::info!(conn = self.opened.id, "nothing heard from the client: closing");
-                        self.close(GOING_AWAY, "idle timeout").await;
-                    } else if let (Some(at), Some(interval)) = (next_ping, limits.ping_interval) {
-                        if at <= now {
-                            next_ping = Some(now + interval);
-                            if self.write(Frame::new(true, OpCode::Ping, None, FramePayload::Borrowed(&[]))).await {
-                                self.shared.metrics.pings_sent.inc();
-                            }
-                        }
-                    }
-                }
                 event = events.recv() => match event {
                     Some(event) => self.apply_event(event).await,
                     None => return ABNORMAL,
                 },
-                deadline = shutdown.draining(), if drain_deadline.is_none() => {
+                deadline = shutdown.draining(), if alarms.drain.is_none() => {
                     self.flow.start_drain(deadline);
                 }
                 item = inbound.recv(), if reading => match item {
@@ -236,6 +242,82 @@ impl Connection {
                 },
             }
         }
+    }
+
+    /// Every deadline the connection is waiting for now.
+    fn alarms(&self, inbound: &Inbox, reading: bool, resumed: Instant, next_ping: Option<Instant>) -> Alarms {
+        let open = self.flow.closed().is_none();
+        let limits = &self.shared.limits;
+        let config = &self.shared.config;
+        Alarms {
+            open,
+            drain: self.flow.drain_deadline(),
+            linger: self.flow.linger_until(),
+            stall: seconds::off_if_zero(config.redeliver_after)
+                .and_then(|after| self.flow.stall_check_at(after))
+                .filter(|_| self.appended.is_none()),
+            give_up: self.flow.give_up_at(config.redis_hold),
+            idle: limits
+                .idle_timeout
+                .filter(|_| reading && open)
+                .map(|timeout| inbound.last_heard().max(resumed) + timeout),
+            ping: next_ping.filter(|_| open),
+        }
+    }
+
+    /// The alarm rang: the first deadline due, in the order below. `Some` ends
+    /// the connection with that code.
+    async fn on_alarm(&mut self, alarms: Alarms, inbound: &mut Inbox, next_ping: &mut Option<Instant>) -> Option<u16> {
+        let now = Instant::now();
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+        if alarms.open && due(alarms.drain) {
+            self.close(GOING_AWAY, "server shutting down").await;
+            self.flow.abandon_queue();
+            return Some(GOING_AWAY);
+        }
+        if due(alarms.linger) {
+            tracing::warn!(
+                conn = self.opened.id,
+                "closed connection still had unanswered messages; sending disconnect anyway"
+            );
+            return Some(self.flow.closed().unwrap_or(ABNORMAL));
+        }
+        if due(alarms.stall) {
+            self.check_stall().await;
+        } else if due(alarms.give_up) {
+            self.shared.metrics.stalled("closed");
+            tracing::warn!(conn = self.opened.id, "message sent again is still unanswered: closing");
+            self.close(TRY_AGAIN_LATER, "message unanswered; try again later").await;
+            self.flow.append_failed();
+        } else if due(alarms.idle) {
+            // A busy mailbox may have kept the inbox from being polled: look once more.
+            if let Ok(item) = tokio::time::timeout(Duration::ZERO, inbound.recv()).await {
+                match item {
+                    Some(item) => self.on_inbound(item).await,
+                    None => self.mark_closed(ABNORMAL),
+                }
+                return None;
+            }
+            let limits = &self.shared.limits;
+            if limits
+                .idle_timeout
+                .is_some_and(|timeout| inbound.last_heard() + timeout > now)
+            {
+                return None;
+            }
+            self.shared.metrics.error("idle_timeout");
+            tracing::info!(conn = self.opened.id, "nothing heard from the client: closing");
+            self.close(GOING_AWAY, "idle timeout").await;
+        } else if due(alarms.ping) {
+            *next_ping = self.shared.limits.ping_interval.map(|interval| now + interval);
+            if self
+                .write(Frame::new(true, OpCode::Ping, None, FramePayload::Borrowed(&[])))
+                .await
+            {
+                self.shared.metrics.pings_sent.inc();
+            }
+        }
+        None
     }
 
     /// Sends message number `seq` to the channel.
@@ -395,8 +477,8 @@ impl Connection {
             return;
         }
         let frame = match (&payload.text, &payload.bytes) {
-            (Some(text), _) => Frame::text(FramePayload::Owned(text.as_bytes().to_vec())),
-            (None, Some(bytes)) => Frame::binary(FramePayload::Owned(bytes.to_vec())),
+            (Some(text), _) => Frame::text(FramePayload::Borrowed(text.as_bytes())),
+            (None, Some(bytes)) => Frame::binary(FramePayload::Borrowed(bytes)),
             (None, None) => return,
         };
         if self.write(frame).await {
@@ -410,7 +492,9 @@ impl Connection {
             return;
         }
         let reason = truncate_utf8(reason, 123);
-        if self.write(Frame::close(code, reason.as_bytes())).await {
+        // Boxed: a close happens once, its write need not be part of every
+        // caller's state.
+        if Box::pin(self.write(Frame::close(code, reason.as_bytes()))).await {
             self.awaiting_close_reply = true;
         }
         self.mark_closed(code);
@@ -434,12 +518,24 @@ impl Connection {
         } else {
             self.shared.limits.send_timeout
         };
-        let deadline = limit.map(|limit| Instant::now() + limit);
-        let written = tokio::select! {
-            biased;
-            result = self.writer.write_frame(frame) => Some(result),
-            _ = self.backlog.overflow(), if !overflowed => None,
-            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => None,
+        let written = {
+            let mut write = std::pin::pin!(self.writer.write(frame));
+            // Most writes finish at once (the socket has room): no timer for them.
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(result) => Some(result),
+                Poll::Pending => {
+                    let deadline = limit.map(|limit| Instant::now() + limit);
+                    let blocked = async {
+                        tokio::select! {
+                            biased;
+                            result = &mut write => Some(result),
+                            _ = self.backlog.overflow(), if !overflowed => None,
+                            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => None,
+                        }
+                    };
+                    Box::pin(blocked).await
+                }
+            }
         };
         match written {
             Some(Ok(())) => true,

@@ -12,6 +12,8 @@
 //! its task. The 101 must reach the client within `--header-read-timeout`,
 //! so no stage from accept to an open socket waits without bound.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use tracing::Instrument;
 
 use super::connection::{Connection, Opened};
 use super::frames;
+use super::writer::FrameWriter;
 use crate::bus::registry::{ConnEvent, Events};
 use crate::front::admission::{Refusal, Slot};
 use crate::front::response::{header_pairs, text_response, Body};
@@ -197,38 +200,54 @@ fn offered_subprotocols<B>(request: &Request<B>) -> Vec<String> {
         .collect()
 }
 
-async fn run_connection(
+/// Waits for the upgrade to complete, then starts the connection's own task.
+/// Two tasks, the first short-lived: what the upgrade needed is not kept
+/// for the life of the connection.
+#[expect(clippy::manual_async_fn, reason = "an async fn would keep its arguments twice")]
+fn run_connection(
     shared: Arc<Shared>,
     opened: Opened,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     events: Events,
     // For as long as the connection lives: counted on its route, holding its
     // admission slot, keeping the interface from exiting.
-    _held: (Entered, Slot, TaskGuard),
-) {
-    let socket = match tokio::time::timeout(shared.config.header_read_timeout, upgrade).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            shared.registry.close(opened.id);
-            disconnect_before_open(&shared, opened.reply, opened.stream, opened.path, opened.query);
+    held: (Entered, Slot, TaskGuard),
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let socket = match tokio::time::timeout(shared.config.header_read_timeout, upgrade).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "upgrade did not complete");
+                shared.registry.close(opened.id);
+                disconnect_before_open(&shared, opened.reply, opened.stream, opened.path, opened.query);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("the 101 did not reach the client in time");
+                shared.metrics.error("upgrade_timeout");
+                shared.registry.close(opened.id);
+                disconnect_before_open(&shared, opened.reply, opened.stream, opened.path, opened.query);
+                return;
+            }
+        };
+        // The upgraded stream already is our TokioIo; rewrap to split it.
+        // fastwebsockets reads frames; `FrameWriter` writes them, on the raw
+        // write half (fastwebsockets' writer does not give it back).
+        let socket = WebSocket::after_handshake(socket.into_inner(), Role::Server);
+        let write_half = Cell::new(None);
+        let (read, _) = socket.split(|io| {
+            let (read, write) = tokio::io::split(io);
+            write_half.set(Some(write));
+            (read, tokio::io::sink())
+        });
+        let Some(write) = write_half.into_inner() else {
             return;
-        }
-        Err(_) => {
-            tracing::debug!("the 101 did not reach the client in time");
-            shared.metrics.error("upgrade_timeout");
-            shared.registry.close(opened.id);
-            disconnect_before_open(&shared, opened.reply, opened.stream, opened.path, opened.query);
-            return;
-        }
-    };
-    // The upgraded stream already is our TokioIo; rewrap to split it.
-    let socket = WebSocket::after_handshake(socket.into_inner(), Role::Server);
-    let (read, write) = socket.split(tokio::io::split);
-    let inbox = frames::Inbox::new(read, shared.config.max_message_size);
-    Connection::new(shared, opened, write, events.backlog().clone())
-        .run(inbox, events)
-        .await;
+        };
+        let inbox = frames::Inbox::new(read, shared.config.max_message_size);
+        let backlog = events.backlog().clone();
+        let connection = Connection::new(shared, opened, FrameWriter::new(write), backlog);
+        tokio::spawn(connection.run(inbox, events, held).in_current_span());
+    }
 }
 
 /// Tells the workers that a connection whose connect (sequence 1) they may

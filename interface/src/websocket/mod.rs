@@ -5,7 +5,7 @@
 //! halves; [`frames`] turns the read half's frames into whole messages (and
 //! protocol errors into close codes); [`connection`] is the task that owns the
 //! write half — it sends each message on and applies the workers' replies and
-//! group broadcasts, following [`flow`]: one message in flight, the queue
+//! group broadcasts through [`writer`], following [`flow`]: one message in flight, the queue
 //! behind it, the endings (the rules alone, unit-tested without sockets). [`limits`] and [`rate`] are the
 //! per-connection limits it enforces.
 //!
@@ -21,3 +21,4 @@ pub mod handshake;
 pub mod io;
 pub mod limits;
 pub mod rate;
+pub mod writer;

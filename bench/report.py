@@ -281,6 +281,11 @@ def cpu_per_msg_of(row, prefix):
     return sum(p["cpu_us"] for p in pids) / msgs
 
 
+def load_of(r):
+    """Connections, and the rate per connection when not closed loop."""
+    return f"{r['connections']:,} × {r['rate']:g}/s" if r.get("rate") else f"{r['connections']:,}"
+
+
 def backbone(args):
     rows = load(args.results)
     out = [
@@ -310,7 +315,7 @@ def backbone(args):
             else "–"
         )
         out.append(
-            f"| {r['label']} | {r['connections']:,} | {num(r['msgs_per_sec'])} | {ms(r['p50_us'])} | {ms(r['p99_us'])} "
+            f"| {r['label']} | {load_of(r)} | {num(r['msgs_per_sec'])} | {ms(r['p50_us'])} | {ms(r['p99_us'])} "
             f"| {num(r.get('cpu_us_per_msg'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'switchyard-inte'), '{:.1f}')} "
             f"| {num(cpu_per_msg_of(r, 'switchyard-work'), '{:.1f}')} | {num(cpu_per_msg_of(r, 'redis'), '{:.1f}')} "
             f"| {per} | {scripts} | {top_s} |"

@@ -599,3 +599,27 @@ fn truncate_utf8(text: &str, max: usize) -> &str {
     }
     &text[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every idle connection carries its task's whole state: 3,096 bytes
+    /// before the arguments stopped being kept twice and the rare awaits were
+    /// boxed, 1,784 after (release build; `docs/benchmarks.md`, idle
+    /// connections). This fails when the task grows back.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = returned_size::<Connection, Inbox, Events, (), _>(Connection::run::<()>);
+        eprintln!("connection task: {size} bytes");
+        assert!(
+            size <= 2_048,
+            "the connection task is {size} bytes; an idle connection pays for all of it"
+        );
+    }
+}

@@ -29,8 +29,6 @@
 -- with that outcome.
 local INLINE = 1024
 local session_ttl, closing_ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local i = 4
-local results = {}
 
 local function ms(n) return string.format('%.0f', n) end
 
@@ -50,71 +48,79 @@ local function purge(closed)
   return gone, table.concat(keep, ' ')
 end
 
-for m = 1, #KEYS / 2 do
-  local session, outbox = KEYS[2*m-1], KEYS[2*m]
-  local seq_text, reply, blob, flags = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
-  local seq = tonumber(seq_text)
-  local n_set = tonumber(ARGV[i+4])
-  local sets = i + 5
-  local n_del = tonumber(ARGV[sets + 2*n_set])
-  local dels = sets + 2*n_set + 1
-  i = dels + n_del
-  local closing, own = string.find(flags, 'c', 1, true), string.find(flags, 'o', 1, true)
-  local seq_field, outcome_field = '~s:' .. reply, '~o:' .. reply
-  local got = redis.call('HMGET', session, seq_field, '~x', '~c')
-  local prior_seq, expires, closed = tonumber(got[1]) or 0, tonumber(got[2]), got[3]
-  if prior_seq > seq then
-    results[m] = 0
-  elseif prior_seq == seq then
-    local outcome = redis.call('HGET', session, outcome_field)
-    if outcome and outcome ~= '' then
-      results[m] = seq_text .. ' ' .. outcome
-    else
-      results[m] = redis.call('GET', outbox) or 0
-    end
-  else
-    local wrote = blob ~= ''
-    if wrote then
-      local inline = blob
-      if #blob > INLINE then
-        redis.call('SET', outbox, seq_text .. ' ' .. blob, 'PX', session_ttl)
-        inline = ''
-      end
-      redis.call('HSET', session, seq_field, seq_text, outcome_field, inline,
-        unpack(ARGV, sets, sets + 2*n_set - 1))
-      if n_del > 0 then redis.call('HDEL', session, unpack(ARGV, dels, dels + n_del - 1)) end
-    end
-    -- The key exists (or was just written): keep it alive.
-    if (wrote or got[1] or expires) and (not expires or expires - now < session_ttl * 3 / 4) then
-      redis.call('HSET', session, '~x', ms(now + session_ttl))
-      redis.call('PEXPIRE', session, session_ttl)
-    end
-    -- Rare: a connection of a shared session is gone, or gone ones are due.
-    local first = closed and tonumber(string.match(closed, '^%S+ (%d+)'))
-    local due = closed and (not first or first < now)
-    local listed = closing and not own and (wrote or got[1])
-    if due or listed then
-      if due then
-        local gone, rest = purge(closed)
-        if #gone > 0 then redis.call('HDEL', session, unpack(gone)) end
-        closed = rest
-      end
-      if listed then
-        local entry = reply .. ' ' .. ms(now + closing_ttl)
-        closed = closed and (closed .. ' ' .. entry) or entry
-      end
-      if closed then
-        redis.call('HSET', session, '~c', closed)
+-- Messages 1..count (KEYS 2m-1 and 2m, ARGV from 4 on): their results, and
+-- the index of the first ARGV after them (`commit_fused.lua` goes on there).
+local function commit_sessions(count)
+  local i = 4
+  local results = {}
+  for m = 1, count do
+    local session, outbox = KEYS[2*m-1], KEYS[2*m]
+    local seq_text, reply, blob, flags = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+    local seq = tonumber(seq_text)
+    local n_set = tonumber(ARGV[i+4])
+    local sets = i + 5
+    local n_del = tonumber(ARGV[sets + 2*n_set])
+    local dels = sets + 2*n_set + 1
+    i = dels + n_del
+    local closing, own = string.find(flags, 'c', 1, true), string.find(flags, 'o', 1, true)
+    local seq_field, outcome_field = '~s:' .. reply, '~o:' .. reply
+    local got = redis.call('HMGET', session, seq_field, '~x', '~c')
+    local prior_seq, expires, closed = tonumber(got[1]) or 0, tonumber(got[2]), got[3]
+    if prior_seq > seq then
+      results[m] = 0
+    elseif prior_seq == seq then
+      local outcome = redis.call('HGET', session, outcome_field)
+      if outcome and outcome ~= '' then
+        results[m] = seq_text .. ' ' .. outcome
       else
-        redis.call('HDEL', session, '~c')
+        results[m] = redis.call('GET', outbox) or 0
       end
+    else
+      local wrote = blob ~= ''
+      if wrote then
+        local inline = blob
+        if #blob > INLINE then
+          redis.call('SET', outbox, seq_text .. ' ' .. blob, 'PX', session_ttl)
+          inline = ''
+        end
+        redis.call('HSET', session, seq_field, seq_text, outcome_field, inline,
+          unpack(ARGV, sets, sets + 2*n_set - 1))
+        if n_del > 0 then redis.call('HDEL', session, unpack(ARGV, dels, dels + n_del - 1)) end
+      end
+      -- The key exists (or was just written): keep it alive.
+      if (wrote or got[1] or expires) and (not expires or expires - now < session_ttl * 3 / 4) then
+        redis.call('HSET', session, '~x', ms(now + session_ttl))
+        redis.call('PEXPIRE', session, session_ttl)
+      end
+      -- Rare: a connection of a shared session is gone, or gone ones are due.
+      local first = closed and tonumber(string.match(closed, '^%S+ (%d+)'))
+      local due = closed and (not first or first < now)
+      local listed = closing and not own and (wrote or got[1])
+      if due or listed then
+        if due then
+          local gone, rest = purge(closed)
+          if #gone > 0 then redis.call('HDEL', session, unpack(gone)) end
+          closed = rest
+        end
+        if listed then
+          local entry = reply .. ' ' .. ms(now + closing_ttl)
+          closed = closed and (closed .. ' ' .. entry) or entry
+        end
+        if closed then
+          redis.call('HSET', session, '~c', closed)
+        else
+          redis.call('HDEL', session, '~c')
+        end
+      end
+      results[m] = 1
     end
-    results[m] = 1
+    if closing then
+      -- Nothing else uses the session of a connection that is gone.
+      if own then redis.call('PEXPIRE', session, closing_ttl, 'LT') end
+      redis.call('PEXPIRE', outbox, closing_ttl, 'LT')
+    end
   end
-  if closing then
-    -- Nothing else uses the session of a connection that is gone.
-    if own then redis.call('PEXPIRE', session, closing_ttl, 'LT') end
-    redis.call('PEXPIRE', outbox, closing_ttl, 'LT')
-  end
+  return results, i
 end
-return results
+
+return (commit_sessions(#KEYS / 2))

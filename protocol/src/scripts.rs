@@ -3,7 +3,8 @@
 //! They are part of the contract, not of one binary: a worker written in
 //! another language runs the same files (docs/protocol.md describes each
 //! step). Every script touches the keys of one hash slot only, so each runs
-//! on a Redis Cluster as on a single Redis.
+//! on a Redis Cluster as on a single Redis — except [`commit_fused`], which a
+//! worker uses on a single Redis only.
 
 /// The `group_send(seq_key, channel, epoch_key, history_key, publish, group,
 /// kind, data, history, history_ttl)` function.
@@ -24,6 +25,21 @@ pub const GROUP_HISTORY: &str = include_str!("../lua/group_history.lua");
 
 /// Commit step 1: a message's session writes, once, with its outbox.
 pub const COMMIT_SESSION: &str = include_str!("../lua/commit_session.lua");
+
+/// The last line of `commit_session.lua`, which runs its function over every message.
+const COMMIT_SESSION_RETURN: &str = "return (commit_sessions(#KEYS / 2))";
+
+/// Commit steps 1, 3 and 4 in one call, for a single Redis: the session
+/// step's function, then the replies and acks of what it committed.
+/// (This one script spans hash slots: never on a Redis Cluster.)
+pub fn commit_fused() -> String {
+    let session = COMMIT_SESSION.trim_end();
+    // Fixed at build time, and `commit_session_ends_with_its_return` checks it.
+    let function = session
+        .strip_suffix(COMMIT_SESSION_RETURN)
+        .expect("commit_session.lua ends with its return line");
+    format!("{function}\n{}", include_str!("../lua/commit_fused.lua"))
+}
 
 /// Commit step 2: a message's group sends, once.
 pub fn commit_groups() -> String {
@@ -50,3 +66,20 @@ pub const FORGET_INTERFACE: &str = include_str!("../lua/forget_interface.lua");
 /// Replaces an interface's group set in one step (its membership refresh).
 /// KEYS: the set. ARGV: expiry ms, the group names.
 pub const REPLACE_GROUPS: &str = include_str!("../lua/replace_groups.lua");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_session_ends_with_its_return() {
+        assert!(COMMIT_SESSION.trim_end().ends_with(COMMIT_SESSION_RETURN));
+        let fused = commit_fused();
+        assert!(
+            !fused.contains(COMMIT_SESSION_RETURN),
+            "the session step must not return early"
+        );
+        assert!(fused.contains("local function commit_sessions(count)"));
+        assert!(fused.trim_end().ends_with("return results"));
+    }
+}

@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError
 
 NAMES = (
     "announce_shards.lua",
+    "commit_fused.lua",
     "commit_groups.lua",
     "commit_reply.lua",
     "commit_session.lua",
@@ -35,7 +36,9 @@ NAMES = (
 )
 """Every file of ``protocol/lua/``. The three presence scripts (``sweep_members``,
 ``forget_interface``, ``replace_groups``) are run by the Rust interfaces and
-workers (``protocol/src/sweep.rs``); the Python worker ships them but needs none."""
+workers (``protocol/src/sweep.rs``); the Python worker ships them but needs none.
+Nor does it run ``commit_fused`` (the Rust worker's one-call commit on a single
+Redis): it commits in the slot-local steps, which give the same result."""
 
 
 def lua_dir() -> Path:

@@ -95,7 +95,9 @@ pub struct Connection {
 struct Alarms {
     /// No close frame sent or received yet.
     open: bool,
-    /// The drain's deadline: close with 1001 (while open).
+    /// Draining: the drain's deadline (close with 1001) is set.
+    draining: bool,
+    /// The drain's deadline (while open).
     drain: Option<Instant>,
     /// A closed connection's last wait for answers to what it sent.
     linger: Option<Instant>,
@@ -111,8 +113,7 @@ struct Alarms {
 
 impl Alarms {
     fn earliest(&self) -> Option<Instant> {
-        let drain = self.drain.filter(|_| self.open);
-        [drain, self.linger, self.stall, self.give_up, self.idle, self.ping]
+        [self.drain, self.linger, self.stall, self.give_up, self.idle, self.ping]
             .into_iter()
             .flatten()
             .min()
@@ -231,7 +232,7 @@ impl Connection {
                     Some(event) => self.apply_event(event).await,
                     None => return ABNORMAL,
                 },
-                deadline = shutdown.draining(), if alarms.drain.is_none() => {
+                deadline = shutdown.draining(), if !alarms.draining => {
                     self.flow.start_drain(deadline);
                 }
                 item = inbound.recv(), if reading => match item {
@@ -251,7 +252,8 @@ impl Connection {
         let config = &self.shared.config;
         Alarms {
             open,
-            drain: self.flow.drain_deadline(),
+            draining: self.flow.drain_deadline().is_some(),
+            drain: self.flow.drain_deadline().filter(|_| open),
             linger: self.flow.linger_until(),
             stall: seconds::off_if_zero(config.redeliver_after)
                 .and_then(|after| self.flow.stall_check_at(after))
@@ -270,7 +272,7 @@ impl Connection {
     async fn on_alarm(&mut self, alarms: Alarms, inbound: &mut Inbox, next_ping: &mut Option<Instant>) -> Option<u16> {
         let now = Instant::now();
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
-        if alarms.open && due(alarms.drain) {
+        if due(alarms.drain) {
             self.close(GOING_AWAY, "server shutting down").await;
             self.flow.abandon_queue();
             return Some(GOING_AWAY);

@@ -680,24 +680,22 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
 /// `commit_reply.lua` would do for them: per reply stream, one `XADD` with an
 /// `m` field per reply, in order, then its `PEXPIRE`.
 fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)]) -> SlotBatch {
-    let mut streams: Vec<(&str, redis::Cmd)> = Vec::new();
+    let mut streams: Vec<&str> = Vec::new();
+    let mut xadds: Vec<redis::Cmd> = Vec::new();
     for (index, stream) in members {
         let Some(reply) = items[*index].commit.reply.as_deref() else {
             continue;
         };
-        let at = match streams.iter().position(|(s, _)| s == stream) {
-            Some(at) => at,
-            None => {
-                let mut xadd = redis::cmd("XADD");
-                xadd.arg(stream).arg("*");
-                streams.push((stream, xadd));
-                streams.len() - 1
-            }
-        };
-        streams[at].1.arg(PAYLOAD_FIELD).arg(reply);
+        let at = number_of(&mut streams, stream.as_str()) - 1;
+        if at == xadds.len() {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(stream).arg("*");
+            xadds.push(xadd);
+        }
+        xadds[at].arg(PAYLOAD_FIELD).arg(reply);
     }
     let mut batch = SlotBatch::new();
-    for (stream, xadd) in streams {
+    for (stream, xadd) in streams.into_iter().zip(xadds) {
         batch.add(stream, xadd);
         let mut expire = redis::cmd("PEXPIRE");
         expire.arg(stream).arg(settings.reply_ttl.as_millis() as u64);

@@ -50,6 +50,27 @@ impl Load {
         Load::start_kind(url, conns, window, reply_timeout, false).await
     }
 
+    /// [`Load::start`], then waits until `answers` have come back (within `within`):
+    /// the load is under way. Panics otherwise.
+    pub async fn start_going(
+        url: &str,
+        conns: usize,
+        window: u64,
+        reply_timeout: Duration,
+        answers: u64,
+        within: Duration,
+    ) -> Load {
+        let load = Load::start(url, conns, window, reply_timeout)
+            .await
+            .expect("load connections");
+        assert!(
+            load.wait_answered(answers, within).await,
+            "load did not get going: {} answers",
+            load.answered()
+        );
+        load
+    }
+
     /// Echo load on `url` (a `/ws/echo/` route): the answers must be `message 1`,
     /// `message 2`, … in order; a close from the server ends the connection's run.
     pub async fn start_echo(url: &str, conns: usize, window: u64, reply_timeout: Duration) -> Result<Load> {

@@ -15,14 +15,15 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(25);
 async fn kill9_worker_under_load_loses_nothing() {
     bounded(Duration::from_secs(60), async {
         let mut stack = Stack::builder("kill9").workers(3).start().await;
-        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, REPLY_TIMEOUT)
-            .await
-            .expect("load connections");
-        assert!(
-            load.wait_answered(500, Duration::from_secs(20)).await,
-            "load did not get going: {} answers",
-            load.answered()
-        );
+        let load = Load::start_going(
+            &stack.ws_url("/ws/chat/"),
+            CONNS,
+            WINDOW,
+            REPLY_TIMEOUT,
+            500,
+            Duration::from_secs(20),
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         survives_worker_kill9(&mut stack, load, 0).await;
@@ -34,14 +35,15 @@ async fn kill9_worker_under_load_loses_nothing() {
 async fn sigterm_worker_under_load_loses_nothing() {
     bounded(Duration::from_secs(60), async {
         let mut stack = Stack::builder("sigterm-worker").workers(3).start().await;
-        let load = Load::start(&stack.ws_url("/ws/chat/"), CONNS, WINDOW, REPLY_TIMEOUT)
-            .await
-            .expect("load connections");
-        assert!(
-            load.wait_answered(500, Duration::from_secs(20)).await,
-            "load did not get going: {} answers",
-            load.answered()
-        );
+        let load = Load::start_going(
+            &stack.ws_url("/ws/chat/"),
+            CONNS,
+            WINDOW,
+            REPLY_TIMEOUT,
+            500,
+            Duration::from_secs(20),
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let before = load.answered();

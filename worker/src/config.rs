@@ -62,6 +62,14 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliveries: u32,
 
+    /// On a single Redis, commit batches of at least this many plain WebSocket
+    /// messages with WATCH/MULTI instead of a Lua script: less Redis CPU per
+    /// message, one more round trip per batch (smaller batches keep the
+    /// script's single one). 0 = always the script. Not used on a Redis
+    /// Cluster or with --redis-wait-replicas.
+    #[arg(long = "commit-watch-min", env = "SWITCHYARD_COMMIT_WATCH_MIN", default_value_t = 8)]
+    pub commit_watch_min: usize,
+
     /// Seconds a session lives after its last use.
     #[arg(long, env = "SWITCHYARD_SESSION_TTL", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
     pub session_ttl: Duration,

@@ -12,11 +12,14 @@
 //! | `SWITCHYARD_TEST_FAIL_ON=TEXT` | the same, returning an error instead |
 //! | `SWITCHYARD_TEST_ABORT_ON=TEXT` | the same, aborting the process (as an out-of-memory kill would) |
 //! | `SWITCHYARD_TEST_ABORT_BEFORE_COMMIT=METHOD PREFIX` | an HTTP request with that method whose path starts with PREFIX (`PUT /api/…`) aborts the process after the app answered, before the commit |
+//! | `SWITCHYARD_TEST_WATCH_PAUSE_MS=N` | the process's first WATCH/MULTI commit (`--commit-watch-min`) waits N ms between its reads and its `EXEC`: a slow worker, for its claimer to overtake |
 //!
 //! Never set them in a deployment: they exist so that tests can prove the
 //! worker survives (or recovers from) exactly these faults.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// What a consumer should do with a message, as the test variables say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,7 @@ struct Triggers {
     fail_on: Option<String>,
     abort_on: Option<String>,
     abort_before_commit: Option<String>,
+    watch_pause: Option<Duration>,
 }
 
 fn triggers() -> &'static Triggers {
@@ -43,6 +47,9 @@ fn triggers() -> &'static Triggers {
             fail_on: var("SWITCHYARD_TEST_FAIL_ON"),
             abort_on: var("SWITCHYARD_TEST_ABORT_ON"),
             abort_before_commit: var("SWITCHYARD_TEST_ABORT_BEFORE_COMMIT"),
+            watch_pause: var("SWITCHYARD_TEST_WATCH_PAUSE_MS")
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
         }
     })
 }
@@ -90,5 +97,20 @@ pub fn before_http_commit(method: &str, path: &str) {
             "test fault: SWITCHYARD_TEST_ABORT_BEFORE_COMMIT matched; aborting the process"
         );
         std::process::abort()
+    }
+}
+
+/// Waits, once per process, where a WATCH/MULTI commit is about to `EXEC`, if the
+/// test variable asks for it.
+pub async fn before_watched_exec() {
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    if let Some(pause) = triggers().watch_pause {
+        if !PAUSED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                ?pause,
+                "test fault: SWITCHYARD_TEST_WATCH_PAUSE_MS: pausing before EXEC"
+            );
+            tokio::time::sleep(pause).await;
+        }
     }
 }

@@ -32,6 +32,7 @@ pub struct Metrics {
     handled: Family<Labels, Counter>,
     handling: Family<Labels, Histogram>,
     failures: Family<Labels, Counter>,
+    watched: Family<Labels, Counter>,
     pub in_flight: Gauge,
     pub claimed: Counter,
     pub dead_letters: Counter,
@@ -45,6 +46,7 @@ impl Metrics {
         let handling =
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
         let failures = Family::<Labels, Counter>::default();
+        let watched = Family::<Labels, Counter>::default();
         let in_flight = Gauge::default();
         let claimed = Counter::default();
         let dead_letters = Counter::default();
@@ -63,6 +65,11 @@ impl Metrics {
             "worker_consumer_failures",
             "Consumer panics and errors absorbed (answered 1011 / 500 and committed), by channel and kind (panic, error)",
             failures.clone(),
+        );
+        registry.register(
+            "worker_watched_commits",
+            "Batches tried with the WATCH/MULTI commit (--commit-watch-min), by result: committed, changed (a watched session changed first: the script committed them), skipped (none it could take), error",
+            watched.clone(),
         );
         registry.register(
             "worker_messages_in_flight",
@@ -89,6 +96,7 @@ impl Metrics {
             handled,
             handling,
             failures,
+            watched,
             in_flight,
             claimed,
             dead_letters,
@@ -115,6 +123,11 @@ impl Metrics {
         self.failures
             .get_or_create(&vec![("channel", channel.to_owned()), ("kind", kind.to_owned())])
             .inc();
+    }
+
+    /// Records one batch tried with the WATCH/MULTI commit.
+    pub fn watched_commit(&self, result: &'static str) {
+        self.watched.get_or_create(&vec![("result", result.to_owned())]).inc();
     }
 
     /// The registry, then the apps' ([`app_registry`]), in Prometheus text format.

@@ -83,6 +83,7 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
         None => None,
     };
     let base_shards = base_shards(&config, &redis).await;
+    let metrics = Arc::new(Metrics::new());
     let committer = Committer::start(commit::Settings {
         redis: client.shared().context("--redis-url")?,
         keys: keys.clone(),
@@ -91,6 +92,8 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
         session_ttl: config.session_ttl,
         history: config.history.history(),
         wait_replicas: config.redis.wait_replicas,
+        watch: (!client.is_cluster() && config.redis.wait_replicas == 0 && config.commit_watch_min > 0)
+            .then(|| commit::Watch::new(client.clone(), config.commit_watch_min, metrics.clone())),
     });
     let apps: HashMap<String, ChannelApp> = channels.into_iter().collect();
     let mut streams: Vec<String> = apps
@@ -110,7 +113,7 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
         redis,
         periodic,
         committer,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         stop: watch::Sender::new(false),
         reading: AtomicBool::new(false),
     });

@@ -31,9 +31,13 @@
 //! single Redis, one per step for the whole batch). On a single Redis the
 //! messages that need only steps 1, 3 and 4 (WebSocket, with a session, no
 //! group sends) get all three in one call first (`commit_fused.lua`): one
-//! round trip instead of three per batch; the steps then find them done. With
-//! `--redis-wait-replicas N` each step waits until N replicas have it before the
-//! next one runs, so a failover cannot lose a step whose successor happened.
+//! round trip instead of three per batch; the steps then find them done. A
+//! batch of at least `--commit-watch-min` such messages is offered first to
+//! [`watched`]: the same guard made with WATCH/MULTI instead of a script, for
+//! less Redis CPU per message at the price of one more round trip; what it does
+//! not take, the script does. With `--redis-wait-replicas N` each step waits
+//! until N replicas have it before the next one runs, so a failover cannot lose
+//! a step whose successor happened.
 //!
 //! A streamed HTTP response sends its first pieces before that commit, each
 //! after checking that the entry is still pending to this worker
@@ -55,6 +59,9 @@ use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, PAY
 
 use crate::api::session::SessionWrite;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+mod watched;
+pub use watched::Watch;
 
 /// Most messages committed by one batch.
 const MAX_BATCH: usize = 64;
@@ -140,6 +147,9 @@ pub struct Settings {
     pub history: History,
     /// `--redis-wait-replicas`: replicas each step waits for (0: none).
     pub wait_replicas: u32,
+    /// `--commit-watch-min`: large batches committed with WATCH/MULTI
+    /// (single Redis only).
+    pub watch: Option<Watch>,
 }
 
 struct Scripts {
@@ -276,6 +286,9 @@ async fn run(settings: Arc<Settings>, scripts: Arc<Scripts>, mut rx: mpsc::Unbou
 /// Redis the messages that need only steps 1, 3 and 4 get them in one call
 /// first; the steps then find nothing left to do for them.
 async fn commit_batch(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
+    if let Some(watch) = &settings.watch {
+        watched::step(settings, watch, items).await;
+    }
     if let Some(fused) = &scripts.fused {
         fused_step(settings, fused, items).await;
     }
@@ -677,9 +690,23 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
 }
 
 /// The replies of `members` (none with an HTTP body or a forget) as what
-/// `commit_reply.lua` would do for them: per reply stream, one `XADD` with an
-/// `m` field per reply, in order, then its `PEXPIRE`.
+/// `commit_reply.lua` would do for them.
 fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)]) -> SlotBatch {
+    let mut batch = SlotBatch::new();
+    for (stream, cmd) in reply_commands(settings, items, members) {
+        batch.add(stream, cmd);
+    }
+    batch
+}
+
+/// Per reply stream of `members` ((item index, reply stream) pairs), one `XADD`
+/// with an `m` field per reply, in order, then its `PEXPIRE`; each with its
+/// stream.
+fn reply_commands<'a>(
+    settings: &Settings,
+    items: &[Item],
+    members: &'a [(usize, String)],
+) -> Vec<(&'a str, redis::Cmd)> {
     let mut streams: Vec<&str> = Vec::new();
     let mut xadds: Vec<redis::Cmd> = Vec::new();
     for (index, stream) in members {
@@ -694,14 +721,14 @@ fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)
         }
         xadds[at].arg(PAYLOAD_FIELD).arg(reply);
     }
-    let mut batch = SlotBatch::new();
+    let mut commands = Vec::with_capacity(2 * streams.len());
     for (stream, xadd) in streams.into_iter().zip(xadds) {
-        batch.add(stream, xadd);
+        commands.push((stream, xadd));
         let mut expire = redis::cmd("PEXPIRE");
         expire.arg(stream).arg(settings.reply_ttl.as_millis() as u64);
-        batch.add(stream, expire);
+        commands.push((stream, expire));
     }
-    batch
+    commands
 }
 
 /// Step 4: one `XACK` per stream for everything that got this far.

@@ -77,19 +77,23 @@ type Guard = (Option<u64>, Option<u64>, Option<Vec<u8>>);
 /// Commits what it can of the batch's plain messages (see the module doc); leaves the rest,
 /// untouched, to the script.
 pub(super) async fn step(settings: &Settings, watch: &Watch, items: &mut [Item]) {
+    let takes = |item: &Item| fusable(item) && item.commit.session.as_ref().is_some_and(|s| s.writes());
+    // Counted first: a small batch (every one, at a low rate) costs no more than this.
+    if items.iter().filter(|item| takes(item)).count() < watch.min_batch || watch.refused.load(Ordering::Relaxed) {
+        return;
+    }
     let candidates: Vec<Candidate> = items
         .iter()
         .enumerate()
-        .filter(|(_, item)| fusable(item))
+        .filter(|(_, item)| takes(item))
         .filter_map(|(index, item)| {
             let session = item.commit.session.as_ref()?;
-            let session = session.writes().then(|| settings.keys.session(&session.id))?;
-            Some(Candidate { index, session })
+            Some(Candidate {
+                index,
+                session: settings.keys.session(&session.id),
+            })
         })
         .collect();
-    if candidates.len() < watch.min_batch || watch.refused.load(Ordering::Relaxed) {
-        return;
-    }
     // At most BATCHES_IN_FLIGHT batches run at once, so one connection is free.
     let Some(mut slot) = watch.connections.iter().find_map(|slot| slot.try_lock().ok()) else {
         return;

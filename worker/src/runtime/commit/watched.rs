@@ -120,13 +120,15 @@ pub(super) async fn step(settings: &Settings, watch: &Watch, items: &mut [Item])
     watch.metrics.watched_commit(result);
 }
 
-/// Whether Redis refused a command as such (no permission, unknown or renamed command),
-/// which trying again will not change; not a lost connection, a timeout or a failover.
+/// Whether Redis refused a command as such (no permission, an unknown or renamed
+/// command), which trying again will not change; not a lost connection, a timeout, a
+/// failover or a key of the wrong type.
 fn refusal(error: &redis::RedisError) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::Server(ServerErrorKind::NoPerm | ServerErrorKind::ResponseError)
-    )
+    match error.kind() {
+        ErrorKind::Server(ServerErrorKind::NoPerm) => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => error.to_string().contains("unknown command"),
+        _ => false,
+    }
 }
 
 /// Reads the guards under `WATCH`, then writes in one `MULTI … EXEC`. Returns what

@@ -92,8 +92,14 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
         session_ttl: config.session_ttl,
         history: config.history.history(),
         wait_replicas: config.redis.wait_replicas,
-        watch: (!client.is_cluster() && config.redis.wait_replicas == 0 && config.commit_watch_min > 0)
-            .then(|| commit::Watch::new(client.clone(), config.commit_watch_min, metrics.clone())),
+        watch: (!client.is_cluster() && config.redis.wait_replicas == 0 && config.commit_watch_min > 0).then(|| {
+            commit::Watch::new(
+                client.clone(),
+                config.commit_watch_min,
+                commit::BATCHES_IN_FLIGHT,
+                metrics.clone(),
+            )
+        }),
     });
     let apps: HashMap<String, ChannelApp> = channels.into_iter().collect();
     let mut streams: Vec<String> = apps

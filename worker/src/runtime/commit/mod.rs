@@ -55,18 +55,21 @@ use switchyard_protocol::groups::{publish_command, send_keys, GroupFrame, Histor
 use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
 use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::time;
-use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, PAYLOAD_FIELD, WORKER_GROUP};
+use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
 
 use crate::api::session::SessionWrite;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+mod replies;
 mod watched;
+use replies::number_of;
 pub use watched::Watch;
+use watched::{Offer, Verdict};
 
 /// Most messages committed by one batch.
 const MAX_BATCH: usize = 64;
 /// Batches under way at once.
-const BATCHES_IN_FLIGHT: usize = 4;
+pub const BATCHES_IN_FLIGHT: usize = 4;
 /// How long an outbox outlives a connection that is gone: longer than any
 /// handing-over of its last messages to another worker.
 const CLOSING_TTL: Duration = Duration::from_secs(3600);
@@ -287,7 +290,7 @@ async fn run(settings: Arc<Settings>, scripts: Arc<Scripts>, mut rx: mpsc::Unbou
 /// first; the steps then find nothing left to do for them.
 async fn commit_batch(settings: &Settings, scripts: &Scripts, items: &mut [Item]) {
     if let Some(watch) = &settings.watch {
-        watched::step(settings, watch, items).await;
+        watched_step(settings, watch, items).await;
     }
     if let Some(fused) = &scripts.fused {
         fused_step(settings, fused, items).await;
@@ -310,6 +313,52 @@ fn fusable(item: &Item) -> bool {
         && commit.group_sends.is_empty()
         && commit.body == BodyOp::Keep
         && !commit.forget
+}
+
+/// Offers the batch's plain messages that write their session to the WATCH/MULTI
+/// commit ([`watched`]) when there are enough of them; what it commits (or finds
+/// committed later) is done and acknowledged, what it leaves goes on to the script.
+async fn watched_step(settings: &Settings, watch: &Watch, items: &mut [Item]) {
+    let writes = |item: &Item| item.commit.session.as_ref().is_some_and(SessionWrite::writes);
+    let offered: Vec<usize> = (0..items.len())
+        .filter(|&index| fusable(&items[index]) && writes(&items[index]))
+        .collect();
+    if !watch.wants(offered.len()) {
+        return;
+    }
+    let keys = &settings.keys;
+    let offers: Vec<Offer<'_>> = offered
+        .iter()
+        .filter_map(|&index| {
+            let commit = &items[index].commit;
+            let session = commit.session.as_ref()?;
+            Some(Offer {
+                session: keys.session(&session.id),
+                address: commit.reply_address(),
+                seq: commit.seq,
+                outcome: encode_outbox(commit),
+                sets: &session.sets,
+                deletes: &session.deletes,
+                reply_stream: keys.reply_stream(&commit.interface),
+                reply: commit.reply.as_deref(),
+                shard: &commit.stream,
+                entry_id: &commit.entry_id,
+            })
+        })
+        .collect();
+    let verdicts = watch.commit(&offers, settings.session_ttl, settings.reply_ttl).await;
+    drop(offers);
+    for (index, verdict) in offered.into_iter().zip(verdicts) {
+        let outcome = match verdict {
+            Verdict::Committed => Outcome::Committed,
+            Verdict::Repeated => Outcome::Repeated,
+            Verdict::Left => continue,
+        };
+        let item = &mut items[index];
+        item.state = Ok(outcome);
+        item.finished = true;
+        item.acked = true;
+    }
 }
 
 /// Steps 1, 3 and 4 in one call (`commit_fused.lua`, single Redis only) for
@@ -382,17 +431,6 @@ async fn fused_step(settings: &Settings, script: &Script, items: &mut [Item]) {
         item.state = Ok(outcome);
         item.finished = true;
         item.acked = true;
-    }
-}
-
-/// The number (from 1) of `value` in `list`, added at the end if new.
-fn number_of<T: PartialEq>(list: &mut Vec<T>, value: T) -> usize {
-    match list.iter().position(|known| *known == value) {
-        Some(at) => at + 1,
-        None => {
-            list.push(value);
-            list.len()
-        }
     }
 }
 
@@ -690,45 +728,17 @@ async fn reply_step(settings: &Settings, scripts: &Scripts, items: &mut [Item]) 
 }
 
 /// The replies of `members` (none with an HTTP body or a forget) as what
-/// `commit_reply.lua` would do for them.
+/// `commit_reply.lua` would do for them ([`replies::commands`]).
 fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)]) -> SlotBatch {
+    let replies = members.iter().filter_map(|(index, stream)| {
+        let reply = items[*index].commit.reply.as_deref()?;
+        Some((stream.as_str(), reply))
+    });
     let mut batch = SlotBatch::new();
-    for (stream, cmd) in reply_commands(settings, items, members) {
+    for (stream, cmd) in replies::commands(replies, settings.reply_ttl.as_millis() as u64) {
         batch.add(stream, cmd);
     }
     batch
-}
-
-/// Per reply stream of `members` ((item index, reply stream) pairs), one `XADD`
-/// with an `m` field per reply, in order, then its `PEXPIRE`; each with its
-/// stream.
-fn reply_commands<'a>(
-    settings: &Settings,
-    items: &[Item],
-    members: &'a [(usize, String)],
-) -> Vec<(&'a str, redis::Cmd)> {
-    let mut streams: Vec<&str> = Vec::new();
-    let mut xadds: Vec<redis::Cmd> = Vec::new();
-    for (index, stream) in members {
-        let Some(reply) = items[*index].commit.reply.as_deref() else {
-            continue;
-        };
-        let at = number_of(&mut streams, stream.as_str()) - 1;
-        if at == xadds.len() {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(stream).arg("*");
-            xadds.push(xadd);
-        }
-        xadds[at].arg(PAYLOAD_FIELD).arg(reply);
-    }
-    let mut commands = Vec::with_capacity(2 * streams.len());
-    for (stream, xadd) in streams.into_iter().zip(xadds) {
-        commands.push((stream, xadd));
-        let mut expire = redis::cmd("PEXPIRE");
-        expire.arg(stream).arg(settings.reply_ttl.as_millis() as u64);
-        commands.push((stream, expire));
-    }
-    commands
 }
 
 /// Step 4: one `XACK` per stream for everything that got this far.

@@ -16,22 +16,24 @@
 //! TTL, nobody gone from it, an outcome kept inline, one message per session in the batch.
 //! Everything else — a message committed before (its stored outcome must be finished), a
 //! new or ageing session, gone connections to purge, a large outcome, a second message on a
-//! session — is left untouched for the script that follows ([`super::fused_step`] and the
+//! session — is left untouched for the script that follows (`commit_fused.lua` and the
 //! steps), and so is the whole batch when `EXEC` finds a watched session changed or
 //! anything fails: the script's guard then decides as it always did.
+//!
+//! It knows nothing of the batcher: the commit module hands it [`Offer`]s (a message's
+//! keys, outcome and reply) and gets a [`Verdict`] for each.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{ErrorKind, Pipeline, ServerErrorKind, Value};
 use switchyard_protocol::redis_conn::{Redis, RedisClient};
 use switchyard_protocol::{time, WORKER_GROUP};
 use tokio::sync::Mutex;
 
-use super::{encode_outbox, fusable, reply_commands, Item, Outcome, Settings, BATCHES_IN_FLIGHT};
+use super::replies;
 use crate::faults;
 use crate::metrics::Metrics;
 
@@ -53,71 +55,86 @@ pub struct Watch {
     metrics: Arc<Metrics>,
 }
 
-impl Watch {
-    pub fn new(client: RedisClient, min_batch: usize, metrics: Arc<Metrics>) -> Watch {
-        Watch {
-            client,
-            min_batch: min_batch.max(1),
-            connections: (0..BATCHES_IN_FLIGHT).map(|_| Mutex::new(None)).collect(),
-            refused: AtomicBool::new(false),
-            metrics,
-        }
-    }
+/// One message offered to the commit: what `commit_fused.lua` would get for it.
+pub struct Offer<'a> {
+    /// Its session's key.
+    pub session: String,
+    /// Its connection's reply address (`IFACE!CONN`).
+    pub address: String,
+    pub seq: u64,
+    /// The encoded outcome (reply and group sends), kept as `~o:` with the session.
+    pub outcome: Vec<u8>,
+    pub sets: &'a [(String, String)],
+    pub deletes: &'a [String],
+    /// Its interface's reply stream, and its reply.
+    pub reply_stream: String,
+    pub reply: Option<&'a [u8]>,
+    /// Its channel shard stream, and its entry there.
+    pub shard: &'a str,
+    pub entry_id: &'a str,
 }
 
-/// One message this path may commit: its index in the batch and its session key.
-struct Candidate {
-    index: usize,
-    session: String,
+/// What became of an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Session written, reply sent, entry acknowledged.
+    Committed,
+    /// A later message of the connection was committed: only acknowledged.
+    Repeated,
+    /// Not taken: the script decides.
+    Left,
 }
 
 /// A connection's `seq`, the session's `~x` and whether `~c` is there.
 type Guard = (Option<u64>, Option<u64>, Option<Vec<u8>>);
 
-/// Commits what it can of the batch's plain messages (see the module doc); leaves the rest,
-/// untouched, to the script.
-pub(super) async fn step(settings: &Settings, watch: &Watch, items: &mut [Item]) {
-    let takes = |item: &Item| fusable(item) && item.commit.session.as_ref().is_some_and(|s| s.writes());
-    // Counted first: a small batch (every one, at a low rate) costs no more than this.
-    if items.iter().filter(|item| takes(item)).count() < watch.min_batch || watch.refused.load(Ordering::Relaxed) {
-        return;
-    }
-    let candidates: Vec<Candidate> = items
-        .iter()
-        .enumerate()
-        .filter(|(_, item)| takes(item))
-        .filter_map(|(index, item)| {
-            let session = item.commit.session.as_ref()?;
-            Some(Candidate {
-                index,
-                session: settings.keys.session(&session.id),
-            })
-        })
-        .collect();
-    // At most BATCHES_IN_FLIGHT batches run at once, so one connection is free.
-    let Some(mut slot) = watch.connections.iter().find_map(|slot| slot.try_lock().ok()) else {
-        return;
-    };
-    if slot.is_none() {
-        *slot = watch.client.blocking(Duration::ZERO).await.ok();
-    }
-    let Some(con) = slot.as_mut() else { return };
-    let result = match commit(settings, con, items, &candidates).await {
-        Ok(result) => result,
-        Err(error) => {
-            // Its watch (or transaction) is in an unknown state: start afresh next time.
-            *slot = None;
-            if refusal(&error) && !watch.refused.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    %error,
-                    "Redis refuses the WATCH/MULTI commit (--commit-watch-min); committing with the script only"
-                );
-            }
-            tracing::debug!(%error, "watched commit failed; the script commits the batch");
-            "error"
+impl Watch {
+    /// `connections`: how many batches may be under way at once.
+    pub fn new(client: RedisClient, min_batch: usize, connections: usize, metrics: Arc<Metrics>) -> Watch {
+        Watch {
+            client,
+            min_batch: min_batch.max(1),
+            connections: (0..connections).map(|_| Mutex::new(None)).collect(),
+            refused: AtomicBool::new(false),
+            metrics,
         }
-    };
-    watch.metrics.watched_commit(result);
+    }
+
+    /// Whether a batch of `offers` plain messages is worth offering.
+    pub fn wants(&self, offers: usize) -> bool {
+        offers >= self.min_batch && !self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Commits what it can of `offers` (see the module doc); a verdict per offer.
+    pub async fn commit(&self, offers: &[Offer<'_>], session_ttl: Duration, reply_ttl: Duration) -> Vec<Verdict> {
+        let mut verdicts = vec![Verdict::Left; offers.len()];
+        // At most as many batches as connections run at once, so one is free.
+        let Some(mut slot) = self.connections.iter().find_map(|slot| slot.try_lock().ok()) else {
+            return verdicts;
+        };
+        if slot.is_none() {
+            *slot = self.client.blocking(Duration::ZERO).await.ok();
+        }
+        let Some(con) = slot.as_mut() else { return verdicts };
+        let result = match transact(con, offers, session_ttl, reply_ttl, &mut verdicts).await {
+            Ok(result) => result,
+            Err(error) => {
+                // Its watch (or transaction) is in an unknown state: start afresh next time.
+                *slot = None;
+                verdicts.fill(Verdict::Left);
+                if refusal(&error) && !self.refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %error,
+                        "Redis refuses the WATCH/MULTI commit (--commit-watch-min); committing with the script only"
+                    );
+                }
+                tracing::debug!(%error, "watched commit failed; the script commits the batch");
+                "error"
+            }
+        };
+        self.metrics.watched_commit(result);
+        verdicts
+    }
 }
 
 /// Whether Redis refused a command as such (no permission, an unknown or renamed
@@ -131,130 +148,113 @@ fn refusal(error: &redis::RedisError) -> bool {
     }
 }
 
-/// Reads the guards under `WATCH`, then writes in one `MULTI … EXEC`. Returns what
-/// happened: `committed`, `changed` (a watched session changed: nothing written) or
-/// `skipped` (nothing this path could take).
-async fn commit(
-    settings: &Settings,
+/// Reads the guards under `WATCH`, then writes in one `MULTI … EXEC`, filling `verdicts`
+/// once it ran. Returns what happened: `committed`, `changed` (a watched session changed:
+/// nothing written) or `skipped` (nothing this path could take).
+async fn transact(
     con: &mut Redis,
-    items: &mut [Item],
-    candidates: &[Candidate],
+    offers: &[Offer<'_>],
+    session_ttl: Duration,
+    reply_ttl: Duration,
+    verdicts: &mut [Verdict],
 ) -> redis::RedisResult<&'static str> {
     let mut read = redis::pipe();
     read.cmd("WATCH");
-    for candidate in candidates {
-        read.arg(&candidate.session);
+    for offer in offers {
+        read.arg(&offer.session);
     }
     read.ignore();
-    for candidate in candidates {
+    for offer in offers {
         read.cmd("HMGET")
-            .arg(&candidate.session)
-            .arg(format!("~s:{}", items[candidate.index].commit.reply_address()))
+            .arg(&offer.session)
+            .arg(format!("~s:{}", offer.address))
             .arg("~x")
             .arg("~c");
     }
     let guards: Vec<Guard> = read.query_async(con).await?;
-    let plan = decide(settings, items, candidates, &guards);
-    if plan.committed.is_empty() && plan.repeated.is_empty() {
+    let planned = decide(offers, &guards, session_ttl);
+    if planned.iter().all(|verdict| *verdict == Verdict::Left) {
         redis::cmd("UNWATCH").query_async::<()>(con).await?;
         return Ok("skipped");
     }
-    let transaction = transaction(settings, items, plan.writes, &plan.committed, &plan.repeated);
+    let transaction = transaction(offers, &planned, reply_ttl);
     faults::before_watched_exec().await;
     if transaction.query_async::<Value>(con).await? == Value::Nil {
         return Ok("changed");
     }
-    for (indices, outcome) in [(plan.committed, Outcome::Committed), (plan.repeated, Outcome::Repeated)] {
-        for index in indices {
-            let item = &mut items[index];
-            item.state = Ok(outcome);
-            item.finished = true;
-            item.acked = true;
-        }
-    }
+    verdicts.copy_from_slice(&planned);
     Ok("committed")
 }
 
-/// What the transaction does: the session writes it makes, the messages it commits, and
-/// those it only acknowledges (a later message of the connection is committed).
-struct Plan {
-    writes: Pipeline,
-    committed: Vec<usize>,
-    repeated: Vec<usize>,
-}
-
-/// The guard of `commit_session.lua` for the common case; anything else is left out.
-fn decide(settings: &Settings, items: &[Item], candidates: &[Candidate], guards: &[Guard]) -> Plan {
+/// The guard of `commit_session.lua` for the common case; anything else is left.
+fn decide(offers: &[Offer<'_>], guards: &[Guard], session_ttl: Duration) -> Vec<Verdict> {
     let now = time::now_ms();
-    let fresh_for = settings.session_ttl.as_millis() as u64 * 3 / 4;
-    let mut plan = Plan {
-        writes: redis::pipe(),
-        committed: Vec::new(),
-        repeated: Vec::new(),
-    };
-    plan.writes.atomic();
+    let fresh_for = session_ttl.as_millis() as u64 * 3 / 4;
     let mut written: Vec<&str> = Vec::new();
-    for (candidate, (prior, expires, closed)) in candidates.iter().zip(guards) {
-        let commit = &items[candidate.index].commit;
-        let prior = prior.unwrap_or(0);
-        if prior > commit.seq {
-            plan.repeated.push(candidate.index);
-            continue;
-        }
-        let fresh = expires.is_some_and(|at| at.saturating_sub(now) >= fresh_for);
-        let session_key = candidate.session.as_str();
-        if prior == commit.seq || !fresh || closed.is_some() || written.contains(&session_key) {
-            continue;
-        }
-        let Some(session) = &commit.session else { continue };
-        let outcome = encode_outbox(commit);
-        if outcome.len() > INLINE_OUTCOME {
-            continue;
-        }
-        let address = commit.reply_address();
-        plan.writes
-            .cmd("HSET")
-            .arg(session_key)
-            .arg(format!("~s:{address}"))
-            .arg(commit.seq)
-            .arg(format!("~o:{address}"))
-            .arg(outcome);
-        for (field, value) in &session.sets {
-            plan.writes.arg(field).arg(value);
-        }
-        plan.writes.ignore();
-        if !session.deletes.is_empty() {
-            plan.writes.cmd("HDEL").arg(session_key).arg(&session.deletes).ignore();
-        }
-        written.push(session_key);
-        plan.committed.push(candidate.index);
-    }
-    plan
+    offers
+        .iter()
+        .zip(guards)
+        .map(|(offer, (prior, expires, closed))| {
+            let prior = prior.unwrap_or(0);
+            if prior > offer.seq {
+                return Verdict::Repeated;
+            }
+            let fresh = expires.is_some_and(|at| at.saturating_sub(now) >= fresh_for);
+            let session = offer.session.as_str();
+            if prior == offer.seq
+                || !fresh
+                || closed.is_some()
+                || offer.outcome.len() > INLINE_OUTCOME
+                || written.contains(&session)
+            {
+                return Verdict::Left;
+            }
+            written.push(session);
+            Verdict::Committed
+        })
+        .collect()
 }
 
-/// The session writes, then what `commit_fused.lua` does after them: the replies (as
-/// [`reply_commands`] builds them) and per shard one `XACK`.
-fn transaction(
-    settings: &Settings,
-    items: &[Item],
-    mut writes: Pipeline,
-    committed: &[usize],
-    repeated: &[usize],
-) -> Pipeline {
-    let replies: Vec<(usize, String)> = committed
-        .iter()
-        .map(|&index| (index, settings.keys.reply_stream(&items[index].commit.interface)))
-        .collect();
-    for (_, cmd) in reply_commands(settings, items, &replies) {
+/// `MULTI`, the session writes, then what `commit_fused.lua` does after them: the
+/// replies ([`replies::commands`]) and per shard one `XACK`; `EXEC`.
+fn transaction(offers: &[Offer<'_>], planned: &[Verdict], reply_ttl: Duration) -> Pipeline {
+    let mut writes = redis::pipe();
+    writes.atomic();
+    let committed = || {
+        offers
+            .iter()
+            .zip(planned)
+            .filter(|(_, verdict)| **verdict == Verdict::Committed)
+            .map(|(offer, _)| offer)
+    };
+    for offer in committed() {
+        writes
+            .cmd("HSET")
+            .arg(&offer.session)
+            .arg(format!("~s:{}", offer.address))
+            .arg(offer.seq)
+            .arg(format!("~o:{}", offer.address))
+            .arg(&offer.outcome);
+        for (field, value) in offer.sets {
+            writes.arg(field).arg(value);
+        }
+        writes.ignore();
+        if !offer.deletes.is_empty() {
+            writes.cmd("HDEL").arg(&offer.session).arg(offer.deletes).ignore();
+        }
+    }
+    let replies = committed().filter_map(|offer| Some((offer.reply_stream.as_str(), offer.reply?)));
+    for (_, cmd) in replies::commands(replies, reply_ttl.as_millis() as u64) {
         writes.add_command(cmd).ignore();
     }
     let mut acks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for &index in committed.iter().chain(repeated) {
-        let commit = &items[index].commit;
-        acks.entry(commit.stream.as_str()).or_default().push(&commit.entry_id);
+    for (offer, verdict) in offers.iter().zip(planned) {
+        if *verdict != Verdict::Left {
+            acks.entry(offer.shard).or_default().push(offer.entry_id);
+        }
     }
-    for (stream, ids) in acks {
-        writes.cmd("XACK").arg(stream).arg(WORKER_GROUP).arg(ids).ignore();
+    for (shard, ids) in acks {
+        writes.cmd("XACK").arg(shard).arg(WORKER_GROUP).arg(ids).ignore();
     }
     writes
 }

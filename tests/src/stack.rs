@@ -391,6 +391,28 @@ impl Stack {
                     "workers not live: no {channel} round trip through interface-{index} within 40 s"
                 );
             }
+            // The round trip can pass before the interface has read the workers once (it
+            // refuses nothing until then) while its first read still finds the new worker's
+            // liveness saying "not reading yet": the channel would then answer 503 for about
+            // a second. Wait until the interface itself counts a live worker for it.
+            let addr = self.addrs[index].clone();
+            let series = format!("switchyard_channel_workers{{channel=\"{channel}\"}}");
+            let counted = crate::wait::eventually(Duration::from_secs(10), || {
+                let (addr, series) = (addr.clone(), series.clone());
+                async move {
+                    let page = http::get(&addr, "/metrics").await.ok()?;
+                    let live: f64 = page
+                        .body
+                        .lines()
+                        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())?;
+                    (live >= 1.0).then_some(())
+                }
+            })
+            .await;
+            assert!(
+                counted.is_some(),
+                "interface-{index} counts no live worker for {channel} 10 s after a {channel} round trip"
+            );
         }
         let running = self.workers.iter_mut().map(|w| w.is_running()).filter(|r| *r).count();
         let reached = crate::wait::eventually(Duration::from_secs(10), || async {

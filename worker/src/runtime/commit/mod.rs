@@ -189,6 +189,13 @@ impl Item {
     fn writing(&self) -> bool {
         matches!(self.state, Ok(Outcome::Committed | Outcome::Repeated)) && !self.finished
     }
+
+    /// Committed whole (written, replied, acknowledged) by one call: no step is left.
+    fn done_with(&mut self, outcome: Outcome) {
+        self.state = Ok(outcome);
+        self.finished = true;
+        self.acked = true;
+    }
 }
 
 impl Committer {
@@ -315,24 +322,28 @@ fn fusable(item: &Item) -> bool {
         && !commit.forget
 }
 
+/// The session a fusable message writes; `None` when it writes none (or is not fusable).
+fn written_session(item: &Item) -> Option<&SessionWrite> {
+    let session = item.commit.session.as_ref().filter(|session| session.writes())?;
+    fusable(item).then_some(session)
+}
+
 /// Offers the batch's plain messages that write their session to the WATCH/MULTI
 /// commit ([`watched`]) when there are enough of them; what it commits (or finds
 /// committed later) is done and acknowledged, what it leaves goes on to the script.
 async fn watched_step(settings: &Settings, watch: &Watch, items: &mut [Item]) {
-    let writes = |item: &Item| item.commit.session.as_ref().is_some_and(SessionWrite::writes);
-    let offered: Vec<usize> = (0..items.len())
-        .filter(|&index| fusable(&items[index]) && writes(&items[index]))
-        .collect();
-    if !watch.wants(offered.len()) {
+    // Counted first: a small batch (every one, at a low rate) costs no more than this.
+    if !watch.wants(items.iter().filter(|item| written_session(item).is_some()).count()) {
         return;
     }
     let keys = &settings.keys;
-    let offers: Vec<Offer<'_>> = offered
+    let (offered, offers): (Vec<usize>, Vec<Offer<'_>>) = items
         .iter()
-        .filter_map(|&index| {
-            let commit = &items[index].commit;
-            let session = commit.session.as_ref()?;
-            Some(Offer {
+        .enumerate()
+        .filter_map(|(index, item)| {
+            let session = written_session(item)?;
+            let commit = &item.commit;
+            let offer = Offer {
                 session: keys.session(&session.id),
                 address: commit.reply_address(),
                 seq: commit.seq,
@@ -343,21 +354,18 @@ async fn watched_step(settings: &Settings, watch: &Watch, items: &mut [Item]) {
                 reply: commit.reply.as_deref(),
                 shard: &commit.stream,
                 entry_id: &commit.entry_id,
-            })
+            };
+            Some((index, offer))
         })
-        .collect();
+        .unzip();
     let verdicts = watch.commit(&offers, settings.session_ttl, settings.reply_ttl).await;
     drop(offers);
     for (index, verdict) in offered.into_iter().zip(verdicts) {
-        let outcome = match verdict {
-            Verdict::Committed => Outcome::Committed,
-            Verdict::Repeated => Outcome::Repeated,
-            Verdict::Left => continue,
-        };
-        let item = &mut items[index];
-        item.state = Ok(outcome);
-        item.finished = true;
-        item.acked = true;
+        match verdict {
+            Verdict::Committed => items[index].done_with(Outcome::Committed),
+            Verdict::Repeated => items[index].done_with(Outcome::Repeated),
+            Verdict::Left => {}
+        }
     }
 }
 
@@ -420,17 +428,11 @@ async fn fused_step(settings: &Settings, script: &Script, items: &mut [Item]) {
         .zip(codes.into_iter().chain(std::iter::repeat(Value::Nil)))
     {
         let item = &mut items[index];
-        let outcome = match code {
-            Value::Int(1) => Outcome::Committed,
-            Value::Int(0) => Outcome::Repeated,
-            stored => {
-                apply_session_result(item, stored);
-                continue;
-            }
-        };
-        item.state = Ok(outcome);
-        item.finished = true;
-        item.acked = true;
+        match code {
+            Value::Int(1) => item.done_with(Outcome::Committed),
+            Value::Int(0) => item.done_with(Outcome::Repeated),
+            stored => apply_session_result(item, stored),
+        }
     }
 }
 

@@ -121,7 +121,6 @@ impl Watch {
             Err(error) => {
                 // Its watch (or transaction) is in an unknown state: start afresh next time.
                 *slot = None;
-                verdicts.fill(Verdict::Left);
                 if refusal(&error) && !self.refused.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         %error,

@@ -17,6 +17,14 @@ pub struct HttpResponse {
     pub body: String,
 }
 
+/// The value of one sample in Prometheus text (`name{labels} value`); 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `GET path` on `addr` (`127.0.0.1:port`) with `Connection: close`, 5 s time limit.
 pub async fn get(addr: &str, path: &str) -> Result<HttpResponse> {
     tokio::time::timeout(Duration::from_secs(5), get_inner(addr, path))

@@ -125,12 +125,19 @@ pub struct NodeStats {
     pub role: Role,
     /// Calls per command, as Redis names them (`xadd`, `publish`, `cluster|info`, …).
     pub calls: BTreeMap<String, u64>,
+    /// Calls refused before they ran (`rejected_calls`: no permission, say), per command.
+    pub rejected: BTreeMap<String, u64>,
 }
 
 impl NodeStats {
     /// Calls of `command` (lower case, e.g. `xadd`); 0 if never called.
     pub fn calls(&self, command: &str) -> u64 {
         self.calls.get(command).copied().unwrap_or(0)
+    }
+
+    /// Calls of `command` Redis refused; 0 if none.
+    pub fn rejected(&self, command: &str) -> u64 {
+        self.rejected.get(command).copied().unwrap_or(0)
     }
 }
 
@@ -745,6 +752,7 @@ impl RedisCluster {
                 port,
                 role,
                 calls: parse_commandstats(&info),
+                rejected: parse_commandstats_field(&info, "rejected_calls"),
             });
         }
         Ok(stats)
@@ -868,11 +876,17 @@ pub fn parse_cluster_nodes(text: &str) -> Result<Vec<ClusterNode>> {
 
 /// `calls` per command from `INFO commandstats` (`cmdstat_<name>:calls=N,usec=…`).
 pub fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
+    parse_commandstats_field(info, "calls")
+}
+
+/// One figure (`calls`, `rejected_calls`, …) per command from `INFO commandstats`.
+pub fn parse_commandstats_field(info: &str, field: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{field}=");
     info.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
-            Some((name.to_string(), calls))
+            let value = rest.split(',').find_map(|kv| kv.strip_prefix(&prefix))?.parse().ok()?;
+            Some((name.to_string(), value))
         })
         .collect()
 }

@@ -401,11 +401,7 @@ impl Stack {
                 let (addr, series) = (addr.clone(), series.clone());
                 async move {
                     let page = http::get(&addr, "/metrics").await.ok()?;
-                    let live: f64 = page
-                        .body
-                        .lines()
-                        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())?;
-                    (live >= 1.0).then_some(())
+                    (http::metric(&page.body, &series) >= 1.0).then_some(())
                 }
             })
             .await;

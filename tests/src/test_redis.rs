@@ -192,6 +192,7 @@ impl TestRedis {
                     port: s.port(),
                     role: Role::Master,
                     calls: crate::redis_cluster::parse_commandstats(&info),
+                    rejected: crate::redis_cluster::parse_commandstats_field(&info, "rejected_calls"),
                 }])
             }
             TestRedis::Cluster(c) => c.command_stats(),

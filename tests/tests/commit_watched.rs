@@ -19,33 +19,18 @@ const WINDOW: u64 = 4;
 /// Long enough for a killed worker's pending messages to be claimed by the others.
 const KILL_REPLY_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// Calls of `command` Redis has run (`INFO commandstats`).
-fn calls(stack: &Stack, command: &str) -> u64 {
-    command_stat(stack, command, "calls")
-}
-
-/// One figure (`calls`, `rejected_calls` …) of `command` in `INFO commandstats`.
-fn command_stat(stack: &Stack, command: &str, figure: &str) -> u64 {
-    let mut con = stack.redis_conn().expect("redis");
-    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut con).expect("INFO");
-    let prefix = format!("cmdstat_{command}:");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|fields| {
-            fields
-                .split(',')
-                .find_map(|field| field.strip_prefix(&format!("{figure}="))?.parse().ok())
-        })
-        .unwrap_or(0)
+/// Calls of `command` Redis has run, and those it refused (`INFO commandstats`).
+fn calls(stack: &Stack, command: &str) -> (u64, u64) {
+    let stats = stack.redis.command_stats().expect("INFO commandstats");
+    (
+        stats.iter().map(|node| node.calls(command)).sum(),
+        stats.iter().map(|node| node.rejected(command)).sum(),
+    )
 }
 
 /// The value of `series` (name with labels, as rendered) on a worker's `/metrics`.
 async fn metric(addr: &str, series: &str) -> f64 {
-    let page = http::get(addr, "/metrics").await.expect("GET /metrics");
-    page.body
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    http::metric(&http::get(addr, "/metrics").await.expect("GET /metrics").body, series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +45,7 @@ async fn load_counts_exactly_once_through_the_watched_commit() {
         let url = stack.ws_url("/ws/chat/");
         let load = Load::start_going(&url, CONNS, WINDOW, REPLY_TIMEOUT, 3_000, Duration::from_secs(40)).await;
         let total = load.finish().await.assert_exactly_once();
-        let (execs, scripts) = (calls(&stack, "exec"), calls(&stack, "evalsha"));
+        let (execs, scripts) = (calls(&stack, "exec").0, calls(&stack, "evalsha").0);
         eprintln!("[test] {total} answers exactly once, in order; {execs} EXECs, {scripts} scripts");
         assert!(
             execs > 0,
@@ -83,7 +68,7 @@ async fn kill9_under_load_with_the_watched_commit_loses_nothing() {
         let load = Load::start_going(&url, CONNS, WINDOW, KILL_REPLY_TIMEOUT, 500, Duration::from_secs(20)).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         survives_worker_kill9(&mut stack, load, 0).await;
-        assert!(calls(&stack, "exec") > 0, "no batch took the WATCH/MULTI commit");
+        assert!(calls(&stack, "exec").0 > 0, "no batch took the WATCH/MULTI commit");
     })
     .await
 }
@@ -185,9 +170,9 @@ async fn a_redis_that_refuses_watch_gets_the_script() {
             1,
             "the refusal is said once:\n{log}"
         );
-        assert_eq!(calls(&stack, "exec"), 0, "a WATCH/MULTI commit went through");
+        assert_eq!(calls(&stack, "exec").0, 0, "a WATCH/MULTI commit went through");
         // Batches already under way (at most 4) may each meet the refusal once.
-        let refused = command_stat(&stack, "watch", "rejected_calls");
+        let refused = calls(&stack, "watch").1;
         assert!(
             (1..=4).contains(&refused),
             "after the first refusal the worker stops asking: {refused} refusals"

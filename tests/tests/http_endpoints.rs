@@ -7,7 +7,8 @@ mod http_common;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use http_common::{get, metric, wait_for, Options, Stack};
+use http_common::{get, wait_for, Options, Stack};
+use switchyard_tests::http::metric;
 use tokio_tungstenite::tungstenite::Message;
 
 fn routes() -> Vec<String> {

@@ -22,7 +22,8 @@ use switchyard_tests::stack::{channel_stream, deadletter_stream, xrange_all, REP
 use switchyard_tests::{bounded, eventually, Incoming, Stack};
 use tokio::task::JoinSet;
 
-use http_common::{metric, Client};
+use http_common::Client;
+use switchyard_tests::http::metric;
 
 const PANIC: &str = "poison: panic";
 const FAIL: &str = "poison: fail";

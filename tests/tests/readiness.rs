@@ -10,7 +10,8 @@ mod http_common;
 
 use std::time::{Duration, Instant};
 
-use http_common::{get, metric, wait_for, Options, Stack};
+use http_common::{get, wait_for, Options, Stack};
+use switchyard_tests::http::metric;
 
 /// Long enough that an answer "at once" cannot be the timeout's.
 const LONG_TIMEOUT: &str = "60";

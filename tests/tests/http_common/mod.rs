@@ -381,11 +381,3 @@ impl Client {
 pub async fn get(addr: &str, path: &str) -> anyhow::Result<Reply> {
     Client::connect(addr).await?.get(path).await
 }
-
-/// The value of one sample in Prometheus text (`name{labels} value`).
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}

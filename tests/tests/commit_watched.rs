@@ -1,11 +1,13 @@
 //! The WATCH/MULTI commit of large batches on a single Redis (`--commit-watch-min`,
-//! `worker/src/runtime/commit/watched.rs`), with the real binaries. With the minimum at 1
-//! every batch of plain chat messages takes it, so these prove its guarantees directly:
-//! counts exactly once and in order under load and under `kill -9`, and a slow worker
-//! whose claimer committed the same message first writes nothing (its `EXEC` finds the
-//! watched session changed, and the script then only acknowledges it). Without the `WATCH`
-//! the last test fails: the slow worker's stale session overwrites the newer one and the
-//! count goes back.
+//! `worker/src/runtime/commit/watched.rs`), with the real binaries, both ways it reads the
+//! sessions: with their read batch (`--read-batches`, the default: `runtime/read_batch/`)
+//! and again at the commit (`--read-batches=false`). With the minimum at 1 every batch of
+//! plain chat messages takes it, so these prove its guarantees directly: counts exactly
+//! once and in order under load and under `kill -9`, and a slow worker whose claimer
+//! committed the same message first writes nothing (its `EXEC` finds the watched session
+//! changed, and the script then only acknowledges it). Without the `WATCH` (of the read
+//! batch, or of the commit) the race tests fail: the slow worker's stale session
+//! overwrites the newer one and the count goes back.
 
 use std::time::Duration;
 
@@ -34,23 +36,47 @@ async fn metric(addr: &str, series: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_counts_exactly_once_through_read_batches() {
+    load_counts_exactly_once(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_counts_exactly_once_through_the_watched_commit() {
+    load_counts_exactly_once(false).await
+}
+
+/// `--read-batches`: the sessions read with the batch (no `HMGET` at the commit), or by each
+/// handler and again at the commit.
+async fn load_counts_exactly_once(read_batches: bool) {
     bounded(Duration::from_secs(90), async {
         let stack = Stack::builder("watched-load")
             .single_redis()
             .workers(2)
             .worker_arg("--commit-watch-min=1")
+            .worker_arg(&format!("--read-batches={read_batches}"))
             .start()
             .await;
         let url = stack.ws_url("/ws/chat/");
         let load = Load::start_going(&url, CONNS, WINDOW, REPLY_TIMEOUT, 3_000, Duration::from_secs(40)).await;
         let total = load.finish().await.assert_exactly_once();
         let (execs, scripts) = (calls(&stack, "exec").0, calls(&stack, "evalsha").0);
-        eprintln!("[test] {total} answers exactly once, in order; {execs} EXECs, {scripts} scripts");
+        let guard_reads = calls(&stack, "hmget").0;
+        eprintln!(
+            "[test] {total} answers exactly once, in order; {execs} EXECs, {scripts} scripts, {guard_reads} HMGETs"
+        );
         assert!(
             execs > 0,
             "no batch took the WATCH/MULTI commit ({scripts} script calls)"
         );
+        // The commit reads each guard again (HMGET) only without read batches.
+        if read_batches {
+            assert!(
+                guard_reads * 4 < total,
+                "{guard_reads} HMGETs for {total} answers: the read batches did not commit them"
+            );
+        } else {
+            assert!(guard_reads >= execs, "{guard_reads} HMGETs for {execs} EXECs");
+        }
     })
     .await
 }
@@ -78,7 +104,19 @@ async fn kill9_under_load_with_the_watched_commit_loses_nothing() {
 /// runs about 9 s after start), commits it, and commits the next message too. A's `EXEC`
 /// must then write nothing: the count goes on from B's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_loses_its_read_batch_to_its_claimer() {
+    a_slow_worker_loses_to_its_claimer(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_worker_loses_its_watched_commit_to_its_claimer() {
+    a_slow_worker_loses_to_its_claimer(false).await
+}
+
+/// `--read-batches`: worker A reads message 2's session with its batch under `WATCH` (or
+/// reads it in the handler, then its guard under `WATCH` at the commit), then pauses before
+/// its `EXEC`.
+async fn a_slow_worker_loses_to_its_claimer(read_batches: bool) {
     bounded(Duration::from_secs(90), async {
         let mut stack = Stack::builder("watched-race")
             .single_redis()
@@ -87,8 +125,9 @@ async fn a_slow_worker_loses_its_watched_commit_to_its_claimer() {
             .start()
             .await;
         let metrics_a = format!("127.0.0.1:{}", free_port());
+        let read_batches = format!("--read-batches={read_batches}");
         stack.spawn_worker_with(
-            &["--commit-watch-min=1", "--metrics-bind", &metrics_a],
+            &["--commit-watch-min=1", &read_batches, "--metrics-bind", &metrics_a],
             &[("SWITCHYARD_TEST_WATCH_PAUSE_MS", "20000")],
         );
         stack.wait_workers_live(Probe::Echo).await;
@@ -100,7 +139,7 @@ async fn a_slow_worker_loses_its_watched_commit_to_its_claimer() {
         let paused_at = std::time::Instant::now();
         client.send_text("two").await.expect("send message 2");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stack.spawn_worker_with(&["--commit-watch-min=1", "--claim-idle", "1"], &[]);
+        stack.spawn_worker_with(&["--commit-watch-min=1", &read_batches, "--claim-idle", "1"], &[]);
         // B's backstop claims it (idle for more than 1 s by then), and answers it.
         let two = client
             .recv_count(Duration::from_secs(18))
@@ -171,10 +210,11 @@ async fn a_redis_that_refuses_watch_gets_the_script() {
             "the refusal is said once:\n{log}"
         );
         assert_eq!(calls(&stack, "exec").0, 0, "a WATCH/MULTI commit went through");
-        // Batches already under way (at most 4) may each meet the refusal once.
+        // Batches already under way (at most one per connection of the pool: 4 commit
+        // batches, 4 read batches) may each meet the refusal once.
         let refused = calls(&stack, "watch").1;
         assert!(
-            (1..=4).contains(&refused),
+            (1..=8).contains(&refused),
             "after the first refusal the worker stops asking: {refused} refusals"
         );
     })

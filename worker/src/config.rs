@@ -70,6 +70,17 @@ pub struct WorkerConfig {
     #[arg(long = "commit-watch-min", env = "SWITCHYARD_COMMIT_WATCH_MIN", default_value_t = 8)]
     pub commit_watch_min: usize,
 
+    /// With the WATCH/MULTI commit (--commit-watch-min above 0): the new client
+    /// messages one read returns, for a consumer that reads its session on
+    /// every message (the chat counter), have their sessions read together
+    /// under WATCH and commit in one MULTI/EXEC without reading them again:
+    /// one round trip per batch instead of one per message, less Redis CPU.
+    /// A batch's commit waits for its slowest handler, at most 10 ms (a later
+    /// one commits on its own). false = each handler reads its own session.
+    #[arg(long = "read-batches", env = "SWITCHYARD_READ_BATCHES", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub read_batches: bool,
+
     /// Seconds a session lives after its last use.
     #[arg(long, env = "SWITCHYARD_SESSION_TTL", default_value = "86400", value_parser = seconds::between(1.0, THIRTY_DAYS))]
     pub session_ttl: Duration,

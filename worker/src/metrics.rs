@@ -68,7 +68,7 @@ impl Metrics {
         );
         registry.register(
             "worker_watched_commits",
-            "Batches tried with the WATCH/MULTI commit (--commit-watch-min), by result: committed, changed (a watched session changed first: the script committed them), skipped (none it could take), error",
+            "Batches tried with the WATCH/MULTI commit (--commit-watch-min; with --read-batches, also read batches), by result: committed, changed (a watched session changed first: the script committed them), skipped (none it could take), error",
             watched.clone(),
         );
         registry.register(

@@ -179,6 +179,11 @@ impl Context {
         Ok(self.session.get_or_insert_with(Session::default))
     }
 
+    /// The session as already read (with the rest of a read batch).
+    pub(crate) fn preload_session(&mut self, fields: Vec<(Vec<u8>, Vec<u8>)>) {
+        self.session = Some(Session::loaded(fields));
+    }
+
     /// The session's key and changes, when the session was used.
     pub(crate) fn session_write(&self) -> Option<SessionWrite> {
         let session = self.session.as_ref()?;

@@ -42,6 +42,10 @@ impl WebSocketConsumer for Chat {
         Ok(())
     }
 
+    fn reads_session(&self) -> bool {
+        true
+    }
+
     async fn drain(&self, ctx: &mut Context) -> ConsumerResult {
         let total = ctx.session().await?.get_u64(COUNT);
         ctx.send_text(serde_json::json!({ "bye": true, "total": total }).to_string());

@@ -35,6 +35,7 @@ use crate::api::context::{Context, Scope};
 use crate::api::session::SessionWrite;
 use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{self, BodyOp, Commit, Outcome};
+use crate::runtime::read_batch::slot::{Preload, Slot};
 use crate::runtime::{http_request, Worker};
 
 /// How an entry reached its handler.
@@ -53,8 +54,15 @@ pub enum Delivery {
     AfterDeath,
 }
 
-/// Handles one entry (see [`Delivery`] for what its history means).
-pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, delivery: Delivery) {
+/// Handles one entry (see [`Delivery`] for what its history means); `preload`: its share
+/// of a read batch, for the first attempt.
+pub async fn handle_entry(
+    worker: &Worker,
+    stream: &str,
+    entry: StreamEntry,
+    delivery: Delivery,
+    preload: Option<Preload>,
+) {
     let redelivered = delivery != Delivery::First;
     let Some((channel, app)) = worker.channel_of(stream) else {
         tracing::error!(stream, "entry from a stream this worker does not serve");
@@ -95,7 +103,18 @@ pub async fn handle_entry(worker: &Worker, stream: &str, entry: StreamEntry, del
                 return give_up(worker, stream, &entry, app, &message, &reply, deliveries).await;
             }
         }
-        run(worker, stream, &entry, channel, app, &message, &reply, redelivered).await
+        run(
+            worker,
+            stream,
+            &entry,
+            channel,
+            app,
+            &message,
+            &reply,
+            redelivered,
+            preload,
+        )
+        .await
     }
     .instrument(span)
     .await;
@@ -116,6 +135,7 @@ async fn run(
     message: &ChannelMessage,
     reply: &ReplyAddress,
     redelivered: bool,
+    mut preload: Option<Preload>,
 ) -> &'static str {
     let mut backoff = Backoff::default();
     // After a failed attempt, part of the commit may have happened.
@@ -123,7 +143,19 @@ async fn run(
     loop {
         let result = match app {
             ChannelApp::WebSocket(consumer) => {
-                attempt(worker, stream, entry, channel, consumer.as_ref(), message, reply, again).await
+                let preload = preload.take();
+                attempt(
+                    worker,
+                    stream,
+                    entry,
+                    channel,
+                    consumer.as_ref(),
+                    message,
+                    reply,
+                    again,
+                    preload,
+                )
+                .await
             }
             ChannelApp::Http(app) => {
                 http_request::attempt(worker, stream, entry, channel, app.as_ref(), message, reply).await
@@ -164,6 +196,7 @@ async fn attempt(
     message: &ChannelMessage,
     reply: &ReplyAddress,
     again: bool,
+    preload: Option<Preload>,
 ) -> redis::RedisResult<Outcome> {
     let (headers, client, subprotocols) = match &message.event {
         Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
@@ -179,6 +212,10 @@ async fn attempt(
         subprotocols,
     };
     let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
+    let slot = preload.map(|Preload { fields, slot }| {
+        ctx.preload_session(fields);
+        slot
+    });
     let failure = match absorb::catch(call(consumer, &mut ctx, &message.event)).await {
         Ok(Ok(())) => None,
         Ok(Err(error)) => match error.downcast_ref::<redis::RedisError>() {
@@ -199,7 +236,7 @@ async fn attempt(
         );
         ctx.close(close::INTERNAL_ERROR);
     }
-    finish(worker, stream, entry, message, reply, ctx, again).await
+    finish(worker, stream, entry, message, reply, ctx, again, slot).await
 }
 
 /// Runs the consumer's method for the event.
@@ -221,7 +258,9 @@ async fn call(consumer: &dyn WebSocketConsumer, ctx: &mut Context, event: &Event
     }
 }
 
-/// Commits what a WebSocket message's context collected.
+/// Commits what a WebSocket message's context collected (with its read batch when it
+/// has a `slot` in one).
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     worker: &Worker,
     stream: &str,
@@ -230,6 +269,7 @@ async fn finish(
     reply: &ReplyAddress,
     mut ctx: Context,
     again: bool,
+    slot: Option<Slot>,
 ) -> redis::RedisResult<Outcome> {
     let disconnect = matches!(message.event, Event::Disconnect { .. });
     let mut actions = std::mem::take(&mut ctx.actions);
@@ -253,7 +293,10 @@ async fn finish(
         session,
         group_sends: std::mem::take(&mut ctx.group_sends),
     };
-    worker.committer.commit(commit).await
+    match slot {
+        Some(slot) => slot.commit(&worker.committer, commit).await,
+        None => worker.committer.commit(commit).await,
+    }
 }
 
 /// Gives each plain `group.add` the group's position now, before the commit:
@@ -342,7 +385,7 @@ async fn give_up(
                 };
                 let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
                 ctx.close(close::INTERNAL_ERROR);
-                finish(worker, stream, entry, message, reply, ctx, true).await
+                finish(worker, stream, entry, message, reply, ctx, true, None).await
             }
             ChannelApp::Http(_) => {
                 let commit = http_request::internal_error(stream, entry, message, reply);

@@ -26,16 +26,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use switchyard_protocol::redis_conn::Backoff;
-use switchyard_protocol::stream::{parse_read_reply, StreamBatch};
+use switchyard_protocol::stream::{parse_read_reply, StreamBatch, StreamEntry};
 use switchyard_protocol::WORKER_GROUP;
 
 use crate::runtime::dispatch::{self, Delivery};
-use crate::runtime::redelivery;
+use crate::runtime::{read_batch, redelivery};
 use crate::runtime::{Worker, READ_BLOCK};
 
 const MAX_READ: usize = 256;
@@ -232,6 +232,9 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 } else {
                     Delivery::First
                 };
+                // New client messages that read their sessions: handled as one read batch.
+                let together = delivery == Delivery::First && read_batch::wanted(&worker, &batch.stream);
+                let mut read: Vec<(StreamEntry, (Held, OwnedSemaphorePermit))> = Vec::new();
                 for entry in batch.entries {
                     let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
                         continue;
@@ -247,15 +250,22 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                         again.push((entry, (held, permit)));
                         continue;
                     }
+                    if together {
+                        read.push((entry, (held, permit)));
+                        continue;
+                    }
                     let worker = worker.clone();
                     let stream = batch.stream.clone();
                     tokio::spawn(async move {
-                        dispatch::handle_entry(&worker, &stream, entry, delivery).await;
+                        dispatch::handle_entry(&worker, &stream, entry, delivery, None).await;
                         drop((held, permit));
                     });
                 }
                 if !again.is_empty() {
                     tokio::spawn(redelivery::run(worker.clone(), batch.stream.clone(), again));
+                }
+                if !read.is_empty() {
+                    tokio::spawn(read_batch::run(worker.clone(), batch.stream.as_str().into(), read));
                 }
             }
         }

@@ -20,6 +20,7 @@ mod dispatch;
 mod http_request;
 mod intake;
 mod maintenance;
+mod read_batch;
 mod redelivery;
 mod state;
 mod ticks;
@@ -96,7 +97,8 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
             commit::Watch::new(
                 client.clone(),
                 config.commit_watch_min,
-                commit::BATCHES_IN_FLIGHT,
+                // One connection per commit batch under way, as many for read batches.
+                2 * commit::BATCHES_IN_FLIGHT,
                 metrics.clone(),
             )
         }),

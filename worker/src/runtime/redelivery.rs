@@ -75,7 +75,7 @@ pub async fn run<G: Send>(worker: Arc<Worker>, stream: String, items: Vec<(Strea
             let worker = &worker;
             let stream = &stream;
             async move {
-                dispatch::handle_entry(worker, stream, entry, Delivery::AfterDeath).await;
+                dispatch::handle_entry(worker, stream, entry, Delivery::AfterDeath, None).await;
                 drop(guard);
             }
         }))
@@ -101,5 +101,5 @@ async fn one_alone(worker: &Worker, stream: &str, suspect_key: &str, entry: Stre
     if let Err(error) = marked {
         tracing::debug!(%error, "cannot record the suspect entry");
     }
-    dispatch::handle_entry(worker, stream, entry, Delivery::AfterDeath).await;
+    dispatch::handle_entry(worker, stream, entry, Delivery::AfterDeath, None).await;
 }

@@ -63,8 +63,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 mod replies;
 mod watched;
 use replies::number_of;
-pub use watched::Watch;
 use watched::{Offer, Verdict};
+pub use watched::{Watch, Watched};
 
 /// Most messages committed by one batch.
 const MAX_BATCH: usize = 64;
@@ -223,6 +223,30 @@ impl Committer {
         outcome.await.map_err(|_| closed())?
     }
 
+    /// The WATCH/MULTI commit, when read batches may use it (`runtime/read_batch/`): on a
+    /// single Redis that has not refused it.
+    pub fn watch(&self) -> Option<&Watch> {
+        self.settings.watch.as_ref().filter(|watch| watch.usable())
+    }
+
+    /// Commits a read batch's messages in the `EXEC` of its `watched` read: each one's
+    /// outcome (written, replied, acknowledged), or `None` for one left to
+    /// [`Committer::commit`].
+    pub async fn commit_watched(&self, watched: Watched<'_>, commits: &[Commit]) -> Vec<Option<Outcome>> {
+        let settings = &self.settings;
+        let (indices, offers): (Vec<usize>, Vec<Offer<'_>>) = commits
+            .iter()
+            .enumerate()
+            .filter_map(|(index, commit)| Some((index, offer_of(&settings.keys, commit)?)))
+            .unzip();
+        let verdicts = watched.commit(&offers, settings.session_ttl, settings.reply_ttl).await;
+        let mut outcomes = vec![None; commits.len()];
+        for (index, verdict) in indices.into_iter().zip(verdicts) {
+            outcomes[index] = outcome_of(verdict);
+        }
+        outcomes
+    }
+
     /// Appends one piece of a streamed HTTP response ahead of the commit;
     /// `false` when the entry is no longer ours (or already acknowledged).
     pub async fn stream_reply(&self, piece: &StreamPiece<'_>) -> RedisResult<bool> {
@@ -311,21 +335,37 @@ async fn commit_batch(settings: &Settings, scripts: &Scripts, items: &mut [Item]
     ack_step(settings, items).await;
 }
 
-/// Whether the fused step can commit a message whole: a WebSocket message
-/// with a session, no group sends (step 2), no HTTP body and no ending.
-fn fusable(item: &Item) -> bool {
-    let commit = &item.commit;
-    item.writing()
-        && commit.session.is_some()
-        && commit.group_sends.is_empty()
-        && commit.body == BodyOp::Keep
-        && !commit.forget
+/// A WebSocket message with a session, no group sends (step 2), no HTTP body
+/// and no ending: steps 1, 3 and 4 commit it whole.
+fn plain(commit: &Commit) -> bool {
+    commit.session.is_some() && commit.group_sends.is_empty() && commit.body == BodyOp::Keep && !commit.forget
 }
 
-/// The session a fusable message writes; `None` when it writes none (or is not fusable).
-fn written_session(item: &Item) -> Option<&SessionWrite> {
-    let session = item.commit.session.as_ref().filter(|session| session.writes())?;
-    fusable(item).then_some(session)
+/// Whether the fused step can commit a message whole.
+fn fusable(item: &Item) -> bool {
+    item.writing() && plain(&item.commit)
+}
+
+/// Whether the WATCH/MULTI commit may take a message: a plain one that writes its session.
+fn offerable(commit: &Commit) -> bool {
+    plain(commit) && commit.session.as_ref().is_some_and(SessionWrite::writes)
+}
+
+/// What the WATCH/MULTI commit gets for a message it may take.
+fn offer_of<'a>(keys: &Keys, commit: &'a Commit) -> Option<Offer<'a>> {
+    let session = commit.session.as_ref().filter(|_| offerable(commit))?;
+    Some(Offer {
+        session: keys.session(&session.id),
+        address: commit.reply_address(),
+        seq: commit.seq,
+        outcome: encode_outbox(commit),
+        sets: &session.sets,
+        deletes: &session.deletes,
+        reply_stream: keys.reply_stream(&commit.interface),
+        reply: commit.reply.as_deref(),
+        shard: &commit.stream,
+        entry_id: &commit.entry_id,
+    })
 }
 
 /// Offers the batch's plain messages that write their session to the WATCH/MULTI
@@ -333,39 +373,37 @@ fn written_session(item: &Item) -> Option<&SessionWrite> {
 /// committed later) is done and acknowledged, what it leaves goes on to the script.
 async fn watched_step(settings: &Settings, watch: &Watch, items: &mut [Item]) {
     // Counted first: a small batch (every one, at a low rate) costs no more than this.
-    if !watch.wants(items.iter().filter(|item| written_session(item).is_some()).count()) {
+    if !watch.wants(
+        items
+            .iter()
+            .filter(|item| item.writing() && offerable(&item.commit))
+            .count(),
+    ) {
         return;
     }
     let keys = &settings.keys;
     let (offered, offers): (Vec<usize>, Vec<Offer<'_>>) = items
         .iter()
         .enumerate()
-        .filter_map(|(index, item)| {
-            let session = written_session(item)?;
-            let commit = &item.commit;
-            let offer = Offer {
-                session: keys.session(&session.id),
-                address: commit.reply_address(),
-                seq: commit.seq,
-                outcome: encode_outbox(commit),
-                sets: &session.sets,
-                deletes: &session.deletes,
-                reply_stream: keys.reply_stream(&commit.interface),
-                reply: commit.reply.as_deref(),
-                shard: &commit.stream,
-                entry_id: &commit.entry_id,
-            };
-            Some((index, offer))
-        })
+        .filter(|(_, item)| item.writing())
+        .filter_map(|(index, item)| Some((index, offer_of(keys, &item.commit)?)))
         .unzip();
     let verdicts = watch.commit(&offers, settings.session_ttl, settings.reply_ttl).await;
     drop(offers);
     for (index, verdict) in offered.into_iter().zip(verdicts) {
-        match verdict {
-            Verdict::Committed => items[index].done_with(Outcome::Committed),
-            Verdict::Repeated => items[index].done_with(Outcome::Repeated),
-            Verdict::Left => {}
+        if let Some(outcome) = outcome_of(verdict) {
+            items[index].done_with(outcome);
         }
+    }
+}
+
+/// What a message the WATCH/MULTI commit took ended as (written, replied and
+/// acknowledged in its `EXEC`); `None` for one it left to the script.
+fn outcome_of(verdict: Verdict) -> Option<Outcome> {
+    match verdict {
+        Verdict::Committed => Some(Outcome::Committed),
+        Verdict::Repeated => Some(Outcome::Repeated),
+        Verdict::Left => None,
     }
 }
 

@@ -20,10 +20,15 @@
 //! steps), and so is the whole batch when `EXEC` finds a watched session changed or
 //! anything fails: the script's guard then decides as it always did.
 //!
+//! A read batch can go one better ([`Watch::read`], used by `runtime/read_batch/`): its
+//! sessions are read under `WATCH` when the batch is read, on the connection that will
+//! commit it, so the handlers' session read (`HGETALL`) is also the guard's read: no `HMGET`,
+//! and one round trip per batch instead of one per message for the sessions.
+//!
 //! It knows nothing of the batcher: the commit module hands it [`Offer`]s (a message's
 //! keys, outcome and reply) and gets a [`Verdict`] for each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +36,7 @@ use std::time::Duration;
 use redis::{ErrorKind, Pipeline, ServerErrorKind, Value};
 use switchyard_protocol::redis_conn::{Redis, RedisClient};
 use switchyard_protocol::{time, WORKER_GROUP};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::replies;
 use crate::faults;
@@ -88,6 +93,20 @@ pub enum Verdict {
 /// A connection's `seq`, the session's `~x` and whether `~c` is there.
 type Guard = (Option<u64>, Option<u64>, Option<Vec<u8>>);
 
+/// A session hash's fields, as `HGETALL` gives them.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A read batch's sessions, read under `WATCH` on a connection of the pool that stays
+/// theirs until [`Watched::commit`]. Dropped without it, the connection is let go (its
+/// watch would spoil the next batch's `EXEC`).
+pub struct Watched<'a> {
+    watch: &'a Watch,
+    con: MutexGuard<'a, Option<Redis>>,
+    /// Each session's guard fields when the batch was read, by key.
+    sessions: HashMap<String, Fields>,
+    finished: bool,
+}
+
 impl Watch {
     /// `connections`: how many batches may be under way at once.
     pub fn new(client: RedisClient, min_batch: usize, connections: usize, metrics: Arc<Metrics>) -> Watch {
@@ -102,38 +121,136 @@ impl Watch {
 
     /// Whether a batch of `offers` plain messages is worth offering.
     pub fn wants(&self, offers: usize) -> bool {
-        offers >= self.min_batch && !self.refused.load(Ordering::Relaxed)
+        offers >= self.min_batch && self.usable()
+    }
+
+    /// Whether Redis has not refused the commands.
+    pub fn usable(&self) -> bool {
+        !self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A free connection of the pool, connected; `None` when every one is busy or Redis
+    /// cannot be reached (the script commits then).
+    async fn connection(&self) -> Option<MutexGuard<'_, Option<Redis>>> {
+        // At most as many batches as connections run at once, so one is usually free.
+        let mut slot = self.connections.iter().find_map(|slot| slot.try_lock().ok())?;
+        if slot.is_none() {
+            *slot = self.client.blocking(Duration::ZERO).await.ok();
+        }
+        slot.is_some().then_some(slot)
     }
 
     /// Commits what it can of `offers` (see the module doc); a verdict per offer.
     pub async fn commit(&self, offers: &[Offer<'_>], session_ttl: Duration, reply_ttl: Duration) -> Vec<Verdict> {
         let mut verdicts = vec![Verdict::Left; offers.len()];
-        // At most as many batches as connections run at once, so one is free.
-        let Some(mut slot) = self.connections.iter().find_map(|slot| slot.try_lock().ok()) else {
+        let Some(mut slot) = self.connection().await else {
             return verdicts;
         };
-        if slot.is_none() {
-            *slot = self.client.blocking(Duration::ZERO).await.ok();
-        }
         let Some(con) = slot.as_mut() else { return verdicts };
         let result = match transact(con, offers, session_ttl, reply_ttl, &mut verdicts).await {
             Ok(result) => result,
             Err(error) => {
-                // Its watch (or transaction) is in an unknown state: start afresh next time.
                 *slot = None;
-                if refusal(&error) && !self.refused.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        %error,
-                        "Redis refuses the WATCH/MULTI commit (--commit-watch-min); committing with the script only"
-                    );
-                }
-                tracing::debug!(%error, "watched commit failed; the script commits the batch");
-                "error"
+                self.failed(&error)
             }
         };
         self.metrics.watched_commit(result);
         verdicts
     }
+
+    /// Reads a read batch's sessions (keys; repeats allowed) under `WATCH`: each one's
+    /// fields, in order, and the [`Watched`] that commits them. `None` when no connection is
+    /// free or the read failed.
+    pub async fn read(&self, sessions: &[String]) -> Option<(Watched<'_>, Vec<Fields>)> {
+        let mut slot = self.connection().await?;
+        let con = slot.as_mut()?;
+        let mut read = redis::pipe();
+        read.cmd("WATCH").arg(sessions).ignore();
+        for session in sessions {
+            read.cmd("HGETALL").arg(session);
+        }
+        match read.query_async::<Vec<Fields>>(con).await {
+            Ok(fields) => {
+                let watched = Watched {
+                    watch: self,
+                    con: slot,
+                    sessions: sessions.iter().cloned().zip(fields.iter().map(guard_fields)).collect(),
+                    finished: false,
+                };
+                Some((watched, fields))
+            }
+            Err(error) => {
+                *slot = None;
+                let result = self.failed(&error);
+                self.metrics.watched_commit(result);
+                None
+            }
+        }
+    }
+
+    /// After a failed call: its watch (or transaction) is in an unknown state, so the
+    /// connection is started afresh; a refusal turns the path off for good.
+    fn failed(&self, error: &redis::RedisError) -> &'static str {
+        if refusal(error) && !self.refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %error,
+                "Redis refuses the WATCH/MULTI commit (--commit-watch-min); committing with the script only"
+            );
+        }
+        tracing::debug!(%error, "watched commit failed; the script commits the batch");
+        "error"
+    }
+}
+
+impl Watched<'_> {
+    /// Commits what it can of `offers` in one `MULTI … EXEC`, deciding on the sessions as
+    /// they were read (the watch makes sure they still are); a verdict per offer. A session
+    /// that was not read is left to the script.
+    pub async fn commit(mut self, offers: &[Offer<'_>], session_ttl: Duration, reply_ttl: Duration) -> Vec<Verdict> {
+        let mut verdicts = vec![Verdict::Left; offers.len()];
+        let guards: Vec<Guard> = offers
+            .iter()
+            .map(|offer| match self.sessions.get(&offer.session) {
+                Some(fields) => guard_of(fields, &offer.address),
+                None => (None, None, None),
+            })
+            .collect();
+        let Some(con) = self.con.as_mut() else { return verdicts };
+        let result = match write(con, offers, &guards, session_ttl, reply_ttl, &mut verdicts).await {
+            Ok(result) => {
+                self.finished = true;
+                result
+            }
+            Err(error) => self.watch.failed(&error),
+        };
+        self.watch.metrics.watched_commit(result);
+        verdicts
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            *self.con = None;
+        }
+    }
+}
+
+/// The fields of a session that [`guard_of`] reads (not the outboxes or the app's own).
+fn guard_fields(fields: &Fields) -> Fields {
+    let wanted = |name: &[u8]| name.starts_with(b"~s:") || name == b"~x" || name == b"~c";
+    fields.iter().filter(|(name, _)| wanted(name)).cloned().collect()
+}
+
+/// A connection's guard from its session's fields (what `transact`'s `HMGET` reads).
+fn guard_of(fields: &Fields, address: &str) -> Guard {
+    let field = |name: &[u8]| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v);
+    let number = |value: Option<&Vec<u8>>| value.and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    (
+        number(field(format!("~s:{address}").as_bytes())),
+        number(field(b"~x")),
+        field(b"~c").cloned(),
+    )
 }
 
 /// Whether Redis refused a command as such (no permission, an unknown or renamed
@@ -171,7 +288,20 @@ async fn transact(
             .arg("~c");
     }
     let guards: Vec<Guard> = read.query_async(con).await?;
-    let planned = decide(offers, &guards, session_ttl);
+    write(con, offers, &guards, session_ttl, reply_ttl, verdicts).await
+}
+
+/// Decides on `guards` (read under the connection's watch), then writes in one `MULTI …
+/// EXEC` (or lets the watch go when nothing can be taken), filling `verdicts` once it ran.
+async fn write(
+    con: &mut Redis,
+    offers: &[Offer<'_>],
+    guards: &[Guard],
+    session_ttl: Duration,
+    reply_ttl: Duration,
+    verdicts: &mut [Verdict],
+) -> redis::RedisResult<&'static str> {
+    let planned = decide(offers, guards, session_ttl);
     if planned.iter().all(|verdict| *verdict == Verdict::Left) {
         redis::cmd("UNWATCH").query_async::<()>(con).await?;
         return Ok("skipped");

@@ -265,7 +265,7 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                     tokio::spawn(redelivery::run(worker.clone(), batch.stream.clone(), again));
                 }
                 if !read.is_empty() {
-                    tokio::spawn(read_batch::run(worker.clone(), batch.stream.as_str().into(), read));
+                    read_batch::start(&worker, &batch.stream, read);
                 }
             }
         }

@@ -97,8 +97,8 @@ pub async fn run(config: WorkerConfig, apps: Apps, shutdown: impl Future) -> any
             commit::Watch::new(
                 client.clone(),
                 config.commit_watch_min,
-                // One connection per commit batch under way, as many for read batches.
-                2 * commit::BATCHES_IN_FLIGHT,
+                // One connection per commit batch and per read batch under way.
+                commit::BATCHES_IN_FLIGHT + read_batch::IN_FLIGHT,
                 metrics.clone(),
             )
         }),

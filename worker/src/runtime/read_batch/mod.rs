@@ -46,8 +46,8 @@ const WAIT: Duration = Duration::from_millis(10);
 /// Most messages in one read batch: a larger read is split. Redis checks each key a `WATCH`
 /// names against those the connection already watches, so a batch's `WATCH` costs it the
 /// square of the batch's size: at 1,000 connections (reads of about 67 messages) it was
-/// 1.5–1.6 µs of Redis per message, 0.7–0.9 in batches of at most 32, with 9.1–9.7 µs inside
-/// commands in all against 9.9–10.2 (two rounds each; at most 16: 10.7–10.8, the batches'
+/// 1.5–1.6 µs of Redis per message, 0.7–0.9 in batches of at most 32, with 8.3–9.7 µs inside
+/// commands in all (four rounds) against 9.9–10.2 (two; at most 16: 10.7–10.8, the batches'
 /// own cost grows).
 const MOST: usize = 32;
 

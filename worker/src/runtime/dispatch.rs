@@ -68,7 +68,9 @@ pub async fn handle_entry(
         tracing::error!(stream, "entry from a stream this worker does not serve");
         return;
     };
-    let message = match entry.payload().map(decode::<ChannelMessage>) {
+    let mut preload = preload;
+    let decoded = preload.as_mut().and_then(|preload| preload.message.take()).map(Ok);
+    let message = match decoded.or_else(|| entry.payload().map(decode::<ChannelMessage>)) {
         Some(Ok(message)) => message,
         Some(Err(error)) => return reject(worker, stream, &entry, &error.to_string()).await,
         None => return reject(worker, stream, &entry, "entry has no `m` payload field").await,
@@ -212,7 +214,7 @@ async fn attempt(
         subprotocols,
     };
     let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
-    let slot = preload.map(|Preload { fields, slot }| {
+    let slot = preload.map(|Preload { fields, slot, .. }| {
         ctx.preload_session(fields);
         slot
     });

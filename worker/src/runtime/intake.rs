@@ -252,6 +252,10 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                     }
                     if together {
                         read.push((entry, (held, permit)));
+                        // Started when full: not held back while the next permit is awaited.
+                        if read.len() == read_batch::MOST {
+                            read_batch::start(&worker, &batch.stream, std::mem::take(&mut read));
+                        }
                         continue;
                     }
                     let worker = worker.clone();

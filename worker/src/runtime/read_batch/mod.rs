@@ -49,7 +49,7 @@ const WAIT: Duration = Duration::from_millis(10);
 /// 1.5–1.6 µs of Redis per message, 0.7–0.9 in batches of at most 32, with 8.3–9.7 µs inside
 /// commands in all (four rounds) against 9.9–10.2 (two; at most 16: 10.7–10.8, the batches'
 /// own cost grows).
-const MOST: usize = 32;
+pub(crate) const MOST: usize = 32;
 
 /// Read batches under way at once, each on its own connection of the watched commit's pool;
 /// a read batch that finds none free is handled message by message.
@@ -80,21 +80,23 @@ pub(crate) fn start<H: Send + 'static>(worker: &Arc<Worker>, stream: &str, mut e
 
 /// Handles new `entries` of `stream` as one read batch.
 async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: Vec<(StreamEntry, H)>) {
-    // Each client message's session key; `None` for any other event (a connect, say, which
-    // need not read the session) and for an entry that does not decode (its handler
-    // dead-letters it).
-    let sessions: Vec<Option<String>> = entries
+    // Each client message, decoded (its handler does not decode it again), with its session
+    // key; `None` for any other event (a connect, say, which need not read the session) and
+    // for an entry that does not decode (its handler dead-letters it).
+    let mut messages: Vec<Option<(ChannelMessage, String)>> = entries
         .iter()
         .map(|(entry, _)| {
             let message = decode::<ChannelMessage>(entry.payload()?).ok()?;
-            matches!(message.event, Event::Receive(_)).then(|| {
-                worker
-                    .keys
-                    .session(&session::session_id(&message.query, &message.reply))
-            })
+            if !matches!(message.event, Event::Receive(_)) {
+                return None;
+            }
+            let key = worker
+                .keys
+                .session(&session::session_id(&message.query, &message.reply));
+            Some((message, key))
         })
         .collect();
-    let keys: Vec<String> = sessions.iter().flatten().cloned().collect();
+    let keys: Vec<String> = messages.iter().flatten().map(|(_, key)| key.clone()).collect();
     let read = match worker.committer.watch() {
         Some(watch) if !keys.is_empty() => watch.read(&keys).await,
         _ => None,
@@ -109,13 +111,16 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
     let (batch, mut arrivals) = mpsc::unbounded_channel();
     let mut fields = fields.into_iter();
     let mut expected = 0;
-    for ((entry, hold), session) in entries.into_iter().zip(&sessions) {
-        let preload = session.as_ref().and_then(|_| fields.next()).map(|fields| {
+    for ((entry, hold), message) in entries.into_iter().zip(messages.iter_mut()) {
+        // The fields come in the order of the messages that have a session key.
+        let preload = message.take().and_then(|(message, _)| {
+            let fields = fields.next()?;
             expected += 1;
-            Preload {
+            Some(Preload {
+                message: Some(message),
                 fields,
                 slot: Slot::new(batch.clone()),
-            }
+            })
         });
         spawn(&worker, &stream, entry, preload, hold);
     }

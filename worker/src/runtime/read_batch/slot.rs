@@ -8,6 +8,7 @@
 //! retry) tells the batch so when its slot is dropped, so the batch never waits for it.
 
 use redis::{RedisError, RedisResult};
+use switchyard_protocol::ChannelMessage;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::commit::{Commit, Committer, Outcome};
@@ -24,6 +25,8 @@ pub(super) enum Arrival {
 
 /// A message's share of its read batch, for its first attempt.
 pub(crate) struct Preload {
+    /// The message, decoded already (taken by the handler).
+    pub message: Option<ChannelMessage>,
     /// Its session's fields, read under the batch's watch.
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     pub slot: Slot,

@@ -21,15 +21,15 @@ impl Session {
     /// The session from its hash's fields; Switchyard's own fields (the
     /// outboxes, the expiry: [`SESSION_RESERVED`]) are left out.
     pub(crate) fn loaded(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Session {
+        // Switchyard's fields are left out before anything is copied (an outbox is binary),
+        // and valid UTF-8 is taken as it is.
+        let text = |bytes: Vec<u8>| {
+            String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        };
         let values = fields
             .into_iter()
-            .map(|(field, value)| {
-                (
-                    String::from_utf8_lossy(&field).into_owned(),
-                    String::from_utf8_lossy(&value).into_owned(),
-                )
-            })
-            .filter(|(field, _)| !is_reserved(field))
+            .filter(|(field, _)| !field.starts_with(&[SESSION_RESERVED as u8]))
+            .map(|(field, value)| (text(field), text(value)))
             .collect();
         Session {
             values,

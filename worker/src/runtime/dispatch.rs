@@ -19,6 +19,13 @@
 //!
 //! Each message is handled inside a `message{channel, conn, seq, event}` span,
 //! so every log line names the connection (or request) it is about.
+//!
+//! Every message is a task of its own, and a task is as large as the deepest wait of
+//! the path it may take. So the rare paths (dead-lettering, giving up, the delivery count,
+//! HTTP) wait in a box of their own, and the context is boxed and gone before the
+//! commit's wait: a message's task went from 4.6 KiB to 1.6 KiB, copied and allocated
+//! once per message (the workers' CPU per message −15 to −25%, docs/benchmarks.md,
+//! "Smaller tasks").
 
 use switchyard_protocol::groups;
 use switchyard_protocol::redis_conn::Backoff;
@@ -35,7 +42,7 @@ use crate::api::context::{Context, Scope};
 use crate::api::session::SessionWrite;
 use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{self, BodyOp, Commit, Outcome};
-use crate::runtime::read_batch::slot::{Preload, Slot};
+use crate::runtime::read_batch::slot::Preload;
 use crate::runtime::{http_request, Worker};
 
 /// How an entry reached its handler.
@@ -61,7 +68,7 @@ pub async fn handle_entry(
     stream: &str,
     entry: StreamEntry,
     delivery: Delivery,
-    preload: Option<Preload>,
+    preload: Option<Box<Preload>>,
 ) {
     let redelivered = delivery != Delivery::First;
     let Some((channel, app)) = worker.channel_of(stream) else {
@@ -72,11 +79,11 @@ pub async fn handle_entry(
     let decoded = preload.as_mut().and_then(|preload| preload.message.take()).map(Ok);
     let message = match decoded.or_else(|| entry.payload().map(decode::<ChannelMessage>)) {
         Some(Ok(message)) => message,
-        Some(Err(error)) => return reject(worker, stream, &entry, &error.to_string()).await,
-        None => return reject(worker, stream, &entry, "entry has no `m` payload field").await,
+        Some(Err(error)) => return Box::pin(reject(worker, stream, &entry, &error.to_string())).await,
+        None => return Box::pin(reject(worker, stream, &entry, "entry has no `m` payload field")).await,
     };
     let Some(reply) = ReplyAddress::parse(&message.reply) else {
-        return reject(worker, stream, &entry, "malformed reply address").await;
+        return Box::pin(reject(worker, stream, &entry, "malformed reply address")).await;
     };
     let is_http = matches!(message.event, Event::HttpRequest(_) | Event::HttpDisconnect);
     if is_http != matches!(app, ChannelApp::Http(_)) {
@@ -85,7 +92,7 @@ pub async fn handle_entry(
             app.kind(),
             message.event.type_name()
         );
-        return reject(worker, stream, &entry, &error).await;
+        return Box::pin(reject(worker, stream, &entry, &error)).await;
     }
     let span = tracing::info_span!(
         "message",
@@ -98,11 +105,11 @@ pub async fn handle_entry(
     worker.metrics.in_flight.inc();
     let outcome = async {
         if delivery == Delivery::AfterDeath {
-            let deliveries = delivery_count(worker, stream, &entry.id).await;
+            let deliveries = Box::pin(delivery_count(worker, stream, &entry.id)).await;
             let limit = worker.config.max_deliveries;
             if deliveries.is_some_and(|n| n > u64::from(limit)) {
                 let deliveries = deliveries.unwrap_or_default();
-                return give_up(worker, stream, &entry, app, &message, &reply, deliveries).await;
+                return Box::pin(give_up(worker, stream, &entry, app, &message, &reply, deliveries)).await;
             }
         }
         run(
@@ -137,7 +144,7 @@ async fn run(
     message: &ChannelMessage,
     reply: &ReplyAddress,
     redelivered: bool,
-    mut preload: Option<Preload>,
+    mut preload: Option<Box<Preload>>,
 ) -> &'static str {
     let mut backoff = Backoff::default();
     // After a failed attempt, part of the commit may have happened.
@@ -160,7 +167,16 @@ async fn run(
                 .await
             }
             ChannelApp::Http(app) => {
-                http_request::attempt(worker, stream, entry, channel, app.as_ref(), message, reply).await
+                Box::pin(http_request::attempt(
+                    worker,
+                    stream,
+                    entry,
+                    channel,
+                    app.as_ref(),
+                    message,
+                    reply,
+                ))
+                .await
             }
         };
         match result {
@@ -198,47 +214,64 @@ async fn attempt(
     message: &ChannelMessage,
     reply: &ReplyAddress,
     again: bool,
-    preload: Option<Preload>,
+    preload: Option<Box<Preload>>,
 ) -> redis::RedisResult<Outcome> {
-    let (headers, client, subprotocols) = match &message.event {
-        Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
-        _ => Default::default(),
-    };
-    let scope = Scope {
-        channel: channel.to_owned(),
-        reply: reply.clone(),
-        path: message.path.clone(),
-        query: message.query.clone(),
-        headers,
-        client,
-        subprotocols,
-    };
-    let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
-    let slot = preload.map(|Preload { fields, slot, .. }| {
-        ctx.preload_session(fields);
-        slot
-    });
-    let failure = match absorb::catch(call(consumer, &mut ctx, &message.event)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => match error.downcast_ref::<redis::RedisError>() {
-            Some(redis_error) if absorb::retryable(redis_error) => return Err(redis_error.clone()),
-            _ => Some((Failure::Error, format!("{error:#}"))),
-        },
-        Err(panic) => Some((Failure::Panic, panic)),
-    };
-    if let Some((failure, error)) = failure {
-        let answer = "closing the connection with 1011";
-        absorb::report(worker, channel, &entry.id, &message.reply, failure, &error, answer);
-        // Nothing the failed run collected is kept (its session writes either).
-        ctx = Context::new(
-            ctx.scope().clone(),
+    // The context lives in this block only, so it is not kept (with a second copy in the
+    // commit) across the commit's wait: every message's task is as large as its largest
+    // wait.
+    let (commit, slot) = {
+        let (headers, client, subprotocols) = match &message.event {
+            Event::Connect(scope) => (scope.headers.clone(), scope.client.clone(), scope.subprotocols.clone()),
+            _ => Default::default(),
+        };
+        let scope = Scope {
+            channel: channel.to_owned(),
+            reply: reply.clone(),
+            path: message.path.clone(),
+            query: message.query.clone(),
+            headers,
+            client,
+            subprotocols,
+        };
+        // Boxed: the largest thing held across the consumer's wait.
+        let mut ctx = Box::new(Context::new(
+            scope,
             message.seq,
             worker.redis.clone(),
             worker.keys.clone(),
-        );
-        ctx.close(close::INTERNAL_ERROR);
+        ));
+        let slot = preload.map(|preload| {
+            let Preload { fields, slot, .. } = *preload;
+            ctx.preload_session(fields);
+            slot
+        });
+        let failure = match absorb::catch(call(consumer, &mut ctx, &message.event)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => match error.downcast_ref::<redis::RedisError>() {
+                Some(redis_error) if absorb::retryable(redis_error) => return Err(redis_error.clone()),
+                _ => Some((Failure::Error, format!("{error:#}"))),
+            },
+            Err(panic) => Some((Failure::Panic, panic)),
+        };
+        if let Some((failure, error)) = failure {
+            let answer = "closing the connection with 1011";
+            absorb::report(worker, channel, &entry.id, &message.reply, failure, &error, answer);
+            // Nothing the failed run collected is kept (its session writes either).
+            *ctx = Context::new(
+                ctx.scope().clone(),
+                message.seq,
+                worker.redis.clone(),
+                worker.keys.clone(),
+            );
+            ctx.close(close::INTERNAL_ERROR);
+        }
+        let actions = actions_of(worker, &mut ctx, message).await?;
+        (commit_of(stream, entry, message, reply, &mut ctx, actions, again), slot)
+    };
+    match slot {
+        Some(slot) => slot.commit(&worker.committer, Box::new(commit)).await,
+        None => worker.committer.commit(commit).await,
     }
-    finish(worker, stream, entry, message, reply, ctx, again, slot).await
 }
 
 /// Runs the consumer's method for the event.
@@ -260,30 +293,34 @@ async fn call(consumer: &dyn WebSocketConsumer, ctx: &mut Context, event: &Event
     }
 }
 
-/// Commits what a WebSocket message's context collected (with its read batch when it
-/// has a `slot` in one).
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    worker: &Worker,
+/// The actions a WebSocket message's context collected, each plain `group.add` placed
+/// first (rare, so its wait is boxed: it would size every message's task).
+async fn actions_of(worker: &Worker, ctx: &mut Context, message: &ChannelMessage) -> redis::RedisResult<Vec<Action>> {
+    let mut actions = std::mem::take(&mut ctx.actions);
+    let disconnect = matches!(message.event, Event::Disconnect { .. });
+    if !disconnect && actions.iter().any(is_plain_join) {
+        Box::pin(place_plain_joins(worker, &mut actions)).await?;
+    }
+    Ok(actions)
+}
+
+/// The commit of a WebSocket message: its `actions` and what else its context collected.
+fn commit_of(
     stream: &str,
     entry: &StreamEntry,
     message: &ChannelMessage,
     reply: &ReplyAddress,
-    mut ctx: Context,
+    ctx: &mut Context,
+    actions: Vec<Action>,
     again: bool,
-    slot: Option<Slot>,
-) -> redis::RedisResult<Outcome> {
+) -> Commit {
     let disconnect = matches!(message.event, Event::Disconnect { .. });
-    let mut actions = std::mem::take(&mut ctx.actions);
-    if !disconnect {
-        place_plain_joins(worker, &mut actions).await?;
-    }
     // A message handled again checks the session's outbox even if this run
     // did not touch the session; a disconnect shortens the outbox's life.
     let session = ctx
         .session_write()
         .or_else(|| (again || disconnect).then(|| SessionWrite::check_only(ctx.session_id().to_owned())));
-    let commit = Commit {
+    Commit {
         stream: stream.to_owned(),
         entry_id: entry.id.clone(),
         interface: reply.interface.clone(),
@@ -294,11 +331,12 @@ async fn finish(
         body: BodyOp::Keep,
         session,
         group_sends: std::mem::take(&mut ctx.group_sends),
-    };
-    match slot {
-        Some(slot) => slot.commit(&worker.committer, commit).await,
-        None => worker.committer.commit(commit).await,
     }
+}
+
+/// A `group.add` without a position yet (see [`place_plain_joins`]).
+fn is_plain_join(action: &Action) -> bool {
+    matches!(action, Action::GroupAdd { since: None, .. })
 }
 
 /// Gives each plain `group.add` the group's position now, before the commit:
@@ -387,7 +425,9 @@ async fn give_up(
                 };
                 let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
                 ctx.close(close::INTERNAL_ERROR);
-                finish(worker, stream, entry, message, reply, ctx, true, None).await
+                let actions = std::mem::take(&mut ctx.actions);
+                let commit = commit_of(stream, entry, message, reply, &mut ctx, actions, true);
+                worker.committer.commit(commit).await
             }
             ChannelApp::Http(_) => {
                 let commit = http_request::internal_error(stream, entry, message, reply);

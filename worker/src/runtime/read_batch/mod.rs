@@ -116,11 +116,11 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
         let preload = message.take().and_then(|(message, _)| {
             let fields = fields.next()?;
             expected += 1;
-            Some(Preload {
+            Some(Box::new(Preload {
                 message: Some(message),
                 fields,
                 slot: Slot::new(batch.clone()),
-            })
+            }))
         });
         spawn(&worker, &stream, entry, preload, hold);
     }
@@ -154,7 +154,7 @@ fn spawn<H: Send + 'static>(
     worker: &Arc<Worker>,
     stream: &Arc<str>,
     entry: StreamEntry,
-    preload: Option<Preload>,
+    preload: Option<Box<Preload>>,
     hold: H,
 ) {
     let worker = worker.clone();

@@ -44,14 +44,12 @@ impl Slot {
 
     /// Commits with the batch, or through `committer` what the batch does not take (or
     /// when it stopped waiting).
-    pub async fn commit(mut self, committer: &Committer, commit: Commit) -> RedisResult<Outcome> {
+    pub async fn commit(mut self, committer: &Committer, commit: Box<Commit>) -> RedisResult<Outcome> {
         let Some(batch) = self.batch.take() else {
-            return committer.commit(commit).await;
+            return committer.commit(*commit).await;
         };
         let (done, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Arrival::Offer(commit, _))) =
-            batch.send(Arrival::Offer(Box::new(commit), done))
-        {
+        if let Err(mpsc::error::SendError(Arrival::Offer(commit, _))) = batch.send(Arrival::Offer(commit, done)) {
             return committer.commit(*commit).await;
         }
         match answer.await {

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use switchyard_protocol::{GroupMessage, Reply};
+use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, Notify};
 
 /// Something for a connection's task to apply to its socket.
@@ -79,7 +80,8 @@ impl Backlog {
         }
         self.queued.fetch_sub(1, Ordering::AcqRel);
         self.overflowed.store(true, Ordering::Release);
-        self.wake.notify_one();
+        // Every wait: the connection's own (registered once) and a blocked write's.
+        self.wake.notify_waiters();
         false
     }
 
@@ -89,6 +91,12 @@ impl Backlog {
 
     pub fn is_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// A wait that a refused event ends (then [`Backlog::is_overflowed`]); registered by
+    /// [`Notified::enable`], it needs no polling to be woken.
+    pub fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
     }
 
     /// Resolves once an event was refused; cancel-safe.

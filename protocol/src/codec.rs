@@ -21,13 +21,11 @@ pub enum DecodeError {
 
 /// Encodes a message as a msgpack map.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    // Room for a typical message up front: grown from empty, the buffer was copied five
-    // times on its way to a chat message's size (memcpy and realloc under encode in a
-    // worker's profile).
-    let mut buf = Vec::with_capacity(256);
-    // Serializing our own plain data types into a Vec cannot fail.
-    rmp_serde::encode::write_named(&mut buf, message).expect("message types always serialize");
-    buf
+    // Serializing our own plain data types into a Vec cannot fail. Grown from empty: room
+    // reserved up front stays with the message wherever it is kept (a connection keeps its
+    // message in flight for a redelivery; 256 bytes reserved cost every idle WebSocket
+    // 0.2 KiB in `scripts/bench-hold`).
+    rmp_serde::to_vec_named(message).expect("message types always serialize")
 }
 
 /// A message that carries the protocol version it was written with.

@@ -218,7 +218,7 @@ impl Exchange {
                     self.pending.extend(reply.actions);
                     return true;
                 }
-                Some(ConnEvent::Group(_)) => continue,
+                Some(ConnEvent::Group(_) | ConnEvent::Overflowed) => continue,
                 None => return false,
             }
         }

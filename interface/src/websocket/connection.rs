@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload as FramePayload};
-use futures::FutureExt;
 use switchyard_cli::seconds;
 use switchyard_protocol::close::{
     ABNORMAL, GOING_AWAY, INVALID_DATA, NORMAL, NO_STATUS, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER,
@@ -182,16 +181,7 @@ impl Connection {
         let mut resumed = Instant::now();
         // One timer for every deadline, moved rather than made anew each round.
         let alarm = sleep_until(far_future());
-        // The two rare signals are waited for across rounds, not anew each round (twice a
-        // message): a wait on a notification joins and leaves its waiters' list under a lock,
-        // and both were 3–4% of the interface's samples under load. An overflow is waited
-        // for once and then read from its flag, as every poll of the wait takes the lock too.
-        // The drain's wait is fused: polled after it resolved, it stays pending.
-        let backlog = self.backlog.clone();
-        let overflow = backlog.woken();
-        let draining = shutdown.draining().fuse();
-        tokio::pin!(alarm, overflow, draining);
-        overflow.as_mut().enable();
+        tokio::pin!(alarm);
         loop {
             match self.flow.next_step(Instant::now()) {
                 Step::Release { seq, event } => self.release(seq, event),
@@ -216,7 +206,10 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = std::future::ready(()), if alarms.open && backlog.is_overflowed() => {
+                // An overflow wakes this task with `ConnEvent::Overflowed` and is read from its
+                // flag: a wait for it made anew each round (twice a message) joined and left
+                // its waiters' list under a lock (2–4% of the interface's samples under load).
+                _ = std::future::ready(()), if alarms.open && self.backlog.is_overflowed() => {
                     self.shared.metrics.error("slow_reader");
                     tracing::info!(conn = self.opened.id, "client does not read: its send queue is full");
                     self.close(POLICY_VIOLATION, "send queue full").await;
@@ -242,7 +235,7 @@ impl Connection {
                     Some(event) => self.apply_event(event).await,
                     None => return ABNORMAL,
                 },
-                deadline = &mut draining, if !alarms.draining => {
+                deadline = shutdown.draining(), if !alarms.draining => {
                     self.flow.start_drain(deadline);
                 }
                 item = inbound.recv(), if reading => match item {
@@ -445,6 +438,8 @@ impl Connection {
             ConnEvent::Group(message) => {
                 self.send_payload(&message.payload).await;
             }
+            // Its work is done: it woke the task, and `serve` reads the flag first.
+            ConnEvent::Overflowed => {}
         }
     }
 

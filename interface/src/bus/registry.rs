@@ -263,6 +263,22 @@ mod tests {
         assert!(!registry.deliver(id, ConnEvent::Group(message)));
     }
 
+    #[test]
+    fn an_overflow_wakes_the_connection_once() {
+        let registry = Registry::default();
+        let (id, mut events) = registry.open(1);
+        let message = group_message();
+        assert!(registry.deliver(id, ConnEvent::Group(message.clone())));
+        for _ in 0..3 {
+            assert!(!registry.deliver(id, ConnEvent::Group(message.clone())));
+        }
+        // The admitted event, then one wake-up however many were refused, then nothing.
+        assert!(matches!(events.receiver.try_recv(), Ok(ConnEvent::Group(_))));
+        assert!(matches!(events.receiver.try_recv(), Ok(ConnEvent::Overflowed)));
+        assert!(events.receiver.try_recv().is_err());
+        assert!(events.backlog().is_overflowed());
+    }
+
     #[tokio::test]
     async fn reading_makes_room() {
         let registry = Registry::default();

@@ -30,9 +30,8 @@ pub enum ConnEvent {
     Reply(Box<Reply>),
     Group(Arc<GroupMessage>),
     /// The mailbox refused an event ([`Backlog`]): sent once, past the bound, so that the
-    /// connection's task wakes and finds [`Backlog::is_overflowed`]. Its own wait for an
-    /// overflow would cost every idle connection 0.2 KiB, and polling it each round took
-    /// a lock twice a message.
+    /// connection's task wakes and finds [`Backlog::is_overflowed`]. A wait of its own for
+    /// the overflow, made anew each round, took a lock twice a message.
     Overflowed,
 }
 

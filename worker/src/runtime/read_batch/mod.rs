@@ -80,23 +80,25 @@ pub(crate) fn start<H: Send + 'static>(worker: &Arc<Worker>, stream: &str, mut e
 
 /// Handles new `entries` of `stream` as one read batch.
 async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: Vec<(StreamEntry, H)>) {
-    // Each client message, decoded (its handler does not decode it again), with its session
-    // key; `None` for any other event (a connect, say, which need not read the session) and
-    // for an entry that does not decode (its handler dead-letters it).
-    let mut messages: Vec<Option<(ChannelMessage, String)>> = entries
+    // Each client message, decoded (its handler does not decode it again), and its session's
+    // key, in order; `None` for any other event (a connect, say, which need not read the
+    // session) and for an entry that does not decode (its handler dead-letters it).
+    let mut keys: Vec<String> = Vec::with_capacity(entries.len());
+    let mut messages: Vec<Option<ChannelMessage>> = entries
         .iter()
         .map(|(entry, _)| {
             let message = decode::<ChannelMessage>(entry.payload()?).ok()?;
             if !matches!(message.event, Event::Receive(_)) {
                 return None;
             }
-            let key = worker
-                .keys
-                .session(&session::session_id(&message.query, &message.reply));
-            Some((message, key))
+            keys.push(
+                worker
+                    .keys
+                    .session(&session::session_id(&message.query, &message.reply)),
+            );
+            Some(message)
         })
         .collect();
-    let keys: Vec<String> = messages.iter().flatten().map(|(_, key)| key.clone()).collect();
     let read = match worker.committer.watch() {
         Some(watch) if !keys.is_empty() => watch.read(&keys).await,
         _ => None,
@@ -113,7 +115,7 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
     let mut expected = 0;
     for ((entry, hold), message) in entries.into_iter().zip(messages.iter_mut()) {
         // The fields come in the order of the messages that have a session key.
-        let preload = message.take().and_then(|(message, _)| {
+        let preload = message.take().and_then(|message| {
             let fields = fields.next()?;
             expected += 1;
             Some(Box::new(Preload {

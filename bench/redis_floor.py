@@ -18,6 +18,14 @@ Redis) before and after: Redis CPU µs per message, for routes that add one need
   watch     the same guarantee without Lua: WATCH on the sessions sent with their
             HGETALLs, then MULTI, the HSETs, the reply XADD, PEXPIRE, XACK, EXEC (no
             extra round trip over switchyard's).
+  packed    the watch route with the batch's client messages packed into one stream entry
+            (an ``m`` per message) instead of an entry each: one XADD, one entry read and
+            one id acknowledged per batch. Not what Switchyard does today: it measures what
+            a protocol with several client messages per entry would save Redis.
+  packed-blob  packed, and each session one string (the whole session encoded) instead
+            of a hash: one MGET reads the batch's sessions, a SET … KEEPTTL per message
+            writes them. Not today's protocol either: what one read for all sessions would
+            save on top of packing.
   lua-args, lua-1call, lua-2calls   where switchyard's script time goes: scripts given the
             very same keys and arguments that do nothing (lua-args), only the HSET per
             message with the reply XADD, PEXPIRE and XACK (lua-1call), and the HMGET guard
@@ -53,7 +61,8 @@ REPLY_TTL_MS = 600_000
 INBOUND = b"\x87" + b"i" * 109  # an inbound entry's `m` (msgpack of a websocket.receive)
 OUTCOME = b"\x83" + b"o" * 89  # a message's outcome (reply and group sends)
 REPLY = b"\x84" + b"r" * 74  # a reply (`websocket.send` with its `done`)
-SCENARIOS = ("streams", "+read", "+write", "switchyard", "watch", "lua-args", "lua-1call", "lua-2calls")
+SESSION_BLOB = b"\x85" + b"s" * 159  # a whole chat-counter session as one string
+SCENARIOS = ("streams", "+read", "+write", "switchyard", "watch", "packed", "packed-blob", "lua-args", "lua-1call", "lua-2calls")
 
 # The probes of where switchyard's script time goes: same KEYS and ARGV as commit_fused.
 _PROBE_TAIL = """
@@ -171,21 +180,26 @@ class Route:
     def run_batch(self) -> None:
         b = self.batch
         # The interface appends its clients' messages (pipelined: one write).
-        self.interface.call([resp("XADD", self.shard, "*", "m", INBOUND) for _ in range(b)])
+        if self.scenario.startswith("packed"):
+            self.interface.call([resp("XADD", self.shard, "*", *["m", INBOUND] * b)])
+        else:
+            self.interface.call([resp("XADD", self.shard, "*", "m", INBOUND) for _ in range(b)])
         # The worker reads them.
         [[_, entries]] = self.worker.call(
             [resp("XREADGROUP", "GROUP", GROUP, "w1", "COUNT", b, "STREAMS", self.shard, ">")]
         )[0]
         ids = [entry[0] for entry in entries]
         messages = []
-        for _ in ids:
+        for _ in range(sum(len(entry[1]) // 2 for entry in entries)):
             conn = self.next_conn
             self.next_conn = (conn + 1) % CONNECTIONS
             self.seqs[conn] += 1
             address = f"{INTERFACE}!{conn}"
             messages.append((address, self.keys.session(address), self.seqs[conn]))
         reads = [resp("HGETALL", session) for _, session, _ in messages]
-        if self.scenario == "watch":
+        if self.scenario == "packed-blob":
+            reads = [resp("MGET", *[session for _, session, _ in messages])]
+        if self.scenario in ("watch", "packed", "packed-blob"):
             reads.insert(0, resp("WATCH", *[session for _, session, _ in messages]))
         if self.scenario != "streams":
             self.worker.call(reads)
@@ -214,7 +228,9 @@ class Route:
         ]
         if self.scenario == "+write":
             return writes + tail
-        return [resp("MULTI"), *writes, *tail, resp("EXEC")]  # watch
+        if self.scenario == "packed-blob":
+            writes = [resp("SET", session, SESSION_BLOB, "KEEPTTL") for _, session, _ in messages]
+        return [resp("MULTI"), *writes, *tail, resp("EXEC")]  # watch, packed, packed-blob
 
     def fused(self, messages: list[tuple[str, str, int]], ids: list[bytes]) -> bytes:
         keys: list[object] = []

@@ -21,11 +21,41 @@ pub enum DecodeError {
 
 /// Encodes a message as a msgpack map.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    // Serializing our own plain data types into a Vec cannot fail. Grown from empty: room
-    // reserved up front stays with the message wherever it is kept (a connection keeps its
-    // message in flight for a redelivery; 256 bytes reserved cost every idle WebSocket
-    // 0.2 KiB in `scripts/bench-hold`).
-    rmp_serde::to_vec_named(message).expect("message types always serialize")
+    // Written into this thread's scratch buffer, then copied out at its exact size: one
+    // allocation per message. Grown from empty, the Vec was reallocated four or five times
+    // for a chat message, and room reserved up front instead stays with the message wherever
+    // it is kept (a connection keeps its message in flight for a redelivery; 256 bytes
+    // reserved cost every idle WebSocket 0.2 KiB in `scripts/bench-hold`).
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            write(&mut buffer, message);
+            let encoded = buffer.to_vec();
+            if buffer.capacity() > SCRATCH_KEPT {
+                *buffer = Vec::new();
+            }
+            encoded
+        }
+        // Only if a message's serialization encoded another message.
+        Err(_) => {
+            let mut buffer = Vec::new();
+            write(&mut buffer, message);
+            buffer
+        }
+    })
+}
+
+/// Largest scratch buffer kept for the next message: a large HTTP body does not pin its
+/// size to the thread.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn write<T: Serialize>(buffer: &mut Vec<u8>, message: &T) {
+    // Serializing our own plain data types into a Vec cannot fail.
+    rmp_serde::encode::write_named(buffer, message).expect("message types always serialize")
 }
 
 /// A message that carries the protocol version it was written with.

@@ -54,7 +54,10 @@ impl Payload {
 }
 
 /// A client event on a channel stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized through [`ChannelMessageRef`], which an interface can also build from borrowed
+/// parts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ChannelMessage {
     pub v: u16,
     /// Reply address, `<interface>!<connection>`.
@@ -87,6 +90,95 @@ impl ChannelMessage {
             query,
             event,
         }
+    }
+
+    /// The same message, borrowed: what is serialized.
+    pub fn as_ref(&self) -> ChannelMessageRef<'_> {
+        ChannelMessageRef {
+            v: self.v,
+            ..ChannelMessageRef::new(&self.reply, self.seq, &self.path, &self.query, &self.event)
+        }
+    }
+}
+
+impl Serialize for ChannelMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_ref().serialize(serializer)
+    }
+}
+
+/// A [`ChannelMessage`] made of borrowed parts, so that an interface encodes each client
+/// message without copying its connection's reply address, path and query first.
+///
+/// Why its `Serialize` is written out for `websocket.receive`: the derived form of a struct
+/// with a flattened field does not know its map's length, and rmp-serde then encodes the map
+/// into a buffer of its own and copies it: two growing buffers per message. A client message
+/// is written as a map of known length instead, the same bytes (tested below); the other
+/// events are rare and keep the derived form.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelMessageRef<'a> {
+    pub v: u16,
+    pub reply: &'a str,
+    pub seq: u64,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub event: &'a Event,
+}
+
+impl<'a> ChannelMessageRef<'a> {
+    pub fn new(reply: &'a str, seq: u64, path: &'a str, query: &'a str, event: &'a Event) -> Self {
+        ChannelMessageRef {
+            v: PROTOCOL_VERSION,
+            reply,
+            seq,
+            path,
+            query,
+            event,
+        }
+    }
+}
+
+/// The derived form: the event's fields flattened into the message's map.
+#[derive(Serialize)]
+struct Flattened<'a> {
+    v: u16,
+    reply: &'a str,
+    seq: u64,
+    path: &'a str,
+    query: &'a str,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+impl Serialize for ChannelMessageRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Event::Receive(payload) = self.event else {
+            let flattened = Flattened {
+                v: self.v,
+                reply: self.reply,
+                seq: self.seq,
+                path: self.path,
+                query: self.query,
+                event: self.event,
+            };
+            return flattened.serialize(serializer);
+        };
+        let fields = 6 + usize::from(payload.text.is_some()) + usize::from(payload.bytes.is_some());
+        let mut map = serializer.serialize_map(Some(fields))?;
+        map.serialize_entry("v", &self.v)?;
+        map.serialize_entry("reply", self.reply)?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("path", self.path)?;
+        map.serialize_entry("query", self.query)?;
+        map.serialize_entry("type", self.event.type_name())?;
+        if let Some(text) = &payload.text {
+            map.serialize_entry("text", text)?;
+        }
+        if let Some(bytes) = &payload.bytes {
+            map.serialize_entry("bytes", bytes)?;
+        }
+        map.end()
     }
 }
 
@@ -343,6 +435,47 @@ mod tests {
             let message = ChannelMessage::new("if1!7".into(), 3, "/ws/chat/".into(), "a=b".into(), event);
             let decoded: ChannelMessage = decode(&encode(&message)).unwrap();
             assert_eq!(decoded, message);
+        }
+    }
+
+    /// A client message's hand-written map is byte for byte the derived, flattened one.
+    #[test]
+    fn a_client_message_encodes_as_the_derived_form_does() {
+        let long = "x".repeat(70_000);
+        let payloads = [
+            Payload::text("hello"),
+            Payload::text(""),
+            Payload::text(long.clone()),
+            Payload::bytes(vec![0u8, 159, 255]),
+            Payload::bytes(long.clone().into_bytes()),
+            Payload {
+                text: Some("both".into()),
+                bytes: Some(serde_bytes::ByteBuf::from(vec![1u8])),
+            },
+            Payload {
+                text: None,
+                bytes: None,
+            },
+        ];
+        for (payload, seq) in payloads.into_iter().zip([0, 1, 127, 128, 65_536, u64::MAX, 3]) {
+            let event = Event::Receive(payload);
+            let (reply, path, query) = ("if1!7", "/ws/chat/é", long.as_str());
+            let derived = rmp_serde::to_vec_named(&Flattened {
+                v: PROTOCOL_VERSION,
+                reply,
+                seq,
+                path,
+                query,
+                event: &event,
+            })
+            .unwrap();
+            assert_eq!(
+                encode(&ChannelMessageRef::new(reply, seq, path, query, &event)),
+                derived
+            );
+            let owned = ChannelMessage::new(reply.into(), seq, path.into(), query.into(), event);
+            assert_eq!(encode(&owned), derived);
+            assert_eq!(decode::<ChannelMessage>(&derived).unwrap(), owned);
         }
     }
 

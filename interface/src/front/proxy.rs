@@ -26,7 +26,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_bytes::ByteBuf;
-use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, ReplyAddress};
+use switchyard_protocol::{encode, Action, ChannelMessageRef, Event, HttpRequest, ReplyAddress};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -191,7 +191,7 @@ impl Exchange {
     async fn send(&mut self, event: Event) -> Result<u64, Refusal> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let message = ChannelMessage::new(self.reply.clone(), seq, self.path.clone(), self.query.clone(), event);
+        let message = ChannelMessageRef::new(&self.reply, seq, &self.path, &self.query, &event);
         match self.shared.outbound.send(self.stream.clone(), encode(&message)).await {
             Ok(Some(_)) => Ok(seq),
             _ => Err(Refusal::Unavailable),
@@ -347,13 +347,8 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.shared.registry.close(self.id);
         if self.next_seq > 1 && !self.finished {
-            let message = ChannelMessage::new(
-                self.reply.clone(),
-                self.next_seq,
-                self.path.clone(),
-                self.query.clone(),
-                Event::HttpDisconnect,
-            );
+            let gone = Event::HttpDisconnect;
+            let message = ChannelMessageRef::new(&self.reply, self.next_seq, &self.path, &self.query, &gone);
             self.shared
                 .outbound
                 .send_detached(self.stream.clone(), encode(&message));

@@ -38,7 +38,7 @@ use switchyard_protocol::close::{
 };
 use switchyard_protocol::groups::Position;
 use switchyard_protocol::stream::EntryId;
-use switchyard_protocol::{encode, Action, ChannelMessage, Event, Payload};
+use switchyard_protocol::{encode, Action, ChannelMessageRef, Event, Payload};
 use tokio::time::{sleep_until, Instant};
 
 use super::flow::{Done, Flow, Step};
@@ -330,13 +330,8 @@ impl Connection {
         if matches!(event, Event::Receive(_)) {
             self.shared.metrics.message("in");
         }
-        let message = ChannelMessage::new(
-            self.opened.reply.clone(),
-            seq,
-            self.opened.path.clone(),
-            self.opened.query.clone(),
-            event,
-        );
+        let opened = &self.opened;
+        let message = ChannelMessageRef::new(&opened.reply, seq, &opened.path, &opened.query, &event);
         let payload = Bytes::from(encode(&message));
         self.appended = Some(self.shared.outbound.send(self.opened.stream.clone(), payload.clone()));
         self.in_flight = Some((payload, None));
@@ -570,12 +565,14 @@ impl Connection {
         for group in &self.groups {
             shared.groups.discard(group, self.opened.id);
         }
-        let message = ChannelMessage::new(
-            self.opened.reply.clone(),
+        let opened = &self.opened;
+        let gone = Event::Disconnect { code };
+        let message = ChannelMessageRef::new(
+            &opened.reply,
             self.flow.disconnect_seq(),
-            self.opened.path.clone(),
-            self.opened.query.clone(),
-            Event::Disconnect { code },
+            &opened.path,
+            &opened.query,
+            &gone,
         );
         shared
             .outbound

@@ -17,6 +17,7 @@
 //! On a single Redis the tags are just characters in the names.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Consumer group that every worker of a channel joins.
 pub const WORKER_GROUP: &str = "workers";
@@ -33,12 +34,15 @@ pub const SESSION_RESERVED: char = '~';
 /// Builds every Redis key and pub/sub channel name Switchyard uses.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    /// Shared: every message's context holds a copy.
+    prefix: Arc<str>,
 }
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Keys { prefix: prefix.into() }
+        Keys {
+            prefix: prefix.into().into(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -60,7 +64,7 @@ impl Keys {
     /// slot: `P:suspect:{CHANNEL:N}`, a string with the entry id.
     pub fn suspect(&self, stream: &str) -> String {
         let tagged = stream
-            .strip_prefix(self.prefix.as_str())
+            .strip_prefix(&*self.prefix)
             .and_then(|rest| rest.strip_prefix(":chan:"))
             .unwrap_or(stream);
         format!("{}:suspect:{}", self.prefix, tagged)
@@ -69,7 +73,7 @@ impl Keys {
     /// The channel and shard back from a shard stream key.
     pub fn channel_of_stream<'a>(&self, stream: &'a str) -> Option<(&'a str, u16)> {
         let inner = stream
-            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(&*self.prefix)?
             .strip_prefix(":chan:{")?
             .strip_suffix('}')?;
         let (channel, shard) = inner.rsplit_once(':')?;
@@ -84,7 +88,9 @@ impl Keys {
 
     /// An interface's reply stream: `P:reply:{if-1a2b}`.
     pub fn reply_stream(&self, interface: &str) -> String {
-        format!("{}:reply:{{{}}}", self.prefix, interface)
+        // Joined at the right size: the hot keys are made for every message, and
+        // `format!` grows its string several times.
+        [&self.prefix, ":reply:{", interface, "}"].concat()
     }
 
     /// Last committed sequence number per HTTP request of one interface (a
@@ -103,7 +109,7 @@ impl Keys {
     /// Its fields starting with [`SESSION_RESERVED`] are Switchyard's (the
     /// outboxes, the expiry; `commit_session.lua`), hidden from consumers.
     pub fn session(&self, id: &str) -> String {
-        format!("{}:session:{{{}}}", self.prefix, tag(id))
+        [&self.prefix, ":session:{", &tag(id), "}"].concat()
     }
 
     /// The outcome of a connection's last message that wrote its session, when
@@ -134,7 +140,7 @@ impl Keys {
 
     /// The group name back from a member-set key.
     pub fn group_of_members_key<'a>(&self, key: &'a str) -> Option<Cow<'a, str>> {
-        let tagged = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":groupmembers:")?;
+        let tagged = key.strip_prefix(&*self.prefix)?.strip_prefix(":groupmembers:")?;
         untag(tagged)
     }
 

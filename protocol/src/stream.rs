@@ -8,7 +8,7 @@
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
-use crate::value::{bytes_of, int_of, items, text_of};
+use crate::value::{int_of, into_bytes, into_items, into_text, items, text_of};
 
 /// Name of the stream entry field that carries the msgpack payload.
 pub const PAYLOAD_FIELD: &str = "m";
@@ -79,65 +79,62 @@ pub struct StreamBatch {
     pub entries: Vec<StreamEntry>,
 }
 
-/// Parses `[id, [field, value, …]]`; `None` for a deleted entry (nil).
-fn parse_entry(value: &Value) -> Option<StreamEntry> {
-    let [id, fields] = items(value) else {
+/// Parses `[id, [field, value, …]]`; `None` for a deleted entry (nil). The reply is taken
+/// apart, not copied: an entry's payload is the bytes redis-rs read.
+fn parse_entry(value: Value) -> Option<StreamEntry> {
+    let mut parts = into_items(value).into_iter();
+    let (Some(id), Some(fields), None) = (parts.next(), parts.next(), parts.next()) else {
         return None;
     };
-    let flat = items(fields);
-    let fields = flat
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [name, value] => Some((bytes_of(name)?, bytes_of(value)?)),
-            _ => None,
-        })
-        .collect();
+    let mut fields = into_items(fields).into_iter();
+    let mut pairs = Vec::with_capacity(fields.len() / 2);
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) {
+            pairs.push((name, value));
+        }
+    }
     Some(StreamEntry {
-        id: text_of(id)?,
-        fields,
+        id: into_text(id)?,
+        fields: pairs,
     })
 }
 
 /// Parses a list of entries (as in XRANGE, XCLAIM); nil entries are skipped.
-pub fn parse_entries(value: &Value) -> Vec<StreamEntry> {
-    items(value).iter().filter_map(parse_entry).collect()
+pub fn parse_entries(value: Value) -> Vec<StreamEntry> {
+    into_items(value).into_iter().filter_map(parse_entry).collect()
 }
 
 /// Parses an XREAD / XREADGROUP reply (nil on timeout → empty).
-pub fn parse_read_reply(value: &Value) -> Vec<StreamBatch> {
-    let mut batches = Vec::new();
-    match value {
-        Value::Map(pairs) => {
-            for (stream, entries) in pairs {
-                if let Some(stream) = text_of(stream) {
-                    batches.push(StreamBatch {
-                        stream,
-                        entries: parse_entries(entries),
-                    });
+pub fn parse_read_reply(value: Value) -> Vec<StreamBatch> {
+    let pairs: Vec<(Value, Value)> = match value {
+        Value::Map(pairs) => pairs,
+        other => into_items(other)
+            .into_iter()
+            .filter_map(|pair| {
+                let mut parts = into_items(pair).into_iter();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(stream), Some(entries), None) => Some((stream, entries)),
+                    _ => None,
                 }
-            }
-        }
-        _ => {
-            for pair in items(value) {
-                if let [stream, entries] = items(pair) {
-                    if let Some(stream) = text_of(stream) {
-                        batches.push(StreamBatch {
-                            stream,
-                            entries: parse_entries(entries),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    batches
+            })
+            .collect(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(stream, entries)| {
+            Some(StreamBatch {
+                stream: into_text(stream)?,
+                entries: parse_entries(entries),
+            })
+        })
+        .collect()
 }
 
 /// Parses an XAUTOCLAIM reply: `[next-cursor, [entries…], [deleted ids…]]`.
-pub fn parse_autoclaim_reply(value: &Value) -> (String, Vec<StreamEntry>) {
-    let parts = items(value);
-    let cursor = parts.first().and_then(text_of).unwrap_or_else(|| "0-0".into());
-    let entries = parts.get(1).map(parse_entries).unwrap_or_default();
+pub fn parse_autoclaim_reply(value: Value) -> (String, Vec<StreamEntry>) {
+    let mut parts = into_items(value).into_iter();
+    let cursor = parts.next().and_then(into_text).unwrap_or_else(|| "0-0".into());
+    let entries = parts.next().map(parse_entries).unwrap_or_default();
     (cursor, entries)
 }
 
@@ -254,12 +251,12 @@ mod tests {
                 Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("x"), bulk("y")])]),
             ]),
         ])]);
-        let batches = parse_read_reply(&reply);
+        let batches = parse_read_reply(reply);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].stream, "sy:chan:{chat}");
         assert_eq!(batches[0].entries.len(), 2);
         assert_eq!(batches[0].entries[0].payload(), Some(&b"payload"[..]));
         assert_eq!(batches[0].entries[1].payload(), None);
-        assert!(parse_read_reply(&Value::Nil).is_empty());
+        assert!(parse_read_reply(Value::Nil).is_empty());
     }
 }

@@ -21,6 +21,28 @@ pub fn text_of(value: &Value) -> Option<String> {
     bytes_of(value).and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
+/// [`bytes_of`], taking the value: a bulk string's bytes are moved out, not copied (stream
+/// reads hand every entry's id and payload through here).
+pub fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        other => bytes_of(&other),
+    }
+}
+
+/// [`text_of`], taking the value.
+pub fn into_text(value: Value) -> Option<String> {
+    into_bytes(value).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// [`items`], taking the value.
+pub fn into_items(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
 /// The elements of an array (or set) reply; empty for anything else.
 pub fn items(value: &Value) -> &[Value] {
     match value {

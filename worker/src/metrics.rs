@@ -6,9 +6,10 @@
 //! the handler and the maintenance loop bump it; a tiny HTTP server renders it.
 //! Every name starts with `switchyard_` ([`switchyard_protocol::METRIC_PREFIX`]).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -27,12 +28,28 @@ use tokio::net::TcpListener;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One channel's handling metrics, shared with their families.
+struct ChannelMetrics {
+    handling: Histogram,
+    handled: Vec<(&'static str, &'static str, Counter)>,
+}
+
+impl ChannelMetrics {
+    fn handled(&self, event: &str, outcome: &str) -> Option<&Counter> {
+        let found = self.handled.iter().find(|(e, o, _)| *e == event && *o == outcome);
+        found.map(|(_, _, counter)| counter)
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     handled: Family<Labels, Counter>,
     handling: Family<Labels, Histogram>,
     failures: Family<Labels, Counter>,
     watched: Family<Labels, Counter>,
+    /// `handled`'s and `handling`'s metrics per channel, looked up once: asking the families
+    /// takes an owned label set, six allocations per message.
+    by_channel: RwLock<HashMap<String, ChannelMetrics>>,
     pub in_flight: Gauge,
     pub claimed: Counter,
     pub dead_letters: Counter,
@@ -97,6 +114,7 @@ impl Metrics {
             handling,
             failures,
             watched,
+            by_channel: RwLock::default(),
             in_flight,
             claimed,
             dead_letters,
@@ -106,16 +124,41 @@ impl Metrics {
 
     /// Records one handled message.
     pub fn handled(&self, channel: &str, event: &'static str, outcome: &'static str, took: Duration) {
-        self.handled
-            .get_or_create(&vec![
-                ("channel", channel.to_owned()),
-                ("type", event.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
-        self.handling
-            .get_or_create(&vec![("channel", channel.to_owned())])
-            .observe(took.as_secs_f64());
+        let known = self.by_channel.read().ok().and_then(|channels| {
+            let metrics = channels.get(channel)?;
+            metrics.handling.observe(took.as_secs_f64());
+            metrics.handled(event, outcome).map(|counter| counter.inc())
+        });
+        if known.is_none() {
+            self.handled_first(channel, event, outcome, took);
+        }
+    }
+
+    /// [`handled`](Self::handled) for a channel, event type and outcome not seen before.
+    #[cold]
+    fn handled_first(&self, channel: &str, event: &'static str, outcome: &'static str, took: Duration) {
+        let Ok(mut channels) = self.by_channel.write() else {
+            return;
+        };
+        let seen = channels.contains_key(channel);
+        let metrics = channels.entry(channel.to_owned()).or_insert_with(|| ChannelMetrics {
+            handling: self
+                .handling
+                .get_or_create(&vec![("channel", channel.to_owned())])
+                .clone(),
+            handled: Vec::new(),
+        });
+        if !seen {
+            metrics.handling.observe(took.as_secs_f64());
+        }
+        let labels = vec![
+            ("channel", channel.to_owned()),
+            ("type", event.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        let counter = self.handled.get_or_create(&labels).clone();
+        counter.inc();
+        metrics.handled.push((event, outcome, counter));
     }
 
     /// Records one absorbed consumer failure (`kind`: panic or error).
@@ -207,4 +250,61 @@ fn answer(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line of `rendered` that starts with `prefix`, its value.
+    fn value(rendered: &str, prefix: &str) -> Option<f64> {
+        let line = rendered.lines().find(|line| line.starts_with(prefix))?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
+    /// Counts kept per channel, event type and outcome (looked up once, then cached) land in
+    /// the families that are rendered.
+    #[test]
+    fn handled_messages_are_counted_by_channel_type_and_outcome() {
+        let metrics = Metrics::new();
+        let took = Duration::from_millis(2);
+        for _ in 0..3 {
+            metrics.handled("chat", "websocket.receive", "committed", took);
+        }
+        metrics.handled("chat", "websocket.receive", "repeated", took);
+        metrics.handled("chat", "websocket.connect", "committed", took);
+        metrics.handled("echo", "websocket.receive", "committed", took);
+        let rendered = metrics.render();
+        let handled = |labels: &str| {
+            value(
+                &rendered,
+                &format!("switchyard_worker_messages_handled_total{{{labels}}}"),
+            )
+        };
+        let chat = "channel=\"chat\"";
+        assert_eq!(
+            handled(&format!("{chat},type=\"websocket.receive\",outcome=\"committed\"")),
+            Some(3.0)
+        );
+        assert_eq!(
+            handled(&format!("{chat},type=\"websocket.receive\",outcome=\"repeated\"")),
+            Some(1.0)
+        );
+        assert_eq!(
+            handled(&format!("{chat},type=\"websocket.connect\",outcome=\"committed\"")),
+            Some(1.0)
+        );
+        assert_eq!(
+            handled("channel=\"echo\",type=\"websocket.receive\",outcome=\"committed\""),
+            Some(1.0)
+        );
+        let seconds = |channel: &str| {
+            value(
+                &rendered,
+                &format!("switchyard_worker_message_handling_seconds_count{{channel=\"{channel}\"}}"),
+            )
+        };
+        assert_eq!(seconds("chat"), Some(5.0));
+        assert_eq!(seconds("echo"), Some(1.0));
+    }
 }

@@ -192,8 +192,15 @@ async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::R
     let mut batch = SlotBatch::new();
     for item in items {
         if let Some(stream) = &item.stream {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(&**stream).arg("*").arg(PAYLOAD_FIELD).arg(&item.payload[..]);
+            // Sized up front: built from empty, the command's buffers were reallocated
+            // about four times per message.
+            let size = "XADD*".len() + stream.len() + PAYLOAD_FIELD.len() + item.payload.len();
+            let mut xadd = redis::Cmd::with_capacity(5, size);
+            xadd.arg("XADD")
+                .arg(&**stream)
+                .arg("*")
+                .arg(PAYLOAD_FIELD)
+                .arg(&item.payload[..]);
             batch.add(stream, xadd);
         }
     }

@@ -59,7 +59,7 @@ pub async fn run(client: RedisClient, shared: Arc<Shared>) {
                 }
             };
             backoff.reset();
-            for batch in parse_read_reply(&value) {
+            for batch in parse_read_reply(value) {
                 for entry in batch.entries {
                     if let Some(id) = EntryId::parse(&entry.id) {
                         last = last.max(id);

@@ -39,7 +39,12 @@ pub struct Context {
 
 impl Context {
     pub(crate) fn new(scope: Scope, seq: u64, redis: Redis, keys: Keys) -> Context {
-        let session_id = session::session_id(&scope.query, &scope.reply.to_string());
+        // The reply address, unless the query names a session: then that.
+        let reply = scope.reply.to_string();
+        let session_id = match session::session_id(&scope.query, &reply) {
+            id if id == reply => reply,
+            named => named.to_owned(),
+        };
         Context {
             scope,
             seq,
@@ -58,7 +63,7 @@ impl Context {
 
     /// First value of a query-string parameter.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        session::query_param(&self.scope.query, name)
+        session::query_value(&self.scope.query, name).map(str::to_owned)
     }
 
     /// Accepts the connection (answer to `connect`).

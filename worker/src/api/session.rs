@@ -116,22 +116,22 @@ fn is_reserved(field: &str) -> bool {
 
 /// The session id for a connection: a well-formed `session_uuid`, else the
 /// reply address.
-pub(crate) fn session_id(query: &str, reply: &str) -> String {
-    query_param(query, "session_uuid")
+pub(crate) fn session_id<'a>(query: &'a str, reply: &'a str) -> &'a str {
+    query_value(query, "session_uuid")
         .filter(|id| {
             !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         })
-        .unwrap_or_else(|| reply.to_owned())
+        .unwrap_or(reply)
 }
 
 /// First value of a query parameter (percent-decoding is not needed for the
 /// ids we read; values with escapes are returned as sent).
-pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| value)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use switchyard_protocol::redis_conn::Backoff;
-use switchyard_protocol::stream::{parse_read_reply, StreamBatch, StreamEntry};
+use switchyard_protocol::stream::{parse_read_reply, EntryId, StreamBatch, StreamEntry};
 use switchyard_protocol::WORKER_GROUP;
 
 use crate::runtime::dispatch::{self, Delivery};
@@ -42,19 +42,22 @@ const MAX_READ: usize = 256;
 /// When, after the first good read past a failure, the pending list is read again.
 const RECHECK: Duration = Duration::from_secs(2);
 
-/// Entries (stream, id) handed to a handler task and not yet finished.
+/// An entry, by stream and id (the stream's name shared by a read's entries).
+type EntryKey = (Arc<str>, EntryId);
+
+/// Entries handed to a handler task and not yet finished.
 #[derive(Default, Clone)]
-struct InHand(Arc<Mutex<HashSet<(String, String)>>>);
+struct InHand(Arc<Mutex<HashSet<EntryKey>>>);
 
 impl InHand {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<EntryKey>> {
         // A panic while holding this lock cannot leave the set inconsistent.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Marks an entry as in hand until the returned guard drops (even by a
     /// panicking handler); `None` if it already is.
-    fn take(&self, key: (String, String)) -> Option<Held> {
+    fn take(&self, key: EntryKey) -> Option<Held> {
         self.set().insert(key.clone()).then(|| Held {
             in_hand: self.clone(),
             key,
@@ -64,7 +67,7 @@ impl InHand {
 
 struct Held {
     in_hand: InHand,
-    key: (String, String),
+    key: EntryKey,
 }
 
 impl Drop for Held {
@@ -205,7 +208,7 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 .filter(|(_, p)| *p != ">")
                 .map(|(s, _)| s)
                 .collect();
-            let batches = parse_read_reply(&value);
+            let batches = parse_read_reply(value);
             let redelivered: HashSet<String> = batches
                 .iter()
                 .filter(|b| history.contains(&b.stream))
@@ -235,8 +238,11 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 // New client messages that read their sessions: handled as one read batch.
                 let together = delivery == Delivery::First && read_batch::wanted(&worker, &batch.stream);
                 let mut read: Vec<(StreamEntry, (Held, OwnedSemaphorePermit))> = Vec::new();
+                let shared_name: Arc<str> = batch.stream.as_str().into();
                 for entry in batch.entries {
-                    let Some(held) = in_hand.take((batch.stream.clone(), entry.id.clone())) else {
+                    // Redis's ids always parse; anything else shares the zero id.
+                    let id = EntryId::parse(&entry.id).unwrap_or(EntryId::ZERO);
+                    let Some(held) = in_hand.take((shared_name.clone(), id)) else {
                         continue;
                     };
                     let permit = match first.take() {

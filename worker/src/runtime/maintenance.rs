@@ -193,7 +193,7 @@ async fn take_over_dead(worker: &Arc<Worker>, stream: &str) -> redis::RedisResul
             .arg(&ids)
             .query_async(&mut con)
             .await?;
-        let entries = parse_entries(&claimed);
+        let entries = parse_entries(claimed);
         worker.metrics.claimed.inc_by(entries.len() as u64);
         tracing::warn!(consumer = %dead, stream, claimed = entries.len(), "took over the messages of a dead worker");
         handle_claimed(worker, stream, entries).await;
@@ -215,7 +215,7 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
         .arg(CLAIM_BATCH)
         .query_async(&mut con)
         .await?;
-    let (_, entries) = parse_autoclaim_reply(&reply);
+    let (_, entries) = parse_autoclaim_reply(reply);
     worker.metrics.claimed.inc_by(entries.len() as u64);
     if !entries.is_empty() {
         tracing::warn!(

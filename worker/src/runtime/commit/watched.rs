@@ -28,7 +28,7 @@
 //! It knows nothing of the batcher: the commit module hands it [`Offer`]s (a message's
 //! keys, outcome and reply) and gets a [`Verdict`] for each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,14 +96,21 @@ type Guard = (Option<u64>, Option<u64>, Option<Vec<u8>>);
 /// A session hash's fields, as `HGETALL` gives them.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// One message's guard, as a read batch read its session.
+struct Read {
+    session: String,
+    address: String,
+    guard: Guard,
+}
+
 /// A read batch's sessions, read under `WATCH` on a connection of the pool that stays
 /// theirs until [`Watched::commit`]. Dropped without it, the connection is let go (its
 /// watch would spoil the next batch's `EXEC`).
 pub struct Watched<'a> {
     watch: &'a Watch,
     con: MutexGuard<'a, Option<Redis>>,
-    /// Each session's guard fields when the batch was read, by key.
-    sessions: HashMap<String, Fields>,
+    /// Each message's guard as its session was read: by session key and reply address.
+    guards: Vec<Read>,
     finished: bool,
 }
 
@@ -158,23 +165,41 @@ impl Watch {
         verdicts
     }
 
-    /// Reads a read batch's sessions (keys; repeats allowed) under `WATCH`: each one's
-    /// fields, in order, and the [`Watched`] that commits them. `None` when no connection is
-    /// free or the read failed.
-    pub async fn read(&self, sessions: &[String]) -> Option<(Watched<'_>, Vec<Fields>)> {
+    /// Reads a read batch's sessions under `WATCH`, one per message (its session key and
+    /// reply address; a key may repeat): each one's fields, in order, and the [`Watched`] that
+    /// commits them. `None` when no connection is free or the read failed.
+    pub async fn read(&self, messages: Vec<(String, String)>) -> Option<(Watched<'_>, Vec<Fields>)> {
         let mut slot = self.connection().await?;
         let con = slot.as_mut()?;
         let mut read = redis::pipe();
-        read.cmd("WATCH").arg(sessions).ignore();
-        for session in sessions {
-            read.cmd("HGETALL").arg(session);
+        let mut watch = redis::cmd("WATCH");
+        for (session, _) in &messages {
+            watch.arg(session);
+        }
+        read.add_command(watch).ignore();
+        for (session, _) in &messages {
+            let mut hgetall = redis::Cmd::with_capacity(2, "HGETALL".len() + session.len());
+            hgetall.arg("HGETALL").arg(session);
+            read.add_command(hgetall);
         }
         match read.query_async::<Vec<Fields>>(con).await {
             Ok(fields) => {
+                let guards = messages
+                    .into_iter()
+                    .zip(&fields)
+                    .map(|((session, address), fields)| {
+                        let guard = guard_of(fields, &address);
+                        Read {
+                            session,
+                            address,
+                            guard,
+                        }
+                    })
+                    .collect();
                 let watched = Watched {
                     watch: self,
                     con: slot,
-                    sessions: sessions.iter().cloned().zip(fields.iter().map(guard_fields)).collect(),
+                    guards,
                     finished: false,
                 };
                 Some((watched, fields))
@@ -210,9 +235,12 @@ impl Watched<'_> {
         let mut verdicts = vec![Verdict::Left; offers.len()];
         let guards: Vec<Guard> = offers
             .iter()
-            .map(|offer| match self.sessions.get(&offer.session) {
-                Some(fields) => guard_of(fields, &offer.address),
-                None => (None, None, None),
+            .map(|offer| {
+                let read = self
+                    .guards
+                    .iter()
+                    .find(|read| read.session == offer.session && read.address == offer.address);
+                read.map_or((None, None, None), |read| read.guard.clone())
             })
             .collect();
         let Some(con) = self.con.as_mut() else { return verdicts };
@@ -234,12 +262,6 @@ impl Drop for Watched<'_> {
             *self.con = None;
         }
     }
-}
-
-/// The fields of a session that [`guard_of`] reads (not the outboxes or the app's own).
-fn guard_fields(fields: &Fields) -> Fields {
-    let wanted = |name: &[u8]| name.starts_with(b"~s:") || name == b"~x" || name == b"~c";
-    fields.iter().filter(|(name, _)| wanted(name)).cloned().collect()
 }
 
 /// A connection's guard from its session's fields (what `transact`'s `HMGET` reads).
@@ -357,17 +379,20 @@ fn transaction(offers: &[Offer<'_>], planned: &[Verdict], reply_ttl: Duration) -
             .map(|(offer, _)| offer)
     };
     for offer in committed() {
-        writes
-            .cmd("HSET")
+        // Sized up front: built from empty, its buffers were reallocated several times.
+        let sets: usize = offer.sets.iter().map(|(field, value)| field.len() + value.len()).sum();
+        let size = offer.session.len() + 2 * (offer.address.len() + 3) + 20 + offer.outcome.len() + sets;
+        let mut hset = redis::Cmd::with_capacity(6 + 2 * offer.sets.len(), "HSET".len() + size);
+        hset.arg("HSET")
             .arg(&offer.session)
             .arg(format!("~s:{}", offer.address))
             .arg(offer.seq)
             .arg(format!("~o:{}", offer.address))
             .arg(&offer.outcome);
         for (field, value) in offer.sets {
-            writes.arg(field).arg(value);
+            hset.arg(field).arg(value);
         }
-        writes.ignore();
+        writes.add_command(hset).ignore();
         if !offer.deletes.is_empty() {
             writes.cmd("HDEL").arg(&offer.session).arg(offer.deletes).ignore();
         }

@@ -81,9 +81,10 @@ pub(crate) fn start<H: Send + 'static>(worker: &Arc<Worker>, stream: &str, mut e
 /// Handles new `entries` of `stream` as one read batch.
 async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: Vec<(StreamEntry, H)>) {
     // Each client message, decoded (its handler does not decode it again), and its session's
-    // key, in order; `None` for any other event (a connect, say, which need not read the
-    // session) and for an entry that does not decode (its handler dead-letters it).
-    let mut keys: Vec<String> = Vec::with_capacity(entries.len());
+    // key with its reply address, in order; `None` for any other event (a connect, say, which
+    // need not read the session) and for an entry that does not decode (its handler
+    // dead-letters it).
+    let mut keys: Vec<(String, String)> = Vec::with_capacity(entries.len());
     let mut messages: Vec<Option<ChannelMessage>> = entries
         .iter()
         .map(|(entry, _)| {
@@ -91,16 +92,13 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
             if !matches!(message.event, Event::Receive(_)) {
                 return None;
             }
-            keys.push(
-                worker
-                    .keys
-                    .session(&session::session_id(&message.query, &message.reply)),
-            );
+            let key = worker.keys.session(session::session_id(&message.query, &message.reply));
+            keys.push((key, message.reply.clone()));
             Some(message)
         })
         .collect();
     let read = match worker.committer.watch() {
-        Some(watch) if !keys.is_empty() => watch.read(&keys).await,
+        Some(watch) if !keys.is_empty() => watch.read(keys).await,
         _ => None,
     };
     let Some((watched, fields)) = read else {

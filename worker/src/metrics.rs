@@ -124,23 +124,32 @@ impl Metrics {
 
     /// Records one handled message.
     pub fn handled(&self, channel: &str, event: &'static str, outcome: &'static str, took: Duration) {
-        let known = self.by_channel.read().ok().and_then(|channels| {
-            let metrics = channels.get(channel)?;
-            metrics.handling.observe(took.as_secs_f64());
-            metrics.handled(event, outcome).map(|counter| counter.inc())
-        });
-        if known.is_none() {
-            self.handled_first(channel, event, outcome, took);
+        if !self.record_handled(channel, event, outcome, took) {
+            self.add_handled(channel, event, outcome);
+            self.record_handled(channel, event, outcome, took);
         }
     }
 
-    /// [`handled`](Self::handled) for a channel, event type and outcome not seen before.
-    #[cold]
-    fn handled_first(&self, channel: &str, event: &'static str, outcome: &'static str, took: Duration) {
-        let Ok(mut channels) = self.by_channel.write() else {
-            return;
+    /// Records a handled message in metrics already looked up; `false` (nothing recorded)
+    /// when they are not.
+    fn record_handled(&self, channel: &str, event: &str, outcome: &str, took: Duration) -> bool {
+        // Nothing here panics with the lock held, so a poisoned lock is still consistent.
+        let channels = self.by_channel.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(metrics) = channels.get(channel) else {
+            return false;
         };
-        let seen = channels.contains_key(channel);
+        let Some(counter) = metrics.handled(event, outcome) else {
+            return false;
+        };
+        counter.inc();
+        metrics.handling.observe(took.as_secs_f64());
+        true
+    }
+
+    /// Looks up the metrics of a channel, event type and outcome not seen before.
+    #[cold]
+    fn add_handled(&self, channel: &str, event: &'static str, outcome: &'static str) {
+        let mut channels = self.by_channel.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let metrics = channels.entry(channel.to_owned()).or_insert_with(|| ChannelMetrics {
             handling: self
                 .handling
@@ -148,17 +157,15 @@ impl Metrics {
                 .clone(),
             handled: Vec::new(),
         });
-        if !seen {
-            metrics.handling.observe(took.as_secs_f64());
+        if metrics.handled(event, outcome).is_none() {
+            let labels = vec![
+                ("channel", channel.to_owned()),
+                ("type", event.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ];
+            let counter = self.handled.get_or_create(&labels).clone();
+            metrics.handled.push((event, outcome, counter));
         }
-        let labels = vec![
-            ("channel", channel.to_owned()),
-            ("type", event.to_owned()),
-            ("outcome", outcome.to_owned()),
-        ];
-        let counter = self.handled.get_or_create(&labels).clone();
-        counter.inc();
-        metrics.handled.push((event, outcome, counter));
     }
 
     /// Records one absorbed consumer failure (`kind`: panic or error).

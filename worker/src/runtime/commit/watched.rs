@@ -28,7 +28,7 @@
 //! It knows nothing of the batcher: the commit module hands it [`Offer`]s (a message's
 //! keys, outcome and reply) and gets a [`Verdict`] for each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,21 +96,15 @@ type Guard = (Option<u64>, Option<u64>, Option<Vec<u8>>);
 /// A session hash's fields, as `HGETALL` gives them.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// One message's guard, as a read batch read its session.
-struct Read {
-    session: String,
-    address: String,
-    guard: Guard,
-}
-
 /// A read batch's sessions, read under `WATCH` on a connection of the pool that stays
 /// theirs until [`Watched::commit`]. Dropped without it, the connection is let go (its
 /// watch would spoil the next batch's `EXEC`).
 pub struct Watched<'a> {
     watch: &'a Watch,
     con: MutexGuard<'a, Option<Redis>>,
-    /// Each message's guard as its session was read: by session key and reply address.
-    guards: Vec<Read>,
+    /// Each message's guard as its session was read: by session key, then reply address
+    /// (a session shared by several connections has one per address).
+    guards: HashMap<String, Vec<(String, Guard)>>,
     finished: bool,
 }
 
@@ -184,18 +178,11 @@ impl Watch {
         }
         match read.query_async::<Vec<Fields>>(con).await {
             Ok(fields) => {
-                let guards = messages
-                    .into_iter()
-                    .zip(&fields)
-                    .map(|((session, address), fields)| {
-                        let guard = guard_of(fields, &address);
-                        Read {
-                            session,
-                            address,
-                            guard,
-                        }
-                    })
-                    .collect();
+                let mut guards: HashMap<String, Vec<(String, Guard)>> = HashMap::with_capacity(messages.len());
+                for ((session, address), fields) in messages.into_iter().zip(&fields) {
+                    let guard = guard_of(fields, &address);
+                    guards.entry(session).or_default().push((address, guard));
+                }
                 let watched = Watched {
                     watch: self,
                     con: slot,
@@ -236,11 +223,9 @@ impl Watched<'_> {
         let guards: Vec<Guard> = offers
             .iter()
             .map(|offer| {
-                let read = self
-                    .guards
-                    .iter()
-                    .find(|read| read.session == offer.session && read.address == offer.address);
-                read.map_or((None, None, None), |read| read.guard.clone())
+                let mut read = self.guards.get(&offer.session).into_iter().flatten();
+                let found = read.find(|(address, _)| *address == offer.address);
+                found.map_or((None, None, None), |(_, guard)| guard.clone())
             })
             .collect();
         let Some(con) = self.con.as_mut() else { return verdicts };

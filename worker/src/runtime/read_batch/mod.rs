@@ -136,9 +136,10 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
         expected -= 1;
     }
     // Late handlers find the batch closed and go to the batcher; one that got in just
-    // before is sent there too.
+    // before is sent there too. Drained with `recv`, which waits for a send under way:
+    // `try_recv` may miss it, and the offer was then left unanswered in the channel.
     arrivals.close();
-    while let Ok(arrival) = arrivals.try_recv() {
+    while let Some(arrival) = arrivals.recv().await {
         if let Arrival::Offer(commit, done) = arrival {
             let _ = done.send(Err(commit));
         }

@@ -49,7 +49,11 @@ impl Slot {
             return committer.commit(*commit).await;
         };
         let (done, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Arrival::Offer(commit, _))) = batch.send(Arrival::Offer(commit, done)) {
+        let sent = batch.send(Arrival::Offer(commit, done));
+        // Not kept while waiting: should the offer ever be left in the channel, the channel
+        // (and the answer's sender in it) must go with the batch, not live on in this wait.
+        drop(batch);
+        if let Err(mpsc::error::SendError(Arrival::Offer(commit, _))) = sent {
             return committer.commit(*commit).await;
         }
         match answer.await {

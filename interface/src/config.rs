@@ -101,6 +101,14 @@ pub struct Config {
     #[arg(long = "channel-shards", env = "SWITCHYARD_CHANNEL_SHARDS", default_value_t = 0)]
     pub channel_shards: u16,
 
+    /// Write the messages of one flush bound for the same channel shard as one
+    /// stream entry (an `m` field each): one XADD, read and XACK per entry instead
+    /// of per message. `false`: one message per entry, for workers older than
+    /// packed entries (they handle only an entry's first message) — upgrade the
+    /// workers first.
+    #[arg(long, env = "SWITCHYARD_PACK_ENTRIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pack_entries: bool,
+
     /// WebSocket route `PATH_PREFIX=CHANNEL`, repeatable; the longest matching
     /// prefix wins. Default: /ws/echo/=echo, /ws/chat/=chat, /ws/rooms/=rooms, /ws/display/=display.
     #[arg(long = "route", env = "SWITCHYARD_ROUTES", value_delimiter = ',', value_parser = parse_route)]

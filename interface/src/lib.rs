@@ -110,6 +110,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
     let outbound_settings = outbound::Settings {
         hold: config.redis_hold,
         wait_replicas: config.redis.wait_replicas,
+        pack: config.pack_entries,
     };
     let outbound = Outbound::start(redis.clone(), outbound_settings, metrics.clone(), &mut background);
     let (mut trigger, draining) = shutdown::channel();
@@ -118,6 +119,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future) -
         config, id, routes, statics, redis, shards, registry, groups, outbound, metrics, draining,
     ));
 
+    shared.outbound.follow_backlogs(shared.backlogs.clone());
     background.spawn(replies::run(client, shared.clone()));
     background.spawn(presence::run(shared.clone()));
     background.spawn(backlog::run(

@@ -11,7 +11,9 @@
 -- `commit_session.lua` for the messages, then: reply TTL ms, the consumer
 -- group, the number of reply streams, the number of shard streams; per
 -- message: its reply stream's number, its reply ('' = none), its shard
--- stream's number, its entry id; last, the number of messages.
+-- stream's number (0: not acknowledged here, a message of a packed entry,
+-- docs/protocol.md "Packed entries"), its entry id; last, the number of
+-- messages.
 -- Per message, the session's result decides the rest: 1 (committed now) →
 -- its reply and its ack; 0 (a later message is committed) → its ack only;
 -- "<seq> <outcome>" (committed before) → nothing here: the worker finishes it
@@ -37,7 +39,7 @@ for m = 1, count do
     entry[#entry + 1] = 'm'
     entry[#entry + 1] = reply
   end
-  if result == 1 or result == 0 then
+  if (result == 1 or result == 0) and a > 0 then
     local ack = acks[a]
     if not ack then
       ack = {KEYS[base + n_replies + a], group}

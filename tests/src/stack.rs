@@ -471,6 +471,22 @@ impl Stack {
     pub fn redis_conn(&self) -> Result<TestConn> {
         self.redis.conn().context("connect to the test's Redis")
     }
+
+    /// Waits (20 s at most) until every entry of `channel`'s shards is acknowledged, then
+    /// returns how many entries they ever took: fewer than the messages sent means that
+    /// packed entries held several (docs/protocol.md, "Packed entries").
+    pub async fn entries_once_settled(&self, channel: &str) -> u64 {
+        let mut con = self.redis_conn().expect("redis");
+        let streams = channel_streams(&mut con, channel);
+        assert!(!streams.is_empty(), "no {channel} shard stream");
+        let done = crate::eventually(Duration::from_secs(20), || {
+            let left: u64 = streams.iter().map(|s| pending_entries(&mut con, s)).sum();
+            async move { (left == 0).then_some(()) }
+        })
+        .await;
+        assert!(done.is_some(), "entries left pending on {streams:?}");
+        streams.iter().map(|s| entries_added(&mut con, s)).sum()
+    }
 }
 
 /// Stream key of a channel's first (on a single Redis: only) shard: `switchyard:chan:{<channel>:0}`.
@@ -481,6 +497,55 @@ pub fn channel_stream(channel: &str) -> String {
 /// The dead-letter stream key: `switchyard:deadletter`.
 pub fn deadletter_stream() -> String {
     format!("{PREFIX}:deadletter")
+}
+
+/// Entries pending to the workers' group on `stream` (0 when it or the group does not exist).
+pub fn pending_entries(con: &mut impl redis::ConnectionLike, stream: &str) -> u64 {
+    match redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("workers")
+        .query::<Vec<Value>>(con)
+    {
+        Ok(summary) => match summary.first() {
+            Some(Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        Err(_) => 0,
+    }
+}
+
+/// `XINFO STREAM`'s `entries-added` (every entry ever appended, trimmed or not), 0 if the
+/// stream does not exist.
+pub fn entries_added(con: &mut impl redis::ConnectionLike, stream: &str) -> u64 {
+    let Ok(info) = redis::cmd("XINFO").arg("STREAM").arg(stream).query::<Value>(con) else {
+        return 0;
+    };
+    let pairs: Vec<(String, Value)> = match info {
+        Value::Array(flat) => flat
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [name, value] => Some((value_to_string(name)?, value.clone())),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map
+            .into_iter()
+            .filter_map(|(name, value)| Some((value_to_string(&name)?, value)))
+            .collect(),
+        other => panic!("XINFO STREAM answered {other:?}"),
+    };
+    match pairs.into_iter().find(|(name, _)| name == "entries-added") {
+        Some((_, Value::Int(n))) => n as u64,
+        other => panic!("no entries-added in XINFO STREAM: {other:?}"),
+    }
+}
+
+/// A channel's shard streams that exist (shards are numbered from 0).
+pub fn channel_streams(con: &mut impl redis::ConnectionLike, channel: &str) -> Vec<String> {
+    (0..1024)
+        .map(|shard| format!("{PREFIX}:chan:{{{channel}:{shard}}}"))
+        .take_while(|stream| redis::cmd("EXISTS").arg(stream).query::<u64>(con).unwrap_or(0) == 1)
+        .collect()
 }
 
 /// Renders a Redis value as text (bulk and simple strings, integers).

@@ -71,6 +71,23 @@ impl Backlogs {
             .is_some_and(|c| c.full.load(Ordering::Relaxed))
     }
 
+    /// Whether messages bound for `stream` may share entries of up to `most` (packed
+    /// entries, `outbound`): the backlog counts entries, so a channel packs only while its
+    /// backlog would stay under its limit even if every entry held `most` messages. Past
+    /// that, one message per entry again, so the limit bounds messages within a factor of
+    /// two.
+    pub fn packs(&self, stream: &str, most: u64) -> bool {
+        let Some(channel) = self
+            .channels
+            .values()
+            .find(|c| c.streams.iter().any(|s| &**s == stream))
+        else {
+            return true;
+        };
+        let size = channel.size.load(Ordering::Relaxed);
+        channel.limit.is_none_or(|limit| size.saturating_mul(most) < limit)
+    }
+
     /// Channel → (backlog, limit), for `/status`.
     pub fn sizes(&self) -> HashMap<String, (u64, Option<u64>)> {
         self.channels
@@ -149,6 +166,21 @@ mod tests {
 
     fn backlogs(limit: Option<u64>) -> Backlogs {
         Backlogs::new([(Arc::from("chat"), vec![Arc::from("s")], limit)])
+    }
+
+    #[test]
+    fn a_channel_packs_while_full_entries_would_stay_under_its_limit() {
+        let backlogs = Backlogs::new([(Arc::from("chat"), vec![Arc::from("s")], Some(1000))]);
+        let chat = &backlogs.channels["chat"];
+        assert!(backlogs.packs("s", 100));
+        backlogs.record(chat, 9);
+        assert!(backlogs.packs("s", 100), "9 entries of 100 stay under 1,000");
+        backlogs.record(chat, 10);
+        assert!(!backlogs.packs("s", 100), "one message per entry from here");
+        assert!(backlogs.packs("unknown", 100));
+        let unlimited = Backlogs::new([(Arc::from("echo"), vec![Arc::from("e")], None)]);
+        unlimited.record(&unlimited.channels["echo"], 1 << 40);
+        assert!(unlimited.packs("e", 128));
     }
 
     #[test]

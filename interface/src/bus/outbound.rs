@@ -14,10 +14,14 @@
 //! holds only its own messages. With `--redis-wait-replicas N` a message counts
 //! as appended once N replicas have it (`WAIT`), so a failover cannot lose it.
 //!
+//! The messages of a batch bound for one channel shard go out as one entry, an
+//! `m` field each (`--pack-entries`, docs/protocol.md "Packed entries"): one
+//! `XADD` for Redis to run, one entry for a worker to read and acknowledge.
+//!
 //! A retried batch may append a message twice; workers apply each effect of a
 //! message once and the interface applies each `done` once (docs/protocol.md).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,9 +32,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::bus::backlog::Backlogs;
 use crate::metrics::Metrics;
 
 const MAX_BATCH: usize = 512;
+/// Most messages in one packed entry: a worker reads entries, so a larger one would hand
+/// one worker more than its share. At 1,000 busy connections a flush holds about 130
+/// messages per shard (docs/benchmarks.md, "Packed entries").
+const MAX_PACKED: usize = 128;
+/// Most payload bytes in one packed entry (a single larger message has an entry of its own).
+const MAX_PACKED_BYTES: usize = 256 * 1024;
 /// Shortest attempt at appending a batch, however late it is.
 const MIN_ATTEMPT: Duration = Duration::from_millis(200);
 /// How long an append waits for `--redis-wait-replicas` replicas.
@@ -53,6 +64,8 @@ struct Item {
 #[derive(Clone)]
 pub struct Outbound {
     tx: mpsc::UnboundedSender<Item>,
+    /// The channels' backlogs, once known: a backlogged channel stops packing.
+    backlogs: Arc<OnceLock<Arc<Backlogs>>>,
 }
 
 /// How appends are made.
@@ -62,6 +75,8 @@ pub struct Settings {
     pub hold: Duration,
     /// Replicas an append waits for (`--redis-wait-replicas`).
     pub wait_replicas: u32,
+    /// Messages bound for one stream share an entry (`--pack-entries`).
+    pub pack: bool,
 }
 
 impl Outbound {
@@ -69,8 +84,14 @@ impl Outbound {
     /// dropped and the queue is flushed.
     pub fn start(con: Redis, settings: Settings, metrics: Arc<Metrics>, tasks: &mut JoinSet<()>) -> Outbound {
         let (tx, rx) = mpsc::unbounded_channel();
-        tasks.spawn(run(con, rx, settings, metrics));
-        Outbound { tx }
+        let backlogs = Arc::new(OnceLock::new());
+        tasks.spawn(run(con, rx, settings, backlogs.clone(), metrics));
+        Outbound { tx, backlogs }
+    }
+
+    /// From now on a channel packs only while its backlog allows ([`Backlogs::packs`]).
+    pub fn follow_backlogs(&self, backlogs: Arc<Backlogs>) {
+        let _ = self.backlogs.set(backlogs);
     }
 
     /// Appends a message; the receiver yields its entry id once it is on the
@@ -111,12 +132,18 @@ impl Outbound {
     }
 }
 
-async fn run(con: Redis, mut rx: mpsc::UnboundedReceiver<Item>, settings: Settings, metrics: Arc<Metrics>) {
+async fn run(
+    con: Redis,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    settings: Settings,
+    backlogs: Arc<OnceLock<Arc<Backlogs>>>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Flush markers have nothing to append: acknowledged once the batch is done.
         let (messages, markers): (Vec<Item>, Vec<Item>) = batch.drain(..).partition(|item| item.stream.is_some());
-        append_with_retry(&con, messages, &settings, &metrics).await;
+        append_with_retry(&con, messages, &settings, backlogs.get(), &metrics).await;
         metrics.redis_batches.inc();
         for marker in markers {
             acknowledge(marker, Some(EntryId::ZERO));
@@ -128,7 +155,13 @@ async fn run(con: Redis, mut rx: mpsc::UnboundedReceiver<Item>, settings: Settin
 /// message whose own hold has run out is given up (its sender learns
 /// `false`); the others are retried. Each connection has at most one message
 /// here, so giving one up never reorders another's.
-async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Settings, metrics: &Metrics) {
+async fn append_with_retry(
+    con: &Redis,
+    mut pending: Vec<Item>,
+    settings: &Settings,
+    backlogs: Option<&Arc<Backlogs>>,
+    metrics: &Metrics,
+) {
     let hold = settings.hold;
     let mut backoff = Backoff::default();
     let mut tried = false;
@@ -148,7 +181,7 @@ async fn append_with_retry(con: &Redis, mut pending: Vec<Item>, settings: &Setti
             }
         }
         let (deadline, limit) = attempt_deadlines(&pending, hold, Instant::now());
-        let attempt = tokio::time::timeout_at(limit, append(con, &pending, settings.wait_replicas)).await;
+        let attempt = tokio::time::timeout_at(limit, append(con, &pending, settings, backlogs)).await;
         tried = true;
         let outcomes = attempt.unwrap_or_else(|_| pending.iter().map(|_| Err(timed_out())).collect());
         let mut failed = Vec::new();
@@ -188,41 +221,84 @@ fn attempt_deadlines(pending: &[Item], hold: Duration, now: Instant) -> (Instant
 /// One attempt: the XADDs (one pipeline, or one request per stream on a
 /// cluster), then `WAIT` on the nodes written to if asked for. The outcome of
 /// each message.
-async fn append(con: &Redis, items: &[Item], wait_replicas: u32) -> Vec<redis::RedisResult<EntryId>> {
+async fn append(
+    con: &Redis,
+    items: &[Item],
+    settings: &Settings,
+    backlogs: Option<&Arc<Backlogs>>,
+) -> Vec<redis::RedisResult<EntryId>> {
+    let packs = |stream: &str| settings.pack && backlogs.is_none_or(|b| b.packs(stream, MAX_PACKED as u64));
+    let entries = entries_of(items, packs);
     let mut batch = SlotBatch::new();
-    for item in items {
-        if let Some(stream) = &item.stream {
-            // Sized up front: built from empty, the command's buffers were reallocated
-            // about four times per message.
-            let size = "XADD*".len() + stream.len() + PAYLOAD_FIELD.len() + item.payload.len();
-            let mut xadd = redis::Cmd::with_capacity(5, size);
-            xadd.arg("XADD")
-                .arg(&**stream)
-                .arg("*")
-                .arg(PAYLOAD_FIELD)
-                .arg(&item.payload[..]);
-            batch.add(stream, xadd);
+    for (stream, members) in &entries {
+        // Sized up front: built from empty, the command's buffers were reallocated
+        // about four times per message.
+        let payloads: usize = members
+            .iter()
+            .map(|&index| PAYLOAD_FIELD.len() + items[index].payload.len())
+            .sum();
+        let mut xadd = redis::Cmd::with_capacity(3 + 2 * members.len(), "XADD*".len() + stream.len() + payloads);
+        xadd.arg("XADD").arg(*stream).arg("*");
+        for &index in members {
+            xadd.arg(PAYLOAD_FIELD).arg(&items[index].payload[..]);
+        }
+        batch.add(stream, xadd);
+    }
+    let written = batch.run(con).await;
+    // Each message learns its entry's outcome.
+    let mut outcomes: Vec<redis::RedisResult<EntryId>> = items.iter().map(|_| Ok(EntryId::ZERO)).collect();
+    for ((_, members), outcome) in entries.iter().zip(written) {
+        let outcome = outcome.map(|id| entry_id_of(&id));
+        for &index in members {
+            outcomes[index] = outcome.clone();
         }
     }
-    let mut outcomes: Vec<redis::RedisResult<EntryId>> = batch
-        .run(con)
-        .await
-        .into_iter()
-        .map(|outcome| outcome.map(|id| entry_id_of(&id)))
-        .collect();
-    if wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
+    if settings.wait_replicas > 0 && outcomes.iter().any(Result::is_ok) {
         let written = items
             .iter()
             .zip(&outcomes)
             .filter(|(_, outcome)| outcome.is_ok())
             .filter_map(|(item, _)| item.stream.as_deref());
-        if let Err(error) = wait_for_replicas(con, written, wait_replicas, WAIT_TIMEOUT).await {
+        if let Err(error) = wait_for_replicas(con, written, settings.wait_replicas, WAIT_TIMEOUT).await {
             for outcome in outcomes.iter_mut() {
                 *outcome = Err(error.clone());
             }
         }
     }
     outcomes
+}
+
+/// The entries a batch is written as, each a stream and the indices of its messages in
+/// `items`, in order: where `packs` says so, the messages bound for one stream share entries
+/// of at most [`MAX_PACKED`] messages and [`MAX_PACKED_BYTES`] (docs/protocol.md, "Packed
+/// entries"); elsewhere, one entry each.
+fn entries_of(items: &[Item], packs: impl Fn(&str) -> bool) -> Vec<(&str, Vec<usize>)> {
+    let mut entries: Vec<(&str, Vec<usize>)> = Vec::new();
+    // Per stream: its open entry's place in `entries`, and the bytes in it.
+    let mut open: Vec<(&str, usize, usize)> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let Some(stream) = item.stream.as_deref() else { continue };
+        let size = item.payload.len();
+        let pack = packs(stream);
+        let joined = pack
+            .then(|| open.iter_mut().find(|(name, _, _)| *name == stream))
+            .flatten()
+            .filter(|(_, at, bytes)| entries[*at].1.len() < MAX_PACKED && *bytes + size <= MAX_PACKED_BYTES);
+        match joined {
+            Some((_, at, bytes)) => {
+                entries[*at].1.push(index);
+                *bytes += size;
+            }
+            None => {
+                if pack {
+                    open.retain(|(name, _, _)| *name != stream);
+                    open.push((stream, entries.len(), size));
+                }
+                entries.push((stream, vec![index]));
+            }
+        }
+    }
+    entries
 }
 
 /// The id an `XADD` answered, read in place (no allocation per message); `0-0`
@@ -288,6 +364,36 @@ mod tests {
         let (deadline, limit) = attempt_deadlines(&[late], hold, now);
         assert!(deadline < now);
         assert_eq!(limit, now + MIN_ATTEMPT);
+    }
+
+    fn bound(stream: &str, size: usize) -> Item {
+        Item {
+            stream: Some(stream.into()),
+            payload: Bytes::from(vec![b'x'; size]),
+            ack: None,
+            queued: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn messages_for_one_stream_share_an_entry_in_order() {
+        let items = vec![bound("a", 10), bound("b", 10), bound("a", 10), bound("a", 10)];
+        assert_eq!(entries_of(&items, |_| true), vec![("a", vec![0, 2, 3]), ("b", vec![1])]);
+        let unpacked = entries_of(&items, |_| false);
+        assert_eq!(
+            unpacked,
+            vec![("a", vec![0]), ("b", vec![1]), ("a", vec![2]), ("a", vec![3])]
+        );
+    }
+
+    #[test]
+    fn a_packed_entry_is_bounded_in_messages_and_bytes() {
+        let many: Vec<Item> = (0..MAX_PACKED + 1).map(|_| bound("a", 1)).collect();
+        let entries = entries_of(&many, |_| true);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].1.len(), MAX_PACKED);
+        let large = vec![bound("a", MAX_PACKED_BYTES - 1), bound("a", 2), bound("a", 1)];
+        assert_eq!(entries_of(&large, |_| true), vec![("a", vec![0]), ("a", vec![1, 2])]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Handling one stream entry: decode, run the consumer, commit.
+//! Handling one message: decode, run the consumer, commit.
 //!
 //! Garbage (undecodable entries, unknown versions, bad reply addresses) goes to
 //! the dead-letter stream with a log line; the worker carries on. A Redis
@@ -29,7 +29,7 @@
 
 use switchyard_protocol::groups;
 use switchyard_protocol::redis_conn::Backoff;
-use switchyard_protocol::stream::{self, StreamEntry};
+use switchyard_protocol::stream;
 use switchyard_protocol::{decode, encode, Action, ChannelMessage, Event, Reply, ReplyAddress, WORKER_GROUP};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -42,6 +42,7 @@ use crate::api::context::{Context, Scope};
 use crate::api::session::SessionWrite;
 use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{self, BodyOp, Commit, Outcome};
+use crate::runtime::packed::Incoming;
 use crate::runtime::read_batch::slot::Preload;
 use crate::runtime::{http_request, Worker};
 
@@ -59,14 +60,18 @@ pub enum Delivery {
     /// restarted worker, or claimed from a dead one. The delivery limit
     /// (`--max-deliveries`) applies.
     AfterDeath,
+    /// As `AfterDeath`, for a message packed in one entry with the suspect
+    /// (`redelivery`): the entry's delivery count is the suspect's doing, so the
+    /// limit does not apply.
+    BesideSuspect,
 }
 
-/// Handles one entry (see [`Delivery`] for what its history means); `preload`: its share
+/// Handles one message (see [`Delivery`] for what its history means); `preload`: its share
 /// of a read batch, for the first attempt.
-pub async fn handle_entry(
+pub async fn handle(
     worker: &Worker,
     stream: &str,
-    entry: StreamEntry,
+    incoming: Incoming,
     delivery: Delivery,
     preload: Option<Box<Preload>>,
 ) {
@@ -77,13 +82,13 @@ pub async fn handle_entry(
     };
     let mut preload = preload;
     let decoded = preload.as_mut().and_then(|preload| preload.message.take()).map(Ok);
-    let message = match decoded.or_else(|| entry.payload().map(decode::<ChannelMessage>)) {
+    let message = match decoded.or_else(|| incoming.entry.payload().map(decode::<ChannelMessage>)) {
         Some(Ok(message)) => message,
-        Some(Err(error)) => return Box::pin(reject(worker, stream, &entry, &error.to_string())).await,
-        None => return Box::pin(reject(worker, stream, &entry, "entry has no `m` payload field")).await,
+        Some(Err(error)) => return Box::pin(reject(worker, stream, &incoming, &error.to_string())).await,
+        None => return Box::pin(reject(worker, stream, &incoming, "entry has no `m` payload field")).await,
     };
     let Some(reply) = ReplyAddress::parse(&message.reply) else {
-        return Box::pin(reject(worker, stream, &entry, "malformed reply address")).await;
+        return Box::pin(reject(worker, stream, &incoming, "malformed reply address")).await;
     };
     let is_http = matches!(message.event, Event::HttpRequest(_) | Event::HttpDisconnect);
     if is_http != matches!(app, ChannelApp::Http(_)) {
@@ -92,7 +97,7 @@ pub async fn handle_entry(
             app.kind(),
             message.event.type_name()
         );
-        return Box::pin(reject(worker, stream, &entry, &error)).await;
+        return Box::pin(reject(worker, stream, &incoming, &error)).await;
     }
     let span = tracing::info_span!(
         "message",
@@ -105,17 +110,17 @@ pub async fn handle_entry(
     worker.metrics.in_flight.inc();
     let outcome = async {
         if delivery == Delivery::AfterDeath {
-            let deliveries = Box::pin(delivery_count(worker, stream, &entry.id)).await;
+            let deliveries = Box::pin(delivery_count(worker, stream, &incoming.entry.id)).await;
             let limit = worker.config.max_deliveries;
             if deliveries.is_some_and(|n| n > u64::from(limit)) {
                 let deliveries = deliveries.unwrap_or_default();
-                return Box::pin(give_up(worker, stream, &entry, app, &message, &reply, deliveries)).await;
+                return Box::pin(give_up(worker, stream, &incoming, app, &message, &reply, deliveries)).await;
             }
         }
         run(
             worker,
             stream,
-            &entry,
+            &incoming,
             channel,
             app,
             &message,
@@ -138,7 +143,7 @@ pub async fn handle_entry(
 async fn run(
     worker: &Worker,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     channel: &str,
     app: &ChannelApp,
     message: &ChannelMessage,
@@ -156,7 +161,7 @@ async fn run(
                 attempt(
                     worker,
                     stream,
-                    entry,
+                    incoming,
                     channel,
                     consumer.as_ref(),
                     message,
@@ -170,7 +175,7 @@ async fn run(
                 Box::pin(http_request::attempt(
                     worker,
                     stream,
-                    entry,
+                    incoming,
                     channel,
                     app.as_ref(),
                     message,
@@ -184,19 +189,19 @@ async fn run(
             Ok(Outcome::Repeated) => {
                 // Committed before (an earlier attempt whose answer was lost, a
                 // worker that died mid-commit, or a slow one): finished once.
-                tracing::info!(entry = %entry.id, "message committed before; finished with its stored outcome");
+                tracing::info!(entry = %incoming.name(), "message committed before; finished with its stored outcome");
                 return "repeated";
             }
             Ok(Outcome::NotOwned) => {
                 tracing::info!(
-                    entry = %entry.id,
+                    entry = %incoming.name(),
                     "message no longer pending to this worker (claimed by another); streamed response stopped"
                 );
                 return "not_owned";
             }
             Err(error) => {
                 worker.metrics.redis_errors.inc();
-                tracing::warn!(%error, entry = %entry.id, "Redis error while handling; retrying");
+                tracing::warn!(%error, entry = %incoming.name(), "Redis error while handling; retrying");
                 again = true;
                 backoff.wait().await;
             }
@@ -208,7 +213,7 @@ async fn run(
 async fn attempt(
     worker: &Worker,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     channel: &str,
     consumer: &dyn WebSocketConsumer,
     message: &ChannelMessage,
@@ -255,7 +260,15 @@ async fn attempt(
         };
         if let Some((failure, error)) = failure {
             let answer = "closing the connection with 1011";
-            absorb::report(worker, channel, &entry.id, &message.reply, failure, &error, answer);
+            absorb::report(
+                worker,
+                channel,
+                &incoming.name(),
+                &message.reply,
+                failure,
+                &error,
+                answer,
+            );
             // Nothing the failed run collected is kept (its session writes either).
             *ctx = Context::new(
                 ctx.scope().clone(),
@@ -266,7 +279,10 @@ async fn attempt(
             ctx.close(close::INTERNAL_ERROR);
         }
         let actions = actions_of(worker, &mut ctx, message).await?;
-        (commit_of(stream, entry, message, reply, &mut ctx, actions, again), slot)
+        (
+            commit_of(stream, incoming, message, reply, &mut ctx, actions, again),
+            slot,
+        )
     };
     match slot {
         Some(slot) => slot.commit(&worker.committer, Box::new(commit)).await,
@@ -307,7 +323,7 @@ async fn actions_of(worker: &Worker, ctx: &mut Context, message: &ChannelMessage
 /// The commit of a WebSocket message: its `actions` and what else its context collected.
 fn commit_of(
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     message: &ChannelMessage,
     reply: &ReplyAddress,
     ctx: &mut Context,
@@ -322,7 +338,8 @@ fn commit_of(
         .or_else(|| (again || disconnect).then(|| SessionWrite::check_only(ctx.session_id().to_owned())));
     Commit {
         stream: stream.to_owned(),
-        entry_id: entry.id.clone(),
+        entry_id: incoming.entry.id.clone(),
+        part: incoming.part.clone(),
         interface: reply.interface.clone(),
         conn: reply.conn,
         seq: message.seq,
@@ -386,7 +403,7 @@ async fn delivery_count(worker: &Worker, stream: &str, id: &str) -> Option<u64> 
 async fn give_up(
     worker: &Worker,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     app: &ChannelApp,
     message: &ChannelMessage,
     reply: &ReplyAddress,
@@ -397,12 +414,14 @@ async fn give_up(
         "delivered {deliveries} times, more than --max-deliveries {limit}: every handling ended without a commit (the worker died or stalled)"
     );
     worker.metrics.dead_letters.inc();
-    tracing::error!(entry = %entry.id, stream, deliveries, "poison message: moved to the dead-letter stream; closing its connection");
+    tracing::error!(entry = %incoming.name(), stream, deliveries, "poison message: moved to the dead-letter stream; closing its connection");
     let mut backoff = Backoff::default();
     let extra = [("deliveries", deliveries.to_string())];
     loop {
         let mut con = worker.redis.clone();
-        match commit::dead_letter_record(&mut con, &worker.keys, stream, entry, &worker.member, &error, &extra).await {
+        let record =
+            commit::dead_letter_record(&mut con, &worker.keys, stream, incoming, &worker.member, &error, &extra);
+        match record.await {
             Ok(()) => break,
             Err(redis_error) => {
                 worker.metrics.redis_errors.inc();
@@ -426,11 +445,11 @@ async fn give_up(
                 let mut ctx = Context::new(scope, message.seq, worker.redis.clone(), worker.keys.clone());
                 ctx.close(close::INTERNAL_ERROR);
                 let actions = std::mem::take(&mut ctx.actions);
-                let commit = commit_of(stream, entry, message, reply, &mut ctx, actions, true);
+                let commit = commit_of(stream, incoming, message, reply, &mut ctx, actions, true);
                 worker.committer.commit(commit).await
             }
             ChannelApp::Http(_) => {
-                let commit = http_request::internal_error(stream, entry, message, reply);
+                let commit = http_request::internal_error(stream, incoming, message, reply);
                 worker.committer.commit(commit).await
             }
         };
@@ -438,7 +457,7 @@ async fn give_up(
             Ok(_) => return "dead_lettered",
             Err(error) => {
                 worker.metrics.redis_errors.inc();
-                tracing::warn!(%error, entry = %entry.id, "Redis error while giving up a message; retrying");
+                tracing::warn!(%error, entry = %incoming.name(), "Redis error while giving up a message; retrying");
                 backoff.wait().await;
             }
         }
@@ -446,12 +465,13 @@ async fn give_up(
 }
 
 /// Dead-letters an entry, retrying until Redis takes it.
-async fn reject(worker: &Worker, stream: &str, entry: &StreamEntry, error: &str) {
+async fn reject(worker: &Worker, stream: &str, incoming: &Incoming, error: &str) {
     worker.metrics.dead_letters.inc();
-    tracing::error!(stream, entry = %entry.id, error, "undecodable entry moved to the dead-letter stream");
+    tracing::error!(stream, entry = %incoming.name(), error, "undecodable entry moved to the dead-letter stream");
     let mut backoff = Backoff::default();
     let mut con = worker.redis.clone();
-    while let Err(redis_error) = commit::dead_letter(&mut con, &worker.keys, stream, entry, &worker.member, error).await
+    while let Err(redis_error) =
+        commit::dead_letter(&mut con, &worker.keys, stream, incoming, &worker.member, error).await
     {
         tracing::warn!(%redis_error, "dead-lettering failed; retrying");
         backoff.wait().await;

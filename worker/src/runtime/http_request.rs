@@ -19,13 +19,13 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use serde_bytes::ByteBuf;
-use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{encode, Action, ChannelMessage, Event, HttpRequest, Reply, ReplyAddress};
 
 use crate::api::http_app::{BoxResponse, HttpApp, RequestBody, RequestInfo, WorkerRedis};
 use crate::faults;
 use crate::runtime::absorb::{self, Failure};
 use crate::runtime::commit::{BodyOp, Commit, Outcome, StreamPiece};
+use crate::runtime::packed::Incoming;
 use crate::runtime::Worker;
 
 /// Largest response piece per reply entry.
@@ -35,14 +35,14 @@ const PIECE: usize = 64 << 10;
 pub(crate) async fn attempt(
     worker: &Worker,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     channel: &str,
     app: &dyn HttpApp,
     message: &ChannelMessage,
     reply: &ReplyAddress,
 ) -> redis::RedisResult<Outcome> {
     let commit = |reply_bytes: Option<Vec<u8>>, forget: bool, body: BodyOp| {
-        http_commit(stream, entry, message, reply, reply_bytes, forget, body)
+        http_commit(stream, incoming, message, reply, reply_bytes, forget, body)
     };
     let Event::HttpRequest(request) = &message.event else {
         return worker.committer.commit(commit(None, true, BodyOp::Delete)).await;
@@ -75,7 +75,7 @@ pub(crate) async fn attempt(
                 absorb::report(
                     worker,
                     channel,
-                    &entry.id,
+                    &incoming.name(),
                     &message.reply,
                     failure,
                     &error,
@@ -89,7 +89,7 @@ pub(crate) async fn attempt(
             plain(StatusCode::BAD_REQUEST, "bad request\n")
         }
     };
-    let streamed = stream_response(worker, stream, entry, channel, reply, response).await?;
+    let streamed = stream_response(worker, stream, incoming, channel, reply, response).await?;
     let Some(actions) = streamed else {
         return Ok(Outcome::NotOwned);
     };
@@ -102,7 +102,7 @@ pub(crate) async fn attempt(
 /// What the commit of an HTTP event carries.
 fn http_commit(
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     message: &ChannelMessage,
     reply: &ReplyAddress,
     reply_bytes: Option<Vec<u8>>,
@@ -111,7 +111,8 @@ fn http_commit(
 ) -> Commit {
     Commit {
         stream: stream.to_owned(),
-        entry_id: entry.id.clone(),
+        entry_id: incoming.entry.id.clone(),
+        part: incoming.part.clone(),
         interface: reply.interface.clone(),
         conn: reply.conn,
         seq: message.seq,
@@ -128,7 +129,7 @@ fn http_commit(
 /// ends it.
 pub(crate) fn internal_error(
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     message: &ChannelMessage,
     reply: &ReplyAddress,
 ) -> Commit {
@@ -140,7 +141,7 @@ pub(crate) fn internal_error(
         ];
         encode(&Reply::new(reply.conn, Some(message.seq), actions))
     });
-    http_commit(stream, entry, message, reply, answer, true, BodyOp::Delete)
+    http_commit(stream, incoming, message, reply, answer, true, BodyOp::Delete)
 }
 
 const INTERNAL_ERROR: &[u8] = b"internal server error\n";
@@ -154,7 +155,7 @@ fn internal_error_response() -> BoxResponse {
 async fn stream_response(
     worker: &Worker,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     channel: &str,
     reply: &ReplyAddress,
     response: BoxResponse,
@@ -174,7 +175,7 @@ async fn stream_response(
                 absorb::report(
                     worker,
                     channel,
-                    &entry.id,
+                    &incoming.name(),
                     &conn,
                     Failure::Panic,
                     &panic,
@@ -209,7 +210,7 @@ async fn stream_response(
             let early = encode(&Reply::new(reply.conn, None, std::mem::take(&mut actions)));
             let piece = StreamPiece {
                 stream,
-                entry_id: &entry.id,
+                entry_id: &incoming.entry.id,
                 interface: &reply.interface,
                 reply: &early,
             };

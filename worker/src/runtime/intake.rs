@@ -1,8 +1,10 @@
 //! The reader: pulls messages off the served channel shard streams.
 //!
 //! One `XREADGROUP` on a dedicated connection reads every served stream at
-//! once, never more messages than there are free permits, and hands each to
-//! its own task. On a Redis Cluster one command may only name keys of one
+//! once, never more messages than there are free permits (an entry may hold
+//! several, [`packed`]: a read asks for as many entries as the last read's
+//! messages per entry fit in the permits), and hands each message to its own
+//! task. On a Redis Cluster one command may only name keys of one
 //! hash slot, so there is one such read loop per slot (each shard of a channel
 //! has its own), each on its own dedicated connection; [`run`] starts one for
 //! every slot group and more when interfaces announce new shards. The first reads ask for this consumer's own pending entries
@@ -31,10 +33,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use switchyard_protocol::redis_conn::Backoff;
-use switchyard_protocol::stream::{parse_read_reply, EntryId, StreamBatch, StreamEntry};
+use switchyard_protocol::stream::{parse_read_reply, EntryId, StreamBatch};
 use switchyard_protocol::WORKER_GROUP;
 
 use crate::runtime::dispatch::{self, Delivery};
+use crate::runtime::packed::{self, Incoming};
 use crate::runtime::{read_batch, redelivery};
 use crate::runtime::{Worker, READ_BLOCK};
 
@@ -42,10 +45,11 @@ const MAX_READ: usize = 256;
 /// When, after the first good read past a failure, the pending list is read again.
 const RECHECK: Duration = Duration::from_secs(2);
 
-/// An entry, by stream and id (the stream's name shared by a read's entries).
-type EntryKey = (Arc<str>, EntryId);
+/// A message, by stream, entry id and index in its entry (the stream's name shared by a
+/// read's entries).
+type EntryKey = (Arc<str>, EntryId, usize);
 
-/// Entries handed to a handler task and not yet finished.
+/// Messages handed to a handler task and not yet finished.
 #[derive(Default, Clone)]
 struct InHand(Arc<Mutex<HashSet<EntryKey>>>);
 
@@ -55,7 +59,7 @@ impl InHand {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Marks an entry as in hand until the returned guard drops (even by a
+    /// Marks a message as in hand until the returned guard drops (even by a
     /// panicking handler); `None` if it already is.
     fn take(&self, key: EntryKey) -> Option<Held> {
         self.set().insert(key.clone()).then(|| Held {
@@ -129,6 +133,10 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
     // Set by a failed read: read the pending list again after the next good read.
     let mut recheck = false;
     let mut recheck_at: Option<Instant> = None;
+    // Messages per entry in the last read: a read asks for no more entries than the free
+    // permits can take as messages, so one worker does not take a packed backlog's share
+    // of several.
+    let mut per_entry: usize = 1;
     while !worker.stopping() {
         let mut con = match worker.client.blocking(READ_BLOCK).await {
             Ok(con) => con,
@@ -169,7 +177,7 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 recheck_at = None;
                 positions.iter_mut().for_each(|p| *p = "0".to_owned());
             }
-            let count = (worker.permits.available_permits() + 1).min(MAX_READ);
+            let count = ((worker.permits.available_permits() + 1) / per_entry).clamp(1, MAX_READ);
             let mut command = redis::cmd("XREADGROUP");
             command
                 .arg("GROUP")
@@ -209,6 +217,15 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 .map(|(s, _)| s)
                 .collect();
             let batches = parse_read_reply(value);
+            let (entries, messages) = batches
+                .iter()
+                .flat_map(|batch| &batch.entries)
+                .fold((0, 0), |(entries, messages), entry| {
+                    (entries + 1, messages + entry.payloads().count().max(1))
+                });
+            if entries > 0 {
+                per_entry = messages.div_ceil(entries);
+            }
             let redelivered: HashSet<String> = batches
                 .iter()
                 .filter(|b| history.contains(&b.stream))
@@ -237,27 +254,40 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 };
                 // New client messages that read their sessions: handled as one read batch.
                 let together = delivery == Delivery::First && read_batch::wanted(&worker, &batch.stream);
-                let mut read: Vec<(StreamEntry, (Held, OwnedSemaphorePermit))> = Vec::new();
+                let mut read: Vec<(Incoming, (Held, OwnedSemaphorePermit))> = Vec::new();
                 let shared_name: Arc<str> = batch.stream.as_str().into();
-                for entry in batch.entries {
+                for incoming in batch.entries.into_iter().flat_map(packed::split) {
                     // Redis's ids always parse; anything else shares the zero id.
-                    let id = EntryId::parse(&entry.id).unwrap_or(EntryId::ZERO);
-                    let Some(held) = in_hand.take((shared_name.clone(), id)) else {
+                    let id = EntryId::parse(&incoming.entry.id).unwrap_or(EntryId::ZERO);
+                    let Some(held) = in_hand.take((shared_name.clone(), id, incoming.index())) else {
                         continue;
-                    };
-                    let permit = match first.take() {
-                        Some(permit) => permit,
-                        None => match worker.permits.clone().acquire_owned().await {
-                            Ok(permit) => permit,
-                            Err(_) => return,
-                        },
                     };
                     if delivery == Delivery::AfterDeath {
-                        again.push((entry, (held, permit)));
+                        // Each takes its permit when its turn comes (`redelivery`): held
+                        // here, a packed entry's messages could outnumber the permits.
+                        again.push((incoming, held));
                         continue;
                     }
+                    let permit = match first.take() {
+                        Some(permit) => permit,
+                        None => match worker.permits.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                // Out of permits: the read batch gathered so far holds some,
+                                // so it starts before the wait (a packed entry may hold more
+                                // messages than there are permits).
+                                if !read.is_empty() {
+                                    read_batch::start(&worker, &batch.stream, std::mem::take(&mut read));
+                                }
+                                match worker.permits.clone().acquire_owned().await {
+                                    Ok(permit) => permit,
+                                    Err(_) => return,
+                                }
+                            }
+                        },
+                    };
                     if together {
-                        read.push((entry, (held, permit)));
+                        read.push((incoming, (held, permit)));
                         // Started when full: not held back while the next permit is awaited.
                         if read.len() == read_batch::MOST {
                             read_batch::start(&worker, &batch.stream, std::mem::take(&mut read));
@@ -267,7 +297,7 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                     let worker = worker.clone();
                     let stream = batch.stream.clone();
                     tokio::spawn(async move {
-                        dispatch::handle_entry(&worker, &stream, entry, delivery, None).await;
+                        dispatch::handle(&worker, &stream, incoming, delivery, None).await;
                         drop((held, permit));
                     });
                 }

@@ -23,8 +23,8 @@ use switchyard_protocol::redis_conn::SlotBatch;
 use switchyard_protocol::stream::{parse_autoclaim_reply, parse_entries, trim_acked, StreamEntry};
 use switchyard_protocol::{sweep, xinfo, WORKER_GROUP};
 
-use crate::runtime::redelivery;
 use crate::runtime::Worker;
+use crate::runtime::{packed, redelivery};
 
 const EVERY: Duration = Duration::from_secs(1);
 const LIVENESS_TTL: Duration = Duration::from_secs(3);
@@ -247,15 +247,13 @@ async fn backstop(worker: &Arc<Worker>, stream: &str) -> redis::RedisResult<()> 
     Ok(())
 }
 
-/// Handles claimed entries with the usual permits, without waiting for them
+/// Handles claimed entries' messages with the usual permits, without waiting for them
 /// (the one that may have killed their last handler isolated: `redelivery`).
 async fn handle_claimed(worker: &Arc<Worker>, stream: &str, entries: Vec<StreamEntry>) {
-    let mut items = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Ok(permit) = worker.permits.clone().acquire_owned().await else {
-            return;
-        };
-        items.push((entry, permit));
-    }
+    let items = entries
+        .into_iter()
+        .flat_map(packed::split)
+        .map(|incoming| (incoming, ()))
+        .collect();
     tokio::spawn(redelivery::run(worker.clone(), stream.to_owned(), items));
 }

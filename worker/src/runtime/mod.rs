@@ -2,7 +2,7 @@
 //! and the process's life around it.
 //!
 //! One message's route, in file order: [`intake`] reads it off a channel
-//! shard (`XREADGROUP`) → [`dispatch`] decodes it and runs the WebSocket
+//! shard (`XREADGROUP`; [`packed`] splits an entry holding several) → [`dispatch`] decodes it and runs the WebSocket
 //! consumer (or [`http_request`] the HTTP app) → [`commit`] makes its effects
 //! happen once, in four slot-local steps, and acknowledges it. Beside that,
 //! [`maintenance`] keeps the pool healthy (liveness, taking over a dead
@@ -20,6 +20,7 @@ mod dispatch;
 mod http_request;
 mod intake;
 mod maintenance;
+mod packed;
 mod read_batch;
 mod redelivery;
 mod state;

@@ -17,7 +17,9 @@
 //! 3. **reply** (`commit_reply.lua`): the reply with its `done`; the HTTP
 //!    request body append, guarded by the interface's sequence table. A reply
 //!    appended twice is harmless: the interface applies each `done` once.
-//! 4. **ack**: `XACK`, so the message is never handed out again.
+//! 4. **ack**: `XACK`, so the message is never handed out again. A message of a
+//!    packed entry skips it until its entry's last message is finished
+//!    ([`packed`](crate::runtime::packed)): then one `XACK` for the entry.
 //!
 //! A worker that dies between two steps leaves its message pending; whoever
 //! handles it next runs the steps again and each one that already happened is
@@ -53,11 +55,11 @@ use futures::FutureExt;
 use redis::{RedisError, RedisResult, Script, ScriptInvocation, Value};
 use switchyard_protocol::groups::{publish_command, send_keys, GroupFrame, History};
 use switchyard_protocol::redis_conn::{wait_for_replicas, Redis, SlotBatch};
-use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::time;
 use switchyard_protocol::{decode, encode, scripts, Keys, Outbox, OutboxSend, WORKER_GROUP};
 
 use crate::api::session::SessionWrite;
+use crate::runtime::packed::{Incoming, Part};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 mod replies;
@@ -92,6 +94,8 @@ pub enum Outcome {
 pub struct Commit {
     pub stream: String,
     pub entry_id: String,
+    /// Its place in a packed entry: acknowledged with the entry's last message.
+    pub part: Option<Part>,
     pub interface: String,
     pub conn: u64,
     pub seq: u64,
@@ -175,7 +179,8 @@ struct Item {
     /// Only the acknowledgement is left: a later message of the connection is
     /// committed, so this one was completely before.
     finished: bool,
-    /// Acknowledged already (by the fused step): nothing is left.
+    /// Acknowledged already (by the fused step), or a message of a packed entry whose
+    /// acknowledgement [`ack_step`] decides: nothing is left.
     acked: bool,
     done: oneshot::Sender<RedisResult<Outcome>>,
 }
@@ -190,11 +195,12 @@ impl Item {
         matches!(self.state, Ok(Outcome::Committed | Outcome::Repeated)) && !self.finished
     }
 
-    /// Committed whole (written, replied, acknowledged) by one call: no step is left.
+    /// Committed whole (written, replied, acknowledged unless packed) by one call: no
+    /// step is left but a packed entry's acknowledgement.
     fn done_with(&mut self, outcome: Outcome) {
         self.state = Ok(outcome);
         self.finished = true;
-        self.acked = true;
+        self.acked = self.commit.part.is_none();
     }
 }
 
@@ -244,7 +250,38 @@ impl Committer {
         for (index, verdict) in indices.into_iter().zip(verdicts) {
             outcomes[index] = outcome_of(verdict);
         }
+        self.ack_packed(commits, &mut outcomes).await;
         outcomes
+    }
+
+    /// The `EXEC` of [`Committer::commit_watched`] acknowledges single entries only: here the
+    /// packed entries whose last message it committed are. If that fails, those messages are
+    /// left to [`Committer::commit`] (which finds them committed and acknowledges again).
+    async fn ack_packed(&self, commits: &[Commit], outcomes: &mut [Option<Outcome>]) {
+        let mut acks: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (index, commit) in commits.iter().enumerate() {
+            let Some(part) = &commit.part else { continue };
+            if outcomes[index].is_some() && part.finish() {
+                acks.entry(commit.stream.as_str()).or_default().push(index);
+            }
+        }
+        let mut batch = SlotBatch::new();
+        for (stream, members) in &acks {
+            let mut xack = redis::cmd("XACK");
+            xack.arg(*stream).arg(WORKER_GROUP);
+            for index in members {
+                xack.arg(&commits[*index].entry_id);
+            }
+            batch.add(stream, xack);
+        }
+        let results = batch.run(&self.settings.redis).await;
+        for (members, result) in acks.into_values().zip(results) {
+            if result.is_err() {
+                for index in members {
+                    outcomes[index] = None;
+                }
+            }
+        }
     }
 
     /// Appends one piece of a streamed HTTP response ahead of the commit;
@@ -364,7 +401,7 @@ fn offer_of<'a>(keys: &Keys, commit: &'a Commit) -> Option<Offer<'a>> {
         reply_stream: keys.reply_stream(&commit.interface),
         reply: commit.reply.as_deref(),
         shard: &commit.stream,
-        entry_id: &commit.entry_id,
+        entry_id: commit.part.is_none().then_some(commit.entry_id.as_str()),
     })
 }
 
@@ -429,7 +466,12 @@ async fn fused_step(settings: &Settings, script: &Script, items: &mut [Item]) {
             session_message(keys, &mut invocation, &keys.session(&session.id), commit);
         }
         let reply = number_of(&mut replies, keys.reply_stream(&commit.interface));
-        numbers.push((reply, number_of(&mut shards, commit.stream.as_str())));
+        // 0: not acknowledged by the script (a message of a packed entry).
+        let shard = match commit.part {
+            None => number_of(&mut shards, commit.stream.as_str()),
+            Some(_) => 0,
+        };
+        numbers.push((reply, shard));
     }
     invocation
         .arg(settings.reply_ttl.as_millis() as u64)
@@ -781,11 +823,13 @@ fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)
     batch
 }
 
-/// Step 4: one `XACK` per stream for everything that got this far.
+/// Step 4: one `XACK` per stream for everything that got this far (of a packed entry,
+/// the message that finishes it).
 async fn ack_step(settings: &Settings, items: &mut [Item]) {
     let mut streams: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, item) in items.iter().enumerate() {
-        if item.going() && !item.acked {
+        // Short-circuit: only a message that got this far finishes its part.
+        if item.going() && !item.acked && item.commit.part.as_ref().is_none_or(Part::finish) {
             streams.entry(item.commit.stream.as_str()).or_default().push(index);
         }
     }
@@ -833,36 +877,41 @@ async fn wait_replicas(settings: &Settings, items: &mut [Item], written: &[Strin
     }
 }
 
-/// Moves an entry that cannot be handled to the dead-letter stream, then
-/// acknowledges it. Two steps (the dead-letter stream and the channel shard
-/// are in different slots): a worker that dies between them leaves the entry
-/// pending, and the next one dead-letters it again — a dead letter may appear
-/// twice, it is never lost. The dead-letter stream is capped.
+/// Moves a message that cannot be handled to the dead-letter stream, then
+/// acknowledges its entry (a packed one once its last message is finished). Two
+/// steps (the dead-letter stream and the channel shard are in different slots):
+/// a worker that dies between them leaves the entry pending, and the next one
+/// dead-letters it again — a dead letter may appear twice, it is never lost. The
+/// dead-letter stream is capped.
 pub async fn dead_letter(
     con: &mut Redis,
     keys: &Keys,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     consumer: &str,
     error: &str,
 ) -> RedisResult<()> {
-    dead_letter_record(con, keys, stream, entry, consumer, error, &[]).await?;
+    dead_letter_record(con, keys, stream, incoming, consumer, error, &[]).await?;
+    if !incoming.part.as_ref().is_none_or(Part::finish) {
+        return Ok(());
+    }
     redis::cmd("XACK")
         .arg(stream)
         .arg(WORKER_GROUP)
-        .arg(&entry.id)
+        .arg(&incoming.entry.id)
         .query_async(con)
         .await
 }
 
-/// Appends an entry to the dead-letter stream (capped at ~100,000) with why,
+/// Appends a message to the dead-letter stream (capped at ~100,000) with why,
 /// who gave up on it, `extra` fields (the delivery count of a poison
-/// message) and its own fields as `field:<name>`; does not acknowledge it.
+/// message), its index in a packed entry (`part`) and its own fields as
+/// `field:<name>`; does not acknowledge it.
 pub async fn dead_letter_record(
     con: &mut Redis,
     keys: &Keys,
     stream: &str,
-    entry: &StreamEntry,
+    incoming: &Incoming,
     consumer: &str,
     error: &str,
     extra: &[(&str, String)],
@@ -876,7 +925,7 @@ pub async fn dead_letter_record(
         .arg("stream")
         .arg(stream)
         .arg("id")
-        .arg(&entry.id)
+        .arg(&incoming.entry.id)
         .arg("error")
         .arg(error)
         .arg("consumer")
@@ -884,7 +933,10 @@ pub async fn dead_letter_record(
     for (name, value) in extra {
         add.arg(*name).arg(value);
     }
-    for (name, value) in &entry.fields {
+    if let Some(part) = &incoming.part {
+        add.arg("part").arg(part.index);
+    }
+    for (name, value) in &incoming.entry.fields {
         let mut field = b"field:".to_vec();
         field.extend_from_slice(name);
         add.arg(field).arg(value);
@@ -900,6 +952,7 @@ mod tests {
         Commit {
             stream: "chan".into(),
             entry_id: "1-0".into(),
+            part: None,
             interface: "iface".into(),
             conn: 7,
             seq: 3,

@@ -74,9 +74,10 @@ pub struct Offer<'a> {
     /// Its interface's reply stream, and its reply.
     pub reply_stream: String,
     pub reply: Option<&'a [u8]>,
-    /// Its channel shard stream, and its entry there.
+    /// Its channel shard stream, and its entry there (`None`: a message of a packed entry,
+    /// not acknowledged by the `EXEC`).
     pub shard: &'a str,
-    pub entry_id: &'a str,
+    pub entry_id: Option<&'a str>,
 }
 
 /// What became of an offer.
@@ -388,8 +389,10 @@ fn transaction(offers: &[Offer<'_>], planned: &[Verdict], reply_ttl: Duration) -
     }
     let mut acks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (offer, verdict) in offers.iter().zip(planned) {
+        // A message of a packed entry: acknowledged when the entry's last one is finished.
+        let Some(entry_id) = offer.entry_id else { continue };
         if *verdict != Verdict::Left {
-            acks.entry(offer.shard).or_default().push(offer.entry_id);
+            acks.entry(offer.shard).or_default().push(entry_id);
         }
     }
     for (shard, ids) in acks {

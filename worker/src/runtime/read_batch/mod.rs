@@ -27,7 +27,6 @@ pub(crate) mod slot;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_protocol::stream::StreamEntry;
 use switchyard_protocol::{decode, ChannelMessage, Event};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -36,6 +35,7 @@ use crate::api::app::ChannelApp;
 use crate::api::session;
 use crate::runtime::commit::Commit;
 use crate::runtime::dispatch::{self, Delivery};
+use crate::runtime::packed::Incoming;
 use crate::runtime::Worker;
 use slot::{Answer, Arrival, Preload, Slot};
 
@@ -66,7 +66,7 @@ pub(crate) fn wanted(worker: &Worker, stream: &str) -> bool {
 
 /// Handles new `entries` of `stream` as read batches of at most [`MOST`] messages, each on
 /// its own task; each entry's `hold` is dropped once it is handled.
-pub(crate) fn start<H: Send + 'static>(worker: &Arc<Worker>, stream: &str, mut entries: Vec<(StreamEntry, H)>) {
+pub(crate) fn start<H: Send + 'static>(worker: &Arc<Worker>, stream: &str, mut entries: Vec<(Incoming, H)>) {
     let stream: Arc<str> = stream.into();
     while !entries.is_empty() {
         let rest = entries.split_off(entries.len().min(MOST));
@@ -79,7 +79,7 @@ pub(crate) fn start<H: Send + 'static>(worker: &Arc<Worker>, stream: &str, mut e
 }
 
 /// Handles new `entries` of `stream` as one read batch.
-async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: Vec<(StreamEntry, H)>) {
+async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: Vec<(Incoming, H)>) {
     // Each client message, decoded (its handler does not decode it again), and its session's
     // key with its reply address, in order; `None` for any other event (a connect, say, which
     // need not read the session) and for an entry that does not decode (its handler
@@ -87,8 +87,8 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
     let mut keys: Vec<(String, String)> = Vec::with_capacity(entries.len());
     let mut messages: Vec<Option<ChannelMessage>> = entries
         .iter()
-        .map(|(entry, _)| {
-            let message = decode::<ChannelMessage>(entry.payload()?).ok()?;
+        .map(|(incoming, _)| {
+            let message = decode::<ChannelMessage>(incoming.entry.payload()?).ok()?;
             if !matches!(message.event, Event::Receive(_)) {
                 return None;
             }
@@ -103,15 +103,15 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
     };
     let Some((watched, fields)) = read else {
         // No connection free, or Redis failed: each handler reads and commits on its own.
-        for (entry, hold) in entries {
-            spawn(&worker, &stream, entry, None, hold);
+        for (incoming, hold) in entries {
+            spawn(&worker, &stream, incoming, None, hold);
         }
         return;
     };
     let (batch, mut arrivals) = mpsc::unbounded_channel();
     let mut fields = fields.into_iter();
     let mut expected = 0;
-    for ((entry, hold), message) in entries.into_iter().zip(messages.iter_mut()) {
+    for ((incoming, hold), message) in entries.into_iter().zip(messages.iter_mut()) {
         // The fields come in the order of the messages that have a session key.
         let preload = message.take().and_then(|message| {
             let fields = fields.next()?;
@@ -122,7 +122,7 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
                 slot: Slot::new(batch.clone()),
             }))
         });
-        spawn(&worker, &stream, entry, preload, hold);
+        spawn(&worker, &stream, incoming, preload, hold);
     }
     drop(batch);
     let mut offers: Vec<(Box<Commit>, oneshot::Sender<Answer>)> = Vec::with_capacity(expected);
@@ -154,14 +154,14 @@ async fn run<H: Send + 'static>(worker: Arc<Worker>, stream: Arc<str>, entries: 
 fn spawn<H: Send + 'static>(
     worker: &Arc<Worker>,
     stream: &Arc<str>,
-    entry: StreamEntry,
+    incoming: Incoming,
     preload: Option<Box<Preload>>,
     hold: H,
 ) {
     let worker = worker.clone();
     let stream = stream.clone();
     tokio::spawn(async move {
-        dispatch::handle_entry(&worker, &stream, entry, Delivery::First, preload).await;
+        dispatch::handle(&worker, &stream, incoming, Delivery::First, preload).await;
         drop(hold);
     });
 }

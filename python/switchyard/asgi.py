@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, MutableMapping
 
 from .commit import BodyOp, Commit, Outcome
 from .handler import RETRYABLE, base_scope
+from .parts import Part
 from .protocol import PIECE, Action, ChannelMessage, encode_reply, parse_reply_address
 
 if TYPE_CHECKING:
@@ -45,10 +46,9 @@ class NotOwned(Exception):
 class _Response:
     """Collects an ASGI response, sending full 64 KiB pieces as early replies."""
 
-    def __init__(self, worker: Worker, stream: str, entry_id: str, interface: str, conn: int) -> None:
+    def __init__(self, worker: Worker, part: Part, interface: str, conn: int) -> None:
         self.worker = worker
-        self.stream = stream
-        self.entry_id = entry_id
+        self.part = part
         self.interface = interface
         self.conn = conn
         self.actions: list[Action] = []
@@ -83,7 +83,9 @@ class _Response:
                 self.actions.append({"type": "http.response.body", "body": piece, "more_body": True})
                 early = encode_reply(self.conn, None, self.actions)
                 self.actions = []
-                owned = await self.worker.committer.stream_reply(self.stream, self.entry_id, self.interface, early)
+                owned = await self.worker.committer.stream_reply(
+                    self.part.stream, self.part.entry_id, self.interface, early
+                )
                 if not owned:
                     self.not_owned = True
                     self.finished.set()
@@ -119,14 +121,12 @@ def _header_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-async def attempt_http(
-    worker: Worker, stream: str, entry_id: str, channel: str, app: ASGIApp, message: ChannelMessage
-) -> Outcome:
+async def attempt_http(worker: Worker, part: Part, channel: str, app: ASGIApp, message: ChannelMessage) -> Outcome:
     """Handles one HTTP event; anything but the last chunk is a commit of its own."""
     interface, conn = parse_reply_address(message.reply) or ("", 0)
 
     def commit(reply: bytes | None, forget: bool, body: BodyOp, chunk: bytes = b"") -> Commit:
-        return Commit(stream, entry_id, interface, conn, message.seq, reply, forget, body, chunk)
+        return Commit(part, interface, conn, message.seq, reply, forget, body, chunk)
 
     if message.type == "http.disconnect":
         return await worker.committer.commit(commit(None, True, BodyOp.DELETE))
@@ -137,7 +137,7 @@ async def attempt_http(
     if message.seq > 1:
         earlier = await worker.redis.client.get(worker.keys.http_body(interface, conn))
         body = (earlier or b"") + body
-    response = _Response(worker, stream, entry_id, interface, conn)
+    response = _Response(worker, part, interface, conn)
     scope = base_scope("http", channel, message)
     scope["method"] = message.method.upper()
     lifespan = worker.lifespans.get(id(app))
@@ -174,7 +174,7 @@ async def attempt_http(
             "(channel=%s conn=%s entry=%s path=%s)",
             scope["channel"],
             message.reply,
-            entry_id,
+            part.name,
             message.path,
         )
         response.fail()

@@ -12,7 +12,9 @@ This is ``worker/src/commit.rs`` in Python, running the same Lua files
    if the sender's marker is below the message's sequence number.
 3. **reply** (``commit_reply.lua``, the interface's slot): the reply with its
    ``done``, and the HTTP request body append guarded by the sequence table.
-4. **ack**: ``XACK``.
+4. **ack**: ``XACK``, for an entry with a single message; a message of a
+   packed entry is finished after its commit instead, and the last one
+   acknowledges the entry (``parts.py``).
 
 Each step is safe to run again, so a message handled twice — by a worker that
 claimed a dead one's entry, or after a Redis error — has each effect once.
@@ -39,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 from . import scripts
 from .keys import Keys
+from .parts import Part
 from .protocol import PAYLOAD_FIELD, WORKER_GROUP, DecodeError, GroupHistory, GroupSend, decode_outbox, encode_outbox
 from .redis_conn import Redis
 
@@ -84,8 +87,8 @@ class SessionWrite:
 
 @dataclass
 class Commit:
-    stream: str
-    entry_id: str
+    part: Part
+    """The message committed: its stream entry, and whether the commit acknowledges it."""
     interface: str
     conn: int
     seq: int
@@ -343,41 +346,27 @@ class Committer:
     async def _ack_step(self, items: list[_Item]) -> None:
         streams: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
-            if item.going():
-                streams[item.commit.stream].append(item)
+            if item.going() and not item.commit.part.packed:
+                streams[item.commit.part.stream].append(item)
         calls = [
-            (members, self.redis.client.xack(stream, WORKER_GROUP, *(i.commit.entry_id for i in members)))
+            (members, self.redis.client.xack(stream, WORKER_GROUP, *(i.commit.part.entry_id for i in members)))
             for stream, members in streams.items()
         ]
         await self._run_calls(calls)
 
 
-async def dead_letter(
-    redis: Redis, keys: Keys, stream: str, entry_id: str, fields: dict[bytes, bytes], consumer: str, error: str
-) -> None:
-    """Moves an entry that cannot be handled to the dead-letter stream, then acknowledges it.
-
-    Two steps (different slots): a worker that dies between them leaves the entry
-    pending and the next one dead-letters it again — twice at worst, never lost."""
-    await dead_letter_record(redis, keys, stream, entry_id, fields, consumer, error)
-    await redis.client.xack(stream, WORKER_GROUP, entry_id)
-
-
 async def dead_letter_record(
-    redis: Redis,
-    keys: Keys,
-    stream: str,
-    entry_id: str,
-    fields: dict[bytes, bytes],
-    consumer: str,
-    error: str,
-    extra: dict[str, str] | None = None,
+    redis: Redis, keys: Keys, part: Part, consumer: str, error: str, extra: dict[str, str] | None = None
 ) -> None:
-    """Appends an entry to the dead-letter stream (capped at ~100,000) with why, who gave
-    up on it, ``extra`` fields (a poison message's ``deliveries``) and its own fields as
-    ``field:<name>``; does not acknowledge it."""
-    entry: dict[Any, Any] = {"stream": stream, "id": entry_id, "error": error, "consumer": consumer}
+    """Appends a message to the dead-letter stream (capped at ~100,000) with why, who gave
+    up on it, ``extra`` fields (a poison message's ``deliveries``) and its fields as
+    ``field:<name>`` (a packed entry's message: its ``part`` index and its own ``m`` only);
+    does not acknowledge it (``Part.finish`` does, after)."""
+    entry: dict[Any, Any] = {"stream": part.stream, "id": part.entry_id}
+    if part.packed:
+        entry["part"] = str(part.index)
+    entry.update({"error": error, "consumer": consumer})
     entry.update(extra or {})
-    for name, value in fields.items():
+    for name, value in part.fields.items():
         entry[b"field:" + name] = value
     await redis.client.xadd(keys.dead_letter(), entry, maxlen=100_000, approximate=True)

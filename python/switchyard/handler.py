@@ -1,20 +1,25 @@
-"""Handling one stream entry: decode, run the consumer, commit.
+"""Handling one message (a part of a stream entry): decode, run the consumer, commit.
 
 The Python side of ``worker/src/handler.rs``. Garbage (no ``m`` field, not
 msgpack, another protocol version, a malformed reply address, an event of the
 wrong kind for the channel) goes to the dead-letter stream with a log line
-naming the entry; the worker carries on. A Redis error while handling or
+naming the message; the worker carries on. A Redis error while handling or
 committing is retried with backoff — the consumer runs again from scratch,
 which is safe because every commit step is guarded. A consumer exception is
 absorbed as the Rust worker absorbs a panic or an error
 (``worker/src/runtime/absorb.rs``): logged with its traceback, channel,
-connection and entry id, counted (``worker_consumer_failures{channel,
+connection and message name, counted (``worker_consumer_failures{channel,
 kind="error"}``), and answered through the normal commit — WebSocket: close
 1011, HTTP: 500 — so the connection's next message goes on.
 
-The delivery limit (``--max-deliveries``, default 5, as ``dispatch.rs``): an
-entry handed out before has its delivery count read first. Past the limit
-every earlier handling died or stalled without a commit (a consumer that
+A message of a packed entry is handled as any other; only its end differs:
+its commit does not acknowledge the entry, so once it is finished (committed,
+found committed before, dead-lettered, given up) it is marked so, and the last
+one acknowledges the entry (``parts.py``).
+
+The delivery limit (``--max-deliveries``, default 5, as ``dispatch.rs``): a
+message handed out before has its entry's delivery count read first. Past the
+limit every earlier handling died or stalled without a commit (a consumer that
 kills the process, which no ``except`` absorbs), so it is not run again: it is
 dead-lettered with its count (field ``deliveries``) and its connection gets
 the same 1011 / 500 through the normal commit.
@@ -30,9 +35,10 @@ from urllib.parse import unquote
 
 from redis.exceptions import RedisError
 
-from .commit import BodyOp, Commit, CommitError, Outcome, SessionWrite, dead_letter, dead_letter_record
+from .commit import BodyOp, Commit, CommitError, Outcome, SessionWrite, dead_letter_record
 from .consumer import INTERNAL_ERROR, AsyncWebsocketConsumer
-from .protocol import PAYLOAD_FIELD, WORKER_GROUP, ChannelMessage, DecodeError, decode_channel_message, encode_reply, parse_reply_address
+from .parts import Part
+from .protocol import WORKER_GROUP, ChannelMessage, DecodeError, decode_channel_message, encode_reply, parse_reply_address
 from .scripts import GROUP_HISTORY, Script
 from .session import Session, session_id
 
@@ -89,52 +95,61 @@ def base_scope(kind: str, channel: str, message: ChannelMessage) -> dict[str, An
     }
 
 
-async def handle(
-    worker: Worker,
-    stream: str,
-    entry_id: str,
-    fields: dict[bytes, bytes],
-    redelivered: bool,
-    after_death: bool | None = None,
-) -> None:
-    """Handles one entry. ``redelivered``: it was handed out before, so part of it may be committed.
+async def handle(worker: Worker, part: Part, redelivered: bool, after_death: bool | None = None) -> None:
+    """Handles one message. ``redelivered``: it was handed out before, so part of it may be committed.
     ``after_death`` (default: ``redelivered``): a handler may have died on it, so ``--max-deliveries``
     applies; not for a running worker's re-read after a lost read (Redis raises the count on
-    every re-read, no handler died)."""
+    every re-read, no handler died), nor for the neighbours of a packed suspect (``redelivery.py``)."""
     if after_death is None:
         after_death = redelivered
+    stream = part.stream
     served = worker.channel_of(stream)
     if served is None:
-        log.error("entry %s from a stream this worker does not serve: %s", entry_id, stream)
+        log.error("message %s from a stream this worker does not serve: %s", part.name, stream)
         return
     channel, target = served
-    raw = fields.get(PAYLOAD_FIELD)
+    raw = part.payload
     if raw is None:
-        return await reject(worker, stream, entry_id, fields, "entry has no `m` payload field")
+        return await reject(worker, part, "entry has no `m` payload field")
     try:
         message = decode_channel_message(raw)
     except DecodeError as error:
-        return await reject(worker, stream, entry_id, fields, str(error))
+        return await reject(worker, part, str(error))
     if parse_reply_address(message.reply) is None:
-        return await reject(worker, stream, entry_id, fields, "malformed reply address")
+        return await reject(worker, part, "malformed reply address")
     if message.is_http != target.is_http:
         mistake = f"channel `{channel}` serves {target.kind} consumers; got {message.type}"
-        return await reject(worker, stream, entry_id, fields, mistake)
+        return await reject(worker, part, mistake)
     started = time.monotonic()
     worker.metrics.in_flight += 1
     try:
-        deliveries = await delivery_count(worker, stream, entry_id) if after_death else None
+        deliveries = await delivery_count(worker, stream, part.entry_id) if after_death else None
         if deliveries is not None and deliveries > worker.config.max_deliveries:
-            outcome = await give_up(worker, stream, entry_id, fields, target, message, deliveries)
+            outcome = await give_up(worker, part, target, message, deliveries)
         else:
-            outcome = await run(worker, stream, entry_id, channel, target, message, redelivered)
+            outcome = await run(worker, part, channel, target, message, redelivered)
+        if part.packed and outcome != Outcome.NOT_OWNED.value:
+            await finish(worker, part)
     finally:
         worker.metrics.in_flight -= 1
     worker.metrics.record(channel, message.type, outcome, time.monotonic() - started)
 
 
+async def finish(worker: Worker, part: Part) -> None:
+    """Marks a message finished outside its commit (``Part.finish``), retrying until Redis answers."""
+    backoff = Backoff()
+    while True:
+        try:
+            await part.finish(worker.redis.client)
+            return
+        except RETRYABLE as error:
+            worker.metrics.redis_errors += 1
+            log.warning("cannot acknowledge the entry of %s on %s; retrying: %s", part.name, part.stream, error)
+            await backoff.wait()
+
+
 async def run(
-    worker: Worker, stream: str, entry_id: str, channel: str, target: Any, message: ChannelMessage, redelivered: bool
+    worker: Worker, part: Part, channel: str, target: Any, message: ChannelMessage, redelivered: bool
 ) -> str:
     """Runs the consumer and commits, retrying Redis errors; names the outcome."""
     from .asgi import attempt_http  # the HTTP side imports this module
@@ -145,21 +160,21 @@ async def run(
     while True:
         try:
             if target.is_http:
-                outcome = await attempt_http(worker, stream, entry_id, channel, target.app, message)
+                outcome = await attempt_http(worker, part, channel, target.app, message)
             else:
-                outcome = await attempt_websocket(worker, stream, entry_id, channel, target.app, message, again)
+                outcome = await attempt_websocket(worker, part, channel, target.app, message, again)
         except RETRYABLE as error:
             worker.metrics.redis_errors += 1
-            log.warning("Redis error while handling %s (%s); retrying: %s", entry_id, context, error)
+            log.warning("Redis error while handling %s (%s); retrying: %s", part.name, context, error)
             again = True
             await backoff.wait()
             continue
         if outcome is Outcome.REPEATED:
-            log.info("message %s (%s) committed before; finished with its stored outcome", entry_id, context)
+            log.info("message %s (%s) committed before; finished with its stored outcome", part.name, context)
         elif outcome is Outcome.NOT_OWNED:
             log.info(
                 "message %s (%s) no longer pending to this worker (claimed by another); streamed response stopped",
-                entry_id,
+                part.name,
                 context,
             )
         return outcome.value
@@ -167,8 +182,7 @@ async def run(
 
 async def attempt_websocket(
     worker: Worker,
-    stream: str,
-    entry_id: str,
+    part: Part,
     channel: str,
     consumer_class: type[AsyncWebsocketConsumer],
     message: ChannelMessage,
@@ -203,7 +217,7 @@ async def attempt_websocket(
             "consumer failed; closing the connection with 1011 (channel=%s conn=%s entry=%s seq=%s event=%s)",
             channel,
             message.reply,
-            entry_id,
+            part.name,
             message.seq,
             message.type,
         )
@@ -221,7 +235,7 @@ async def attempt_websocket(
         write = SessionWrite(sid)
     if not disconnect:
         await place_plain_joins(worker, consumer.actions)
-    commit = websocket_commit(stream, entry_id, message, consumer.actions, write)
+    commit = websocket_commit(part, message, consumer.actions, write)
     commit.group_sends = consumer.group_sends
     return await worker.committer.commit(commit)
 
@@ -243,16 +257,13 @@ async def place_plain_joins(worker: Worker, actions: list[Any]) -> None:
         action["plain"] = True
 
 
-def websocket_commit(
-    stream: str, entry_id: str, message: ChannelMessage, actions: list[Any], session: SessionWrite | None
-) -> Commit:
+def websocket_commit(part: Part, message: ChannelMessage, actions: list[Any], session: SessionWrite | None) -> Commit:
     """What the commit of a WebSocket event carries (a disconnect has no reply: the
     connection is gone, and its outbox is forgotten)."""
     interface, conn = parse_reply_address(message.reply) or ("", 0)
     disconnect = message.type == "websocket.disconnect"
     return Commit(
-        stream=stream,
-        entry_id=entry_id,
+        part=part,
         interface=interface,
         conn=conn,
         seq=message.seq,
@@ -263,8 +274,9 @@ def websocket_commit(
 
 
 async def delivery_count(worker: Worker, stream: str, entry_id: str) -> int | None:
-    """How often the entry was handed out (``XPENDING``), asking until Redis answers;
-    ``None`` when it is no longer pending (another worker finished it meanwhile)."""
+    """How often the entry was handed out (``XPENDING``; shared by the messages of a packed
+    entry), asking until Redis answers; ``None`` when it is no longer pending (another worker
+    finished it meanwhile)."""
     backoff = Backoff()
     while True:
         try:
@@ -277,16 +289,8 @@ async def delivery_count(worker: Worker, stream: str, entry_id: str) -> int | No
         return int(rows[0]["times_delivered"]) if rows else None
 
 
-async def give_up(
-    worker: Worker,
-    stream: str,
-    entry_id: str,
-    fields: dict[bytes, bytes],
-    target: Any,
-    message: ChannelMessage,
-    deliveries: int,
-) -> str:
-    """Gives up an entry delivered too often: dead-letters it with its count, then commits
+async def give_up(worker: Worker, part: Part, target: Any, message: ChannelMessage, deliveries: int) -> str:
+    """Gives up a message delivered too often: dead-letters it with its count, then commits
     1011 (HTTP: 500) for its connection without running the consumer. Two steps in
     different slots: a worker that dies between them leaves the entry pending, and the
     next one dead-letters it again."""
@@ -298,8 +302,8 @@ async def give_up(
     worker.metrics.dead_letters += 1
     log.error(
         "poison message %s on %s (delivered %d times): moved to the dead-letter stream; closing its connection",
-        entry_id,
-        stream,
+        part.name,
+        part.stream,
         deliveries,
     )
     if target.is_http:
@@ -307,25 +311,25 @@ async def give_up(
         answer = None
         if message.type == "http.request":
             answer = encode_reply(conn, message.seq, INTERNAL_ERROR_RESPONSE)
-        commit = Commit(stream, entry_id, interface, conn, message.seq, answer, True, BodyOp.DELETE)
+        commit = Commit(part, interface, conn, message.seq, answer, True, BodyOp.DELETE)
     else:
         close: list[Any] = [{"type": "websocket.close", "code": INTERNAL_ERROR, "reason": ""}]
         # Handled before: the outbox decides if an earlier run was committed after all.
         outbox_check = SessionWrite(session_id(message.query, message.reply))
-        commit = websocket_commit(stream, entry_id, message, close, outbox_check)
+        commit = websocket_commit(part, message, close, outbox_check)
     backoff = Backoff()
     recorded = False
     while True:
         try:
             if not recorded:
                 extra = {"deliveries": str(deliveries)}
-                await dead_letter_record(worker.redis, worker.keys, stream, entry_id, fields, worker.consumer, error, extra)
+                await dead_letter_record(worker.redis, worker.keys, part, worker.consumer, error, extra)
                 recorded = True
             await worker.committer.commit(commit)
             return "dead_lettered"
         except RETRYABLE as redis_error:
             worker.metrics.redis_errors += 1
-            log.warning("Redis error while giving up %s; retrying: %s", entry_id, redis_error)
+            log.warning("Redis error while giving up %s; retrying: %s", part.name, redis_error)
             await backoff.wait()
 
 
@@ -336,15 +340,22 @@ INTERNAL_ERROR_RESPONSE = [
 """What a request given up after too many deliveries is answered (as ``asgi.py`` answers a failed app)."""
 
 
-async def reject(worker: Worker, stream: str, entry_id: str, fields: dict[bytes, bytes], error: str) -> None:
-    """Dead-letters an entry, retrying until Redis takes it."""
+async def reject(worker: Worker, part: Part, error: str) -> None:
+    """Dead-letters a message, then finishes it (``Part.finish``: an entry with a single
+    message is acknowledged), retrying until Redis takes both. Two steps in different
+    slots: a worker that dies between them leaves the entry pending, and the next one
+    dead-letters the message again — twice at worst, never lost."""
     worker.metrics.dead_letters += 1
-    log.error("undecodable entry %s on %s moved to the dead-letter stream: %s", entry_id, stream, error)
+    log.error("undecodable message %s on %s moved to the dead-letter stream: %s", part.name, part.stream, error)
     backoff = Backoff()
+    recorded = False
     while True:
         try:
-            await dead_letter(worker.redis, worker.keys, stream, entry_id, fields, worker.consumer, error)
+            if not recorded:
+                await dead_letter_record(worker.redis, worker.keys, part, worker.consumer, error)
+                recorded = True
+            await part.finish(worker.redis.client)
             return
         except RETRYABLE as redis_error:
-            log.warning("dead-lettering %s failed; retrying: %s", entry_id, redis_error)
+            log.warning("dead-lettering %s failed; retrying: %s", part.name, redis_error)
             await backoff.wait()

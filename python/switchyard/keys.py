@@ -55,7 +55,7 @@ class Keys:
         return [self.channel_stream(channel, s) for s in range(max(shards, 1))]
 
     def suspect(self, stream: str) -> str:
-        """The entry of a shard stream handled alone after a crash, in the stream's slot:
+        """The message of a shard stream handled alone after a crash (its name), in the stream's slot:
         ``P:suspect:{CHANNEL:N}`` (``redelivery.py``)."""
         head = f"{self.prefix}:chan:"
         tagged = stream[len(head):] if stream.startswith(head) else stream

@@ -4,8 +4,10 @@ redis-py parses stream replies into dicts and chokes on a deleted entry read
 from a pending list (``[id, nil]``); the worker installs the identity as the
 response callback of ``XREADGROUP``, ``XCLAIM`` and ``XAUTOCLAIM`` and parses the
 raw replies here, once, skipping deleted entries as ``protocol/src/stream.rs``
-does. Trimming lives here too, with its one rule: only entries the group has
-both delivered and acknowledged may go.
+does, and keeping every field in order: a packed entry repeats its ``m`` field,
+one per message (``parts.py``), which a dict would collapse. Trimming lives
+here too, with its one rule: only entries the group has both delivered and
+acknowledged may go.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from redis.exceptions import ResponseError
 
 from .protocol import WORKER_GROUP
 
-Entry = tuple[str, dict[bytes, bytes]]
-"""A stream entry: its id and its fields."""
+Entry = tuple[str, list[tuple[bytes, bytes]]]
+"""A stream entry: its id and its fields, in order (a name may repeat)."""
 
 RAW_COMMANDS = ("XREADGROUP", "XCLAIM", "XAUTOCLAIM")
 
@@ -37,7 +39,7 @@ def parse_entry(value: Any) -> Entry | None:
     if not isinstance(value, (list, tuple)) or len(value) != 2 or not isinstance(value[1], (list, tuple)):
         return None
     flat = value[1]
-    fields = {bytes(flat[i]): bytes(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    fields = [(bytes(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
     return text(value[0]), fields
 
 

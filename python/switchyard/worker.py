@@ -6,7 +6,8 @@ channel's consumer group:
 
 - **Reading.** One ``XREADGROUP`` per hash slot group of the served shard
   streams (one on a single Redis), never more entries than free permits
-  (``--concurrency``), each entry handled in its own task. The first read of a
+  (``--concurrency``), each message handled in its own task — every ``m`` of
+  a packed entry is a message of its own (``parts.py``). The first read of a
   stream asks for this consumer's own pending entries (id ``0``), and so does
   every read after a failed one, at once and two seconds later: a read whose
   answer was lost left entries pending to us that no task holds.
@@ -47,6 +48,7 @@ from .commit import Committer
 from .handler import RETRYABLE, Backoff, handle
 from .keys import Keys
 from .metrics import Metrics, serve
+from .parts import Part, split_all
 from .protocol import WORKER_GROUP, GroupHistory
 from .redis_conn import READ_BLOCK_MS, Redis, TlsFiles
 from .streams import ensure_group, parse_autoclaim_reply, parse_entries, parse_read_reply, raw_replies, text, trim_acked
@@ -180,12 +182,14 @@ class Worker:
         self.reading = False
         self.base_shards = 1
         self.streams: list[str] = []
-        self.in_hand: set[tuple[str, str]] = set()
+        self.in_hand: set[tuple[str, str, int]] = set()
+        """The messages being handled (``Part.key``): a re-read of the pending list skips them."""
         self.lifespans: dict[int, Lifespan] = {}
         """ASGI lifespan per HTTP application (by id): its state is each request's ``scope["state"]``."""
         self._readers: dict[int, asyncio.Task[None]] = {}
         self._reader_streams: dict[int, list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._redeliveries: set[asyncio.Task[None]] = set()
 
     # ----- lookups -------------------------------------------------------------------------
 
@@ -253,7 +257,7 @@ class Worker:
         self.stopping = True
         await asyncio.gather(*self._readers.values(), return_exceptions=True)
         try:
-            await asyncio.wait_for(self.permits.wait_all(), self.config.drain_timeout)
+            await asyncio.wait_for(self._drain(), self.config.drain_timeout)
         except asyncio.TimeoutError:
             log.warning("drain timeout: leaving unfinished messages to other workers")
         maintenance.cancel()
@@ -266,6 +270,12 @@ class Worker:
             metrics_server.close()
         await self.redis.aclose()
         log.info("worker stopped")
+
+    async def _drain(self) -> None:
+        """Until every message in hand is finished, redelivered ones still waiting their turn too."""
+        while self._redeliveries:
+            await asyncio.gather(*list(self._redeliveries), return_exceptions=True)
+        await self.permits.wait_all()
 
     async def _resolve_base_shards(self) -> None:
         if self.config.channel_shards > 0:
@@ -359,25 +369,22 @@ class Worker:
                 log.exception("%s failed unexpectedly; restarting it", name)
                 await backoff.wait()
 
-    def _spawn(
-        self, stream: str, entry_id: str, fields: dict[bytes, bytes], redelivered: bool, after_death: bool | None = None
-    ) -> None:
-        """Handles an entry in a task of its own; the caller holds a permit for it."""
-        key = (stream, entry_id)
-        self.in_hand.add(key)
-
-        async def run() -> None:
-            try:
-                await handle(self, stream, entry_id, fields, redelivered, after_death)
-            except Exception:  # a bug must not kill the worker; the entry stays pending
-                log.exception("handling %s on %s failed unexpectedly", entry_id, stream)
-            finally:
-                self.in_hand.discard(key)
-                self.permits.release()
-
-        task = asyncio.get_running_loop().create_task(run())
+    def _spawn(self, part: Part, redelivered: bool, after_death: bool | None = None) -> None:
+        """Handles a message in a task of its own; the caller holds a permit for it."""
+        self.in_hand.add(part.key)
+        task = asyncio.get_running_loop().create_task(self._handle_held(part, redelivered, after_death))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _handle_held(self, part: Part, redelivered: bool, after_death: bool | None) -> None:
+        """Handles a message in hand; then it is no longer, and its permit is free."""
+        try:
+            await handle(self, part, redelivered, after_death)
+        except Exception:  # a bug must not kill the worker; the entry stays pending
+            log.exception("handling %s on %s failed unexpectedly", part.name, part.stream)
+        finally:
+            self.in_hand.discard(part.key)
+            self.permits.release()
 
     async def _read_loop(self, group: int) -> None:
         """Reads one slot group's streams (the list may grow) until the worker stops."""
@@ -437,24 +444,19 @@ class Worker:
             after_death = history - read_through
             read_through |= {s for s in streams if positions[s] == ">"}
             for stream, entries in batches:
+                parts = split_all(stream, entries)
                 if stream in after_death:
                     # Our own pending list after our previous life: handled together, the one
                     # that may have killed it isolated.
-                    await self._handle_redelivered(stream, entries)
+                    self._handle_redelivered(stream, parts)
                     continue
-                if stream in history:
-                    # Re-read after a lost read: maybe half committed, but no handler died.
-                    for entry_id, fields in entries:
-                        if (stream, entry_id) in self.in_hand:
-                            continue
-                        await self.permits.acquire()
-                        self._spawn(stream, entry_id, fields, redelivered=True, after_death=False)
-                    continue
-                for entry_id, fields in entries:
-                    if (stream, entry_id) in self.in_hand:
+                # Re-read after a lost read (history): maybe half committed, but no handler died.
+                again = stream in history
+                for part in parts:
+                    if part.key in self.in_hand:
                         continue
                     await self.permits.acquire()
-                    self._spawn(stream, entry_id, fields, redelivered=False)
+                    self._spawn(part, redelivered=again, after_death=False)
 
     # ----- maintenance ---------------------------------------------------------------------
 
@@ -501,10 +503,11 @@ class Worker:
                 await client.xgroup_delconsumer(stream, WORKER_GROUP, dead)
                 log.info("removed dead consumer %s from the group of %s", dead, stream)
                 continue
-            claimed = parse_entries(await client.execute_command("XCLAIM", stream, WORKER_GROUP, self.consumer, 0, *ids))
+            reply = await client.execute_command("XCLAIM", stream, WORKER_GROUP, self.consumer, 0, *ids)
+            claimed = split_all(stream, parse_entries(reply))
             self.metrics.claimed += len(claimed)
             log.warning("took over %d messages of dead worker %s on %s", len(claimed), dead, stream)
-            await self._handle_claimed(stream, claimed)
+            self._handle_redelivered(stream, claimed)
 
     async def _backstop(self, stream: str) -> None:
         """Takes over entries idle longer than --claim-idle; removes dead consumers that own nothing."""
@@ -512,11 +515,11 @@ class Worker:
         reply = await client.execute_command(
             "XAUTOCLAIM", stream, WORKER_GROUP, self.consumer, self.config.claim_idle * 1000, "0-0", "COUNT", CLAIM_BATCH
         )
-        entries = parse_autoclaim_reply(reply)
-        if entries:
-            self.metrics.claimed += len(entries)
-            log.warning("took over %d messages idle longer than --claim-idle on %s", len(entries), stream)
-            await self._handle_claimed(stream, entries)
+        parts = split_all(stream, parse_autoclaim_reply(reply))
+        if parts:
+            self.metrics.claimed += len(parts)
+            log.warning("took over %d messages idle longer than --claim-idle on %s", len(parts), stream)
+            self._handle_redelivered(stream, parts)
         consumers = await client.xinfo_consumers(stream, WORKER_GROUP)
         idle_empty = [
             text(c["name"])
@@ -528,27 +531,31 @@ class Worker:
                 if not alive:
                     await client.xgroup_delconsumer(stream, WORKER_GROUP, name)
 
-    async def _handle_claimed(self, stream: str, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
-        await self._handle_redelivered(stream, entries)
-
-    async def _handle_redelivered(self, stream: str, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
-        """Handles entries handed out before (claimed, or re-read from our pending list)
-        with the usual permits, without waiting for them; the one that may have killed
-        their last handler isolated (``redelivery.py``)."""
-        taken: list[tuple[str, dict[bytes, bytes]]] = []
-        for entry_id, fields in entries:
-            if (stream, entry_id) in self.in_hand:
-                continue
-            await self.permits.acquire()
-            self.in_hand.add((stream, entry_id))
-            taken.append((entry_id, fields))
+    def _handle_redelivered(self, stream: str, parts: list[Part]) -> None:
+        """Handles messages handed out before (claimed, or re-read from our pending list)
+        without waiting for them, each with a permit taken when its turn comes (a
+        claimed entry may hold more messages than ``--concurrency``); the one that may
+        have killed their last handler isolated (``redelivery.py``). They are in hand
+        from now: a re-read skips them."""
+        taken = [part for part in parts if part.key not in self.in_hand]
         if not taken:
             return
+        self.in_hand.update(part.key for part in taken)
+        started: set[tuple[str, str, int]] = set()
 
-        def done(entry_id: str) -> None:
-            self.in_hand.discard((stream, entry_id))
-            self.permits.release()
+        async def one(part: Part, limit: bool) -> None:
+            started.add(part.key)
+            await self.permits.acquire()
+            await self._handle_held(part, True, limit)
 
-        task = asyncio.get_running_loop().create_task(redelivery.run(self, stream, taken, done))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        async def run() -> None:
+            try:
+                await redelivery.run(self, stream, taken, one)
+            except Exception:  # a bug must not kill the worker; the entries stay pending
+                log.exception("handling redelivered messages of %s failed unexpectedly", stream)
+            finally:
+                self.in_hand.difference_update(part.key for part in taken if part.key not in started)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._redeliveries.add(task)
+        task.add_done_callback(self._redeliveries.discard)

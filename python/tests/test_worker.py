@@ -23,6 +23,7 @@ from starlette.routing import Route
 from switchyard import AsyncWebsocketConsumer, Client, cli
 from switchyard.apps import targets
 from switchyard.handler import handle
+from switchyard.parts import Part, split
 from switchyard.protocol import decode_reply, encode
 from switchyard.redelivery import run as run_redelivered
 from switchyard.streams import ensure_group, parse_read_reply
@@ -83,16 +84,18 @@ class Stack:
         """Appends a message as an interface would, reads it as the worker does, handles it."""
         stream = self.worker.keys.channel_stream(channel, 0)
         await self.raw.xadd(stream, raw if raw is not None else {b"m": encode(fields)})
-        entry_id, entry = await self.read(stream, ">")
-        await handle(self.worker, stream, entry_id, entry, redelivered=False)
-        return entry_id
+        part = await self.read(stream, ">")
+        await handle(self.worker, part, redelivered=False)
+        return part.entry_id
 
-    async def read(self, stream: str, position: str) -> tuple[str, dict[bytes, bytes]]:
+    async def read(self, stream: str, position: str) -> Part:
+        """Reads one entry of a single message, as the worker does."""
         reply = await self.worker.redis.client.xreadgroup(
             "workers", self.worker.consumer, {stream: position}, count=1
         )
-        [(_, [(entry_id, entry)])] = parse_read_reply(reply)
-        return entry_id, entry
+        [(_, [entry])] = parse_read_reply(reply)
+        [part] = split(stream, entry)
+        return part
 
     async def replies(self) -> list[dict[str, Any]]:
         entries = await self.raw.xrange(self.worker.keys.reply_stream(IFACE))
@@ -112,6 +115,11 @@ async def stack(redis_url: str) -> AsyncIterator[Stack]:
     await worker.committer.stop()
     await worker.redis.aclose()
     await raw.aclose()
+
+
+def again(stream: str, entry_id: str, message: dict[str, Any]) -> Part:
+    """An entry of one message, as it is handed out again."""
+    return Part(stream, entry_id, 0, {b"m": encode(message)})
 
 
 def ws(kind: str, seq: int, conn: int = 1, query: str = "", **fields: Any) -> dict[str, Any]:
@@ -162,7 +170,7 @@ async def test_a_message_handled_twice_is_committed_once_with_its_first_outcome(
     entry_id = await stack.deliver("counter", message)
     # A worker that died before acknowledging: the entry is handed out again.
     await stack.raw.xadd(stream, {b"m": encode(ws("websocket.receive", 3, conn=5, query="session_uuid=other"))})
-    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    await handle(stack.worker, again(stream, entry_id, message), redelivered=True)
     replies = await stack.replies()
     assert len(replies) == 2 and replies[0] == replies[1], "the second run finishes the stored outcome"
     assert await stack.raw.hget(stack.worker.keys.session("twice"), "count") == b"1", "the session was written once"
@@ -197,7 +205,7 @@ async def test_an_outcome_over_1_kib_is_kept_in_its_own_key_and_finished_once(st
     assert stored is not None and stored.startswith(b"2 ")
     assert await stack.raw.pttl(stack.worker.keys.outbox("bigone", f"{IFACE}!6")) > 0
     # Handed out again (a worker died before acknowledging): the stored outcome is finished.
-    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    await handle(stack.worker, again(stream, entry_id, message), redelivered=True)
     replies = await stack.replies()
     assert len(replies) == 2 and replies[0] == replies[1]
     assert replies[0]["actions"][1] == {"type": "websocket.send", "text": "x" * 4000}
@@ -243,7 +251,7 @@ async def test_a_body_in_chunks_is_assembled_once_even_if_a_chunk_is_handled_twi
     stream = stack.worker.keys.channel_stream("http.app", 0)
     first = http(1, "POST", "/echo", b"a" * 70_000, more=True, conn=4)
     entry_id = await stack.deliver("http.app", first)
-    await handle(stack.worker, stream, entry_id, {b"m": encode(first)}, redelivered=True)  # handled again
+    await handle(stack.worker, again(stream, entry_id, first), redelivered=True)  # handled again
     await stack.deliver("http.app", http(2, "POST", "/echo", b"b" * 10, more=True, conn=4))
     await stack.deliver("http.app", http(3, "POST", "/echo", b"c", conn=4))
     replies = await stack.replies()
@@ -372,7 +380,7 @@ async def handed_out(stack: Stack, channel: str, message: dict, times: int) -> t
     """Appends a message and hands it out `times` times without handling it (each handler died)."""
     stream = stack.worker.keys.channel_stream(channel, 0)
     await stack.raw.xadd(stream, {b"m": encode(message)})
-    entry_id, _ = await stack.read(stream, ">")
+    entry_id = (await stack.read(stream, ">")).entry_id
     for _ in range(times - 1):
         await stack.raw.xclaim(stream, "workers", stack.worker.consumer, 0, [entry_id])
     return stream, entry_id
@@ -381,7 +389,7 @@ async def handed_out(stack: Stack, channel: str, message: dict, times: int) -> t
 async def test_an_entry_delivered_too_often_is_dead_lettered_and_its_connection_closed(stack: Stack) -> None:
     message = ws("websocket.receive", 2, conn=11, text="hello")
     stream, entry_id = await handed_out(stack, "counter", message, 6)
-    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    await handle(stack.worker, again(stream, entry_id, message), redelivered=True)
     [reply] = await stack.replies()
     assert reply["done"] == 2
     assert reply["actions"] == [{"type": "websocket.close", "code": 1011, "reason": ""}]
@@ -398,7 +406,7 @@ async def test_an_entry_delivered_too_often_is_dead_lettered_and_its_connection_
 async def test_at_the_limit_it_still_runs(stack: Stack) -> None:
     message = ws("websocket.receive", 2, conn=12, text="hello")
     stream, entry_id = await handed_out(stack, "counter", message, 5)
-    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    await handle(stack.worker, again(stream, entry_id, message), redelivered=True)
     [reply] = await stack.replies()
     assert reply["actions"] == [{"type": "websocket.send", "text": '{"count": 1}'}]
     assert await stack.raw.xlen("switchyard:deadletter") == 0
@@ -407,7 +415,7 @@ async def test_at_the_limit_it_still_runs(stack: Stack) -> None:
 async def test_a_request_delivered_too_often_answers_500(stack: Stack) -> None:
     message = http(1, path="/hello", conn=13)
     stream, entry_id = await handed_out(stack, "http.app", message, 6)
-    await handle(stack.worker, stream, entry_id, {b"m": encode(message)}, redelivered=True)
+    await handle(stack.worker, again(stream, entry_id, message), redelivered=True)
     [reply] = await stack.replies()
     start, body = reply["actions"]
     assert start["status"] == 500 and body["body"] == b"internal server error\n"
@@ -421,12 +429,17 @@ async def test_the_suspect_is_handled_after_the_others_alone(stack: Stack) -> No
     ids = []
     for message in messages:
         await stack.raw.xadd(stream, {b"m": encode(message)})
-        ids.append((await stack.read(stream, ">"))[0])
+        ids.append((await stack.read(stream, ">")).entry_id)
     # The last worker died handling the first one.
     await stack.raw.set(stack.worker.keys.suspect(stream), ids[0])
     finished: list[str] = []
-    entries = [(entry_id, {b"m": encode(m)}) for entry_id, m in zip(ids, messages)]
-    await asyncio.wait_for(run_redelivered(stack.worker, stream, entries, finished.append), 30)
+
+    async def one(part: Part, limit: bool) -> None:
+        await handle(stack.worker, part, True, limit)
+        finished.append(part.name)
+
+    parts = [again(stream, entry_id, m) for entry_id, m in zip(ids, messages)]
+    await asyncio.wait_for(run_redelivered(stack.worker, stream, parts, one), 30)
     assert sorted(finished[:2]) == sorted(ids[1:]) and finished[2] == ids[0], finished
     replies = await stack.replies()
     assert [r["actions"][0]["type"] for r in replies] == ["websocket.send"] * 3

@@ -274,29 +274,25 @@ async fn append(
 /// entries"); elsewhere, one entry each.
 fn entries_of(items: &[Item], packs: impl Fn(&str) -> bool) -> Vec<(&str, Vec<usize>)> {
     let mut entries: Vec<(&str, Vec<usize>)> = Vec::new();
-    // Per stream: its open entry's place in `entries`, and the bytes in it.
+    // Per stream that packs: its open entry's place in `entries`, and the bytes in it.
     let mut open: Vec<(&str, usize, usize)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let Some(stream) = item.stream.as_deref() else { continue };
         let size = item.payload.len();
-        let pack = packs(stream);
-        let joined = pack
-            .then(|| open.iter_mut().find(|(name, _, _)| *name == stream))
-            .flatten()
-            .filter(|(_, at, bytes)| entries[*at].1.len() < MAX_PACKED && *bytes + size <= MAX_PACKED_BYTES);
-        match joined {
-            Some((_, at, bytes)) => {
-                entries[*at].1.push(index);
+        if let Some(at) = open.iter().position(|(name, _, _)| *name == stream) {
+            let (_, entry, bytes) = &mut open[at];
+            if entries[*entry].1.len() < MAX_PACKED && *bytes + size <= MAX_PACKED_BYTES {
+                entries[*entry].1.push(index);
                 *bytes += size;
+                continue;
             }
-            None => {
-                if pack {
-                    open.retain(|(name, _, _)| *name != stream);
-                    open.push((stream, entries.len(), size));
-                }
-                entries.push((stream, vec![index]));
-            }
+            open.swap_remove(at);
         }
+        // Asked once per entry, not per message.
+        if packs(stream) {
+            open.push((stream, entries.len(), size));
+        }
+        entries.push((stream, vec![index]));
     }
     entries
 }

@@ -258,29 +258,12 @@ impl Committer {
     /// packed entries whose last message it committed are. If that fails, those messages are
     /// left to [`Committer::commit`] (which finds them committed and acknowledges again).
     async fn ack_packed(&self, commits: &[Commit], outcomes: &mut [Option<Outcome>]) {
-        let mut acks: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (index, commit) in commits.iter().enumerate() {
-            let Some(part) = &commit.part else { continue };
-            if outcomes[index].is_some() && part.finish() {
-                acks.entry(commit.stream.as_str()).or_default().push(index);
-            }
-        }
-        let mut batch = SlotBatch::new();
-        for (stream, members) in &acks {
-            let mut xack = redis::cmd("XACK");
-            xack.arg(*stream).arg(WORKER_GROUP);
-            for index in members {
-                xack.arg(&commits[*index].entry_id);
-            }
-            batch.add(stream, xack);
-        }
-        let results = batch.run(&self.settings.redis).await;
-        for (members, result) in acks.into_values().zip(results) {
-            if result.is_err() {
-                for index in members {
-                    outcomes[index] = None;
-                }
-            }
+        let finished = commits.iter().zip(outcomes.iter()).map(|(commit, outcome)| {
+            let last = outcome.is_some() && commit.part.as_ref().is_some_and(Part::finish);
+            (commit, last)
+        });
+        for (index, _) in acknowledge(&self.settings.redis, finished).await {
+            outcomes[index] = None;
         }
     }
 
@@ -826,11 +809,24 @@ fn plain_replies(settings: &Settings, items: &[Item], members: &[(usize, String)
 /// Step 4: one `XACK` per stream for everything that got this far (of a packed entry,
 /// the message that finishes it).
 async fn ack_step(settings: &Settings, items: &mut [Item]) {
+    // Short-circuit: only a message that got this far finishes its part.
+    let acked = |item: &Item| item.going() && !item.acked && item.commit.part.as_ref().is_none_or(Part::finish);
+    let commits = items.iter().map(|item| (&item.commit, acked(item)));
+    let failed = acknowledge(&settings.redis, commits).await;
+    for (index, error) in failed {
+        items[index].state = Err(error);
+    }
+}
+
+/// `XACK`s, one per stream, for the entries of the commits marked `true`; the index of
+/// each whose acknowledgement failed, with the error.
+async fn acknowledge<'a>(redis: &Redis, commits: impl Iterator<Item = (&'a Commit, bool)>) -> Vec<(usize, RedisError)> {
     let mut streams: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (index, item) in items.iter().enumerate() {
-        // Short-circuit: only a message that got this far finishes its part.
-        if item.going() && !item.acked && item.commit.part.as_ref().is_none_or(Part::finish) {
-            streams.entry(item.commit.stream.as_str()).or_default().push(index);
+    let mut ids: Vec<&str> = Vec::new();
+    for (index, (commit, acked)) in commits.enumerate() {
+        ids.push(&commit.entry_id);
+        if acked {
+            streams.entry(commit.stream.as_str()).or_default().push(index);
         }
     }
     let mut batch = SlotBatch::new();
@@ -838,21 +834,17 @@ async fn ack_step(settings: &Settings, items: &mut [Item]) {
         let mut xack = redis::cmd("XACK");
         xack.arg(*stream).arg(WORKER_GROUP);
         for index in members {
-            xack.arg(&items[*index].commit.entry_id);
+            xack.arg(ids[*index]);
         }
         batch.add(stream, xack);
     }
-    let outcomes = batch.run(&settings.redis).await;
-    let failed: Vec<(Vec<usize>, RedisError)> = streams
+    let outcomes = batch.run(redis).await;
+    streams
         .into_values()
         .zip(outcomes)
-        .filter_map(|(members, outcome)| outcome.err().map(|e| (members, e)))
-        .collect();
-    for (members, error) in failed {
-        for index in members {
-            items[index].state = Err(error.clone());
-        }
-    }
+        .filter_map(|(members, outcome)| outcome.err().map(|error| (members, error)))
+        .flat_map(|(members, error)| members.into_iter().map(move |index| (index, error.clone())))
+        .collect()
 }
 
 /// With `--redis-wait-replicas N`: waits until N replicas have what the last

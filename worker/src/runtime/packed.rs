@@ -41,7 +41,13 @@ impl Incoming {
 #[derive(Clone)]
 pub struct Part {
     pub index: usize,
-    finished: Arc<Mutex<Vec<bool>>>,
+    finished: Arc<Mutex<Finished>>,
+}
+
+/// Which messages of a packed entry are finished, and how many are not.
+struct Finished {
+    flags: Vec<bool>,
+    left: usize,
 }
 
 impl Part {
@@ -51,10 +57,13 @@ impl Part {
     pub fn finish(&self) -> bool {
         // A panic while holding this lock cannot leave the flags inconsistent.
         let mut finished = self.finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(flag) = finished.get_mut(self.index) {
-            *flag = true;
+        if let Some(flag) = finished.flags.get_mut(self.index) {
+            if !*flag {
+                *flag = true;
+                finished.left -= 1;
+            }
         }
-        finished.iter().all(|&done| done)
+        finished.left == 0
     }
 }
 
@@ -65,7 +74,10 @@ pub fn split(entry: StreamEntry) -> Vec<Incoming> {
     if count <= 1 {
         return vec![Incoming { entry, part: None }];
     }
-    let finished = Arc::new(Mutex::new(vec![false; count]));
+    let finished = Arc::new(Mutex::new(Finished {
+        flags: vec![false; count],
+        left: count,
+    }));
     let StreamEntry { id, fields } = entry;
     fields
         .into_iter()

@@ -217,15 +217,6 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 .map(|(s, _)| s)
                 .collect();
             let batches = parse_read_reply(value);
-            let (entries, messages) = batches
-                .iter()
-                .flat_map(|batch| &batch.entries)
-                .fold((0, 0), |(entries, messages), entry| {
-                    (entries + 1, messages + entry.payloads().count().max(1))
-                });
-            if entries > 0 {
-                per_entry = messages.div_ceil(entries);
-            }
             let redelivered: HashSet<String> = batches
                 .iter()
                 .filter(|b| history.contains(&b.stream))
@@ -241,6 +232,7 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                     .map(|(s, _)| s.clone()),
             );
             let mut first = Some(first);
+            let (mut read_entries, mut read_messages): (usize, usize) = (0, 0);
             for batch in batches {
                 // Re-read from our own pending list after our previous life:
                 // handled together, the one that may have killed it isolated.
@@ -256,9 +248,14 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 let together = delivery == Delivery::First && read_batch::wanted(&worker, &batch.stream);
                 let mut read: Vec<(Incoming, (Held, OwnedSemaphorePermit))> = Vec::new();
                 let shared_name: Arc<str> = batch.stream.as_str().into();
-                for incoming in batch.entries.into_iter().flat_map(packed::split) {
+                read_entries += batch.entries.len();
+                let messages = batch.entries.into_iter().flat_map(|entry| {
                     // Redis's ids always parse; anything else shares the zero id.
-                    let id = EntryId::parse(&incoming.entry.id).unwrap_or(EntryId::ZERO);
+                    let id = EntryId::parse(&entry.id).unwrap_or(EntryId::ZERO);
+                    packed::split(entry).into_iter().map(move |incoming| (id, incoming))
+                });
+                for (id, incoming) in messages {
+                    read_messages += 1;
                     let Some(held) = in_hand.take((shared_name.clone(), id, incoming.index())) else {
                         continue;
                     };
@@ -307,6 +304,9 @@ async fn read_loop(worker: Arc<Worker>, mut watched: watch::Receiver<Vec<String>
                 if !read.is_empty() {
                     read_batch::start(&worker, &batch.stream, read);
                 }
+            }
+            if read_entries > 0 {
+                per_entry = read_messages.div_ceil(read_entries);
             }
         }
         backoff.wait().await;

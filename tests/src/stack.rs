@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use redis::Value;
+use switchyard_protocol::value::{fields, int_of};
 use switchyard_protocol::xinfo::parse_consumers;
 
 use crate::binaries::{binary, INTERFACE_BIN, WORKER_BIN};
@@ -520,24 +521,10 @@ pub fn entries_added(con: &mut impl redis::ConnectionLike, stream: &str) -> u64 
     let Ok(info) = redis::cmd("XINFO").arg("STREAM").arg(stream).query::<Value>(con) else {
         return 0;
     };
-    let pairs: Vec<(String, Value)> = match info {
-        Value::Array(flat) => flat
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [name, value] => Some((value_to_string(name)?, value.clone())),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(map) => map
-            .into_iter()
-            .filter_map(|(name, value)| Some((value_to_string(&name)?, value)))
-            .collect(),
-        other => panic!("XINFO STREAM answered {other:?}"),
-    };
-    match pairs.into_iter().find(|(name, _)| name == "entries-added") {
-        Some((_, Value::Int(n))) => n as u64,
-        other => panic!("no entries-added in XINFO STREAM: {other:?}"),
-    }
+    let added = fields(&info).into_iter().find(|(name, _)| name == "entries-added");
+    added
+        .and_then(|(_, value)| int_of(value))
+        .map_or(0, |n| n.max(0) as u64)
 }
 
 /// A channel's shard streams that exist (shards are numbered from 0).

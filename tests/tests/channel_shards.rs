@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use switchyard_protocol::value::{fields, int_of};
 use switchyard_tests::cluster::Cluster;
-use switchyard_tests::stack::PREFIX;
+use switchyard_tests::stack::{entries_added, PREFIX};
 use switchyard_tests::{bounded, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,16 +43,7 @@ async fn workers_read_the_shards_an_interface_announces_after_they_started() {
         // handled entries, so a shard's length may be back to 0 already.
         let mut used = 0;
         for shard in 0..5 {
-            let info: redis::Value = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(format!("{PREFIX}:chan:{{chat:{shard}}}"))
-                .query(&mut redis)
-                .unwrap_or(redis::Value::Nil);
-            let added = fields(&info)
-                .into_iter()
-                .find(|(name, _)| name == "entries-added")
-                .and_then(|(_, value)| int_of(value))
-                .unwrap_or(0);
+            let added = entries_added(&mut redis, &format!("{PREFIX}:chan:{{chat:{shard}}}"));
             used += usize::from(added > 0);
         }
         assert!(used >= 4, "only {used} of 5 shards got messages");
